@@ -1,0 +1,53 @@
+"""actorcore: stateful actors on trio.
+
+Actors are plain Python classes; a :class:`Registry` runs them through an explicit lifecycle
+(:mod:`actorcore.lifecycle`), persists their state in a :class:`Store`, and serves them over
+WebSockets. This module only re-exports the public names.
+"""
+
+from __future__ import annotations
+
+from .actor import Actor as Actor
+from .actor import ActorDefinition as ActorDefinition
+from .actor import action as action
+from .authority import LifecycleAuthority as LifecycleAuthority
+from .authority import LocalAuthority as LocalAuthority
+from .conn import Conn as Conn
+from .conn import ConnKind as ConnKind
+from .context import ActorContext as ActorContext
+from .errors import ActionNotFound as ActionNotFound
+from .errors import ActionTimeout as ActionTimeout
+from .errors import ActorDestroyed as ActorDestroyed
+from .errors import ActorError as ActorError
+from .errors import ActorNotFound as ActorNotFound
+from .errors import ActorOverloaded as ActorOverloaded
+from .errors import ActorReadyTimeout as ActorReadyTimeout
+from .errors import ActorStartFailed as ActorStartFailed
+from .errors import ActorStopping as ActorStopping
+from .errors import DefinitionError as DefinitionError
+from .errors import Forbidden as Forbidden
+from .errors import InternalError as InternalError
+from .errors import InvalidMessage as InvalidMessage
+from .errors import LifecycleError as LifecycleError
+from .errors import MessageTooLarge as MessageTooLarge
+from .errors import RuntimeShutdown as RuntimeShutdown
+from .errors import StaleGeneration as StaleGeneration
+from .errors import StateError as StateError
+from .errors import StoreError as StoreError
+from .errors import UserError as UserError
+from .lifecycle import Admission as Admission
+from .lifecycle import LifecycleEvent as LifecycleEvent
+from .lifecycle import LifecycleState as LifecycleState
+from .lifecycle import WorkKind as WorkKind
+from .lifecycle import admit as admit
+from .options import ActorOptions as ActorOptions
+from .registry import ActorHandle as ActorHandle
+from .registry import Registry as Registry
+from .registry import RegistryStatistics as RegistryStatistics
+from .store import ActorRecord as ActorRecord
+from .store import MemoryStore as MemoryStore
+from .store import SQLiteStore as SQLiteStore
+from .store import Store as Store
+from .store import StoreStatistics as StoreStatistics
+
+__version__ = "0.1.0"

@@ -1,0 +1,149 @@
+"""The Actor base class, the ``@action`` decorator, and the checks run on a definition.
+
+An actor is a plain Python class. Its hooks and actions are ``async def`` methods that take the
+:class:`~actorcore.ActorContext` as their first argument after ``self``. A new instance is made
+for every generation, so instance attributes are per-generation like ``ctx.vars``; only
+``ctx.state`` is persisted.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast
+
+import attrs
+
+from .errors import DefinitionError
+from .options import ActorOptions
+
+if TYPE_CHECKING:
+    from .conn import Conn
+    from .context import ActorContext
+
+__all__ = ["Actor", "ActorDefinition", "action", "definition_of"]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_ACTION_MARK: Final = "__actorcore_action__"
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.~-]{1,128}$")
+
+#: Hooks that must be ``async def`` when a subclass defines them.
+ASYNC_HOOKS: Final = (
+    "on_create",
+    "on_wake",
+    "on_sleep",
+    "on_destroy",
+    "on_before_connect",
+    "on_connect",
+    "on_disconnect",
+    "on_ws_open",
+    "on_ws_message",
+    "on_ws_close",
+)
+
+
+def action(fn: F) -> F:
+    """Mark an ``async def`` method as an action callable by clients and handles."""
+    if not inspect.iscoroutinefunction(cast(Any, fn)):
+        raise DefinitionError(f"@action {getattr(fn, '__qualname__', fn)!r} must be async def")
+    setattr(fn, _ACTION_MARK, True)
+    return fn
+
+
+class Actor:
+    """Base class of user actors. Every hook is optional.
+
+    Class attributes: ``name`` (route name, default the class name in lower case) and
+    ``options`` (:class:`ActorOptions`).
+    """
+
+    name: ClassVar[str] = ""
+    options: ClassVar[ActorOptions] = ActorOptions()
+
+    def create_state(self, ctx: ActorContext, input: Any) -> Any:
+        """Initial state, on first creation only (plain or async). Must be JSON-serialisable."""
+        return {}
+
+    async def on_create(self, ctx: ActorContext) -> None:
+        """First creation only, after ``create_state``."""
+
+    async def on_wake(self, ctx: ActorContext) -> None:
+        """Start of every generation, the first included."""
+
+    async def on_sleep(self, ctx: ActorContext) -> None:
+        """Sleep grace: the actor still serves work while this runs."""
+
+    async def on_destroy(self, ctx: ActorContext) -> None:
+        """Destroy grace: new work is refused while this runs."""
+
+    async def on_before_connect(self, ctx: ActorContext, params: Any, request: Any) -> None:
+        """Before a connection is set up; raise :class:`actorcore.Forbidden` to refuse it."""
+
+    async def create_conn_state(self, ctx: ActorContext, params: Any) -> Any:
+        """Initial ``conn.state`` of a new connection (plain or async)."""
+        return None
+
+    async def on_connect(self, ctx: ActorContext, conn: Conn) -> None:
+        """A connection became live (not called again after a wake for hibernated ones)."""
+
+    async def on_disconnect(self, ctx: ActorContext, conn: Conn) -> None:
+        """A connection ended (not called when a hibernatable one sleeps with its actor)."""
+
+    async def on_ws_open(self, ctx: ActorContext, conn: Conn) -> None:
+        """A raw WebSocket became live."""
+
+    async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
+        """A message on a raw WebSocket; messages of one connection come one at a time."""
+
+    async def on_ws_close(self, ctx: ActorContext, conn: Conn, code: int, reason: str) -> None:
+        """A raw WebSocket closed."""
+
+
+@attrs.frozen
+class ActorDefinition:
+    """A checked actor class: its route name, options and actions."""
+
+    cls: type[Actor]
+    name: str
+    options: ActorOptions
+    actions: dict[str, Callable[..., Awaitable[Any]]] = attrs.field(hash=False)
+    create_state_is_async: bool
+
+
+def definition_of(cls: type[Actor]) -> ActorDefinition:
+    """Check ``cls`` and build its definition; raise :class:`DefinitionError` on a mistake."""
+    if not (isinstance(cls, type) and issubclass(cls, Actor)):
+        raise DefinitionError(f"{cls!r} is not a subclass of actorcore.Actor")
+    name = cls.__dict__.get("name") or cls.__name__.lower()
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name == "by-id":
+        raise DefinitionError(
+            f"{cls.__qualname__}.name={name!r} is not a valid route name "
+            "(1-128 of A-Z a-z 0-9 _ . ~ -, and not 'by-id')"
+        )
+    options = cls.options
+    if not isinstance(options, ActorOptions):
+        raise DefinitionError(f"{cls.__qualname__}.options must be an actorcore.ActorOptions")
+    for hook in ASYNC_HOOKS:
+        fn = getattr(cls, hook)
+        if not inspect.iscoroutinefunction(fn):
+            raise DefinitionError(f"{cls.__qualname__}.{hook} must be async def")
+    actions: dict[str, Callable[..., Awaitable[Any]]] = {}
+    for klass in reversed(cls.__mro__):
+        for attr_name, value in vars(klass).items():
+            if getattr(value, _ACTION_MARK, False):
+                actions[attr_name] = value
+            elif attr_name in actions:
+                # A subclass overrode an action with a plain attribute: no longer an action.
+                del actions[attr_name]
+    clash = set(actions) & ({"create_state", "create_conn_state"} | set(ASYNC_HOOKS))
+    if clash:
+        raise DefinitionError(f"{cls.__qualname__}: hooks cannot be actions: {sorted(clash)}")
+    return ActorDefinition(
+        cls=cls,
+        name=name,
+        options=options,
+        actions=actions,
+        create_state_is_async=inspect.iscoroutinefunction(cls.create_state),
+    )

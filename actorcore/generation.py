@@ -1,0 +1,576 @@
+"""One running generation of an actor, and the in-memory slot (ActorEntry) it runs in.
+
+A generation is one awake period of an actor, from LOADING to the end of its finalize. It owns a
+nursery (background work: ``wait_until``, the idle timer, the state saver), counts in-flight
+work, arms the idle timer, keeps the grace deadline, and runs the finalize sequence:
+
+1. grace: run ``on_sleep``/``on_destroy`` and wait until hooks, in-flight calls,
+   ``keep_awake`` blocks and ``wait_until`` work are done, or until ``sleep_grace_period``
+   passes (then what is left is cancelled and logged by name);
+2. finalize: give every connection that does not survive this generation its close frame,
+   concurrently and bounded, run their disconnect hooks, save the final state (or delete the
+   actor), then close the nursery.
+
+Work that callers run (actions, connection hooks) runs in the *caller's* task, inside a cancel
+scope that the generation registers and can cancel at its grace deadline; no task per call.
+
+The registry owns the entries and decides when to start a generation; this module never looks
+up other actors.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import trio
+
+from .conn import Conn, ConnKind
+from .context import ActorContext
+from .errors import ActorError, ActorStartFailed, StateError, StoreError
+from .lifecycle import Lifecycle, LifecycleEvent, LifecycleState
+
+if TYPE_CHECKING:
+    from .actor import Actor, ActorDefinition
+    from .store.base import Store
+
+__all__ = ["ActorEntry", "Generation", "GenerationHost"]
+
+log = logging.getLogger("actorcore.lifecycle")
+
+S = LifecycleState
+E = LifecycleEvent
+_GRACE_STATES = frozenset({S.SLEEP_GRACE, S.DESTROY_GRACE})
+
+
+class GenerationHost(Protocol):
+    """What a generation needs from its registry."""
+
+    @property
+    def store(self) -> Store:
+        """The store actors persist to."""
+        ...
+
+    def request(self, entry: ActorEntry, event: LifecycleEvent, reason: str) -> None:
+        """Ask the lifecycle authority for a sleep or destroy of ``entry``."""
+        ...
+
+    def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
+        """Count and surface a failed state save."""
+        ...
+
+
+@attrs.define(eq=False, slots=True)
+class ActorEntry:
+    """An actor that is present in memory: awake, starting, stopping, or asleep while it still
+    holds hibernating connections or waiting work. Asleep actors without those have none."""
+
+    actor_id: str
+    key: str
+    definition: ActorDefinition
+    lifecycle: Lifecycle = attrs.field(factory=Lifecycle)
+    generation: Generation | None = None
+    """The generation running now (LOADING to the end of finalize), else None."""
+    last_generation: int = 0
+    """Number of the last generation that began."""
+    changed: trio.Event = attrs.field(factory=trio.Event)
+    """Set (and replaced) at every lifecycle transition; holders wait on it."""
+    held: int = 0
+    """Calls and connections waiting for the next generation."""
+    conns: set[Conn] = attrs.field(factory=set[Conn])
+    """Live connections; hibernatable ones stay here while the actor sleeps."""
+    start_error: ActorError | None = None
+    """The error of the last failed start."""
+    wakes: int = 0
+    """Generations begun through this entry (a start attempt each)."""
+    failed_wake: int = 0
+    """The value of ``wakes`` when the last start failed."""
+    pending_state: bytes | None = None
+    """State a failed final save could not persist; the next generation starts from it."""
+    retired: bool = False
+    """Removed from the registry's maps; a fresh entry serves later requests."""
+
+    @property
+    def name(self) -> str:
+        """The definition's route name."""
+        return self.definition.name
+
+    def process(self, event: LifecycleEvent, reason: str) -> LifecycleState:
+        """Apply ``event`` to the lifecycle, log the transition, wake whoever waits on it."""
+        old = self.lifecycle.state
+        new = self.lifecycle.process_event(event)
+        if new is not old:
+            gen = self.generation
+            number = gen.number if gen is not None else self.last_generation
+            log.info(
+                "actor %s/%s id=%s gen=%d %s -> %s (%s)",
+                self.name,
+                self.key,
+                self.actor_id,
+                number,
+                old.value,
+                new.value,
+                reason,
+                extra={
+                    "actor_name": self.name,
+                    "actor_id": self.actor_id,
+                    "generation": number,
+                    "old_state": old.value,
+                    "new_state": new.value,
+                    "reason": reason,
+                },
+            )
+            self.changed.set()
+            self.changed = trio.Event()
+            if gen is not None:
+                gen.on_transition(new)
+        return new
+
+
+class WorkScope:
+    """One unit of in-flight work (see :meth:`Generation.track_work`); a plain class because
+    it is on the per-message path."""
+
+    __slots__ = ("_blocks_idle", "_gen", "_name", "scope")
+
+    def __init__(self, gen: Generation, name: str, blocks_idle: bool) -> None:
+        self._gen = gen
+        self._name = name
+        self._blocks_idle = blocks_idle
+        self.scope = trio.CancelScope()
+
+    def __enter__(self) -> trio.CancelScope:
+        gen = self._gen
+        gen._work[self.scope] = self._name
+        if self._blocks_idle:
+            gen._busy_inc()
+        return self.scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        gen = self._gen
+        try:
+            return self.scope.__exit__(exc_type, exc, tb)
+        finally:
+            del gen._work[self.scope]
+            if self._blocks_idle:
+                gen._busy_dec()
+            gen._dirty.set()
+            if not gen._work:
+                gen._poke.set()
+
+
+@attrs.define(eq=False, slots=True)
+class Generation:
+    """One awake period of an actor. Created by the registry, run by :meth:`run`."""
+
+    entry: ActorEntry
+    host: GenerationHost
+    number: int = 0
+    state: Any = None
+    instance: Actor | None = None
+    ctx: ActorContext = attrs.field(init=False)
+    abort_signal: trio.Event = attrs.field(factory=trio.Event)
+    _nursery: trio.Nursery | None = None
+    _work: dict[trio.CancelScope, str] = attrs.field(factory=dict[trio.CancelScope, str])
+    _background: dict[trio.CancelScope, str] = attrs.field(factory=dict[trio.CancelScope, str])
+    _busy: int = 0
+    _idle_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _grace_begun: trio.Event = attrs.field(factory=trio.Event)
+    _poke: trio.Event = attrs.field(factory=trio.Event)
+    _dirty: trio.Event = attrs.field(factory=trio.Event)
+    _save_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _saved: bytes | None = None
+    _finalizing: bool = False
+    finished: trio.Event = attrs.field(factory=trio.Event)
+    """Set when the generation has ended (finalized, failed to start, or was cancelled)."""
+
+    def __attrs_post_init__(self) -> None:
+        self.ctx = ActorContext(self)
+
+    # ---------------------------------------------------------------- identity
+
+    @property
+    def actor_id(self) -> str:
+        """The actor's id."""
+        return self.entry.actor_id
+
+    @property
+    def key(self) -> str:
+        """The actor's key."""
+        return self.entry.key
+
+    @property
+    def definition(self) -> ActorDefinition:
+        """The actor's definition."""
+        return self.entry.definition
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """The actor's lifecycle (shared with the entry)."""
+        return self.entry.lifecycle
+
+    # ---------------------------------------------------------------- requests
+
+    def request_sleep(self, reason: str) -> None:
+        """Request sleep through the registry's authority."""
+        self.host.request(self.entry, E.SLEEP, reason)
+
+    def request_destroy(self, reason: str) -> None:
+        """Request destroy through the registry's authority."""
+        self.host.request(self.entry, E.DESTROY, reason)
+
+    def on_transition(self, new: LifecycleState) -> None:
+        """Called by the entry after every transition of this generation."""
+        if new in _GRACE_STATES:
+            self.abort_signal.set()
+            self._grace_begun.set()
+            self._idle_scope.deadline = math.inf
+        self._poke.set()
+
+    # ---------------------------------------------------------------- work tracking
+
+    def track_work(self, name: str, *, blocks_idle: bool = True) -> WorkScope:
+        """Run a ``with`` block as in-flight work of this generation.
+
+        The block blocks finalize (and idle sleep unless ``blocks_idle`` is False) and is
+        cancelled if the grace deadline passes. The caller must have been admitted first and
+        must enter the block before its next checkpoint.
+        """
+        return WorkScope(self, name, blocks_idle)
+
+    def _busy_inc(self) -> None:
+        self._busy += 1
+        if self._busy == 1:
+            self._idle_scope.deadline = math.inf
+
+    def _busy_dec(self) -> None:
+        self._busy -= 1
+        if self._busy == 0 and self.lifecycle.state is S.STARTED:
+            self._idle_scope.deadline = trio.current_time() + self.definition.options.sleep_timeout
+
+    def conn_attached(self, conn: Conn) -> None:
+        """A connection went live: a non-hibernatable one keeps the actor awake."""
+        conn.generation = self.number
+        if not conn.hibernatable:
+            self._busy_inc()
+
+    def conn_detached(self, conn: Conn) -> None:
+        """A connection ended."""
+        if not conn.hibernatable:
+            self._busy_dec()
+
+    def mark_dirty(self) -> None:
+        """The state may have changed: the saver will compare and save."""
+        self._dirty.set()
+
+    def wait_until(self, async_fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        """Start background work that finalize waits for (see ``ActorContext.wait_until``)."""
+        if self._nursery is None or self._finalizing:
+            raise RuntimeError("wait_until() is only available while the generation runs")
+        name = f"wait_until:{getattr(async_fn, '__qualname__', repr(async_fn))}"
+        scope = trio.CancelScope()
+        self._background[scope] = name
+        self._nursery.start_soon(self._run_background, scope, name, async_fn, args, name=name)
+
+    async def _run_background(
+        self,
+        scope: trio.CancelScope,
+        name: str,
+        async_fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+    ) -> None:
+        try:
+            with scope:
+                await async_fn(*args)
+        except Exception:
+            log.exception("actor %s id=%s: %s raised", self.entry.name, self.actor_id, name)
+        finally:
+            del self._background[scope]
+            self._dirty.set()
+            if not self._background:
+                self._poke.set()
+
+    def _drained(self) -> bool:
+        return not self._work and not self._background
+
+    # ---------------------------------------------------------------- connections
+
+    def live_conns(self) -> list[Conn]:
+        """The actor's live connections."""
+        return [c for c in self.entry.conns if not c.closing]
+
+    def broadcast(self, event: str, args: list[Any]) -> None:
+        """Queue an event frame to every subscribed protocol connection (encoded once)."""
+        frame: str | None = None
+        for conn in self.entry.conns:
+            if conn.kind is ConnKind.PROTOCOL and event in conn.subscriptions:
+                if frame is None:
+                    frame = json.dumps({"type": "event", "name": event, "args": args})
+                conn.queue_frame(frame)
+
+    # ---------------------------------------------------------------- state
+
+    async def save_state(self, *, reason: str) -> None:
+        """Save the state if it differs from the last save. Raises StateError / StoreError."""
+        async with self._save_lock:
+            try:
+                data = json.dumps(self.state, separators=(",", ":")).encode()
+            except (TypeError, ValueError) as exc:
+                raise StateError(f"state of actor {self.actor_id} is not JSON: {exc}") from exc
+            if data == self._saved:
+                return
+            await self.host.store.save(self.actor_id, self.number, data)
+            self._saved = data
+            log.debug(
+                "actor %s id=%s gen=%d saved (%s)",
+                self.entry.name,
+                self.actor_id,
+                self.number,
+                reason,
+            )
+
+    async def _saver(self) -> None:
+        interval = self.definition.options.state_save_interval
+        last = trio.current_time()
+        while True:
+            await self._dirty.wait()
+            await trio.sleep_until(last + interval)
+            self._dirty = trio.Event()
+            last = trio.current_time()
+            try:
+                await self.save_state(reason="interval")
+            except ActorError as exc:
+                self.host.note_save_error(self.entry, exc)
+                self._dirty.set()  # try again at the next interval
+
+    # ---------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        """Run the whole generation: start, serve, grace, finalize. Never raises for user code."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if await self._start_or_fail():
+                await self._serve_and_finalize(nursery)
+            nursery.cancel_scope.cancel()
+
+    async def _start_or_fail(self) -> bool:
+        try:
+            await self._start()
+        except ActorError as exc:
+            self._start_failed(exc)
+            return False
+        self.entry.process(E.LOADED, "started")
+        return True
+
+    async def _serve_and_finalize(self, nursery: trio.Nursery) -> None:
+        if not self.definition.options.no_sleep:
+            nursery.start_soon(self._idle_timer)
+        nursery.start_soon(self._saver)
+        await self._grace_begun.wait()
+        await self._grace()
+        destroying = self.lifecycle.state is S.DESTROY_GRACE
+        self.entry.process(E.GRACE_ENDED, "grace ended")
+        self._finalizing = True
+        await self._finalize(destroying=destroying)
+
+    def _start_failed(self, exc: ActorError) -> None:
+        log.warning(
+            "actor %s/%s id=%s gen=%d failed to start: %s",
+            self.entry.name,
+            self.key,
+            self.actor_id,
+            self.number,
+            exc,
+        )
+        self.entry.start_error = exc
+        self.entry.failed_wake = self.entry.wakes
+        self.entry.process(E.LOAD_FAILED, f"start failed: {exc.code}")
+
+    async def _start(self) -> None:
+        entry = self.entry
+        definition = self.definition
+        options = definition.options
+        record = await self.host.store.begin_generation(self.actor_id)
+        self.number = record.generation
+        entry.last_generation = record.generation
+        self.instance = definition.cls()
+        ctx = self.ctx
+        try:
+            with trio.fail_after(options.hook_timeout):
+                if entry.pending_state is not None:
+                    self.state = json.loads(entry.pending_state)
+                elif record.initialized and record.state is not None:
+                    self.state = json.loads(record.state)
+                    self._saved = record.state
+                else:
+                    input_value = json.loads(record.input) if record.input is not None else None
+                    value = self.instance.create_state(ctx, input_value)
+                    if inspect.isawaitable(value):
+                        value = await value
+                    self.state = value
+                if not record.initialized:
+                    await self.instance.on_create(ctx)
+                    await self.save_state(reason="created")
+                elif entry.pending_state is not None:
+                    await self.save_state(reason="pending state from a failed save")
+                    entry.pending_state = None
+                await self.instance.on_wake(ctx)
+        except trio.TooSlowError:
+            raise ActorStartFailed(
+                f"start of actor {self.actor_id} exceeded hook_timeout={options.hook_timeout}s"
+            ) from None
+        except ActorError as exc:
+            if isinstance(exc, StoreError):
+                raise ActorStartFailed(f"start of actor {self.actor_id}: {exc}") from exc
+            raise ActorStartFailed(f"start of actor {self.actor_id} failed: {exc}") from exc
+        except Exception as exc:
+            log.exception("actor %s id=%s: start hook raised", entry.name, self.actor_id)
+            raise ActorStartFailed(
+                f"start of actor {self.actor_id} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _idle_timer(self) -> None:
+        options = self.definition.options
+        while True:
+            self._idle_scope = trio.CancelScope()
+            if self._busy == 0:
+                self._idle_scope.deadline = trio.current_time() + options.sleep_timeout
+            else:
+                self._idle_scope.deadline = math.inf
+            with self._idle_scope:
+                await trio.sleep_forever()
+            if self.lifecycle.state is not S.STARTED:
+                return
+            if self._busy == 0:
+                self.request_sleep("idle")
+                return
+
+    async def _run_hook(self, scope: trio.CancelScope, hook: str) -> None:
+        assert self.instance is not None
+        fn: Callable[[ActorContext], Awaitable[None]] = getattr(self.instance, hook)
+        try:
+            with scope:
+                await fn(self.ctx)
+        except Exception:
+            log.exception("actor %s id=%s: %s raised", self.entry.name, self.actor_id, hook)
+        finally:
+            del self._work[scope]
+            self._dirty.set()
+            if not self._work:
+                self._poke.set()
+
+    def _start_hook(self, hook: str) -> None:
+        # Registered synchronously so the drain check below can never miss it.
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._work[scope] = f"hook:{hook}"
+        self._nursery.start_soon(self._run_hook, scope, hook, name=f"{self.entry.name}.{hook}")
+
+    async def _grace(self) -> None:
+        grace = self.definition.options.sleep_grace_period
+        deadline = trio.current_time() + grace
+        hooks_started: set[str] = set()
+        while True:
+            hook = "on_destroy" if self.lifecycle.state is S.DESTROY_GRACE else "on_sleep"
+            if hook not in hooks_started:
+                if hooks_started:
+                    # Escalation from sleep to destroy: on_destroy gets a full budget.
+                    deadline = max(deadline, trio.current_time() + grace)
+                hooks_started.add(hook)
+                self._start_hook(hook)
+            if self._drained():
+                return
+            self._poke = trio.Event()
+            with trio.move_on_at(deadline):
+                await self._poke.wait()
+            if trio.current_time() >= deadline and not self._drained():
+                if self.lifecycle.state is S.DESTROY_GRACE and "on_destroy" not in hooks_started:
+                    continue
+                names = sorted([*self._work.values(), *self._background.values()])
+                log.warning(
+                    "actor %s id=%s gen=%d: grace period %.3gs passed; cancelling %s",
+                    self.entry.name,
+                    self.actor_id,
+                    self.number,
+                    grace,
+                    ", ".join(names),
+                )
+                for scope in [*self._work, *self._background]:
+                    scope.cancel()
+                return
+
+    async def _finalize(self, *, destroying: bool) -> None:
+        entry = self.entry
+        options = self.definition.options
+        # Cancelled work unwinds in its callers' tasks; give it a bounded moment.
+        if not self._drained():
+            with trio.move_on_after(options.close_timeout):
+                while not self._drained():
+                    self._poke = trio.Event()
+                    await self._poke.wait()
+        if destroying:
+            closing = list(entry.conns)
+            code, reason = 1000, "actor.destroyed"
+        else:
+            closing = [c for c in entry.conns if not c.hibernatable]
+            code, reason = 1001, "actor.sleeping"
+        if closing:
+            async with trio.open_nursery() as nursery:
+                for conn in closing:
+                    nursery.start_soon(self._close_conn, conn, code, reason)
+        if destroying:
+            try:
+                await self.host.store.delete(self.actor_id, self.number)
+            except ActorError as exc:
+                log.error("actor %s id=%s: delete failed: %s", entry.name, self.actor_id, exc)
+                self.host.note_save_error(entry, exc)
+            return
+        try:
+            await self.save_state(reason="finalize")
+        except ActorError as exc:
+            self.host.note_save_error(entry, exc)
+            try:
+                entry.pending_state = json.dumps(self.state, separators=(",", ":")).encode()
+            except (TypeError, ValueError):
+                log.error(
+                    "actor %s id=%s: unsaveable state dropped at finalize",
+                    entry.name,
+                    self.actor_id,
+                )
+            else:
+                log.error(
+                    "actor %s id=%s: final save failed (%s); state kept in memory for the "
+                    "next generation",
+                    entry.name,
+                    self.actor_id,
+                    exc,
+                )
+
+    async def _close_conn(self, conn: Conn, code: int, reason: str) -> None:
+        options = self.definition.options
+        conn.close_nowait(code, reason)
+        with trio.move_on_after(options.close_timeout + 0.5):
+            await conn.wait_closed()
+        entry = self.entry
+        if conn in entry.conns:
+            entry.conns.discard(conn)
+            self.conn_detached(conn)
+        assert self.instance is not None
+        with trio.move_on_after(options.hook_timeout):
+            try:
+                if conn.kind is ConnKind.RAW:
+                    await self.instance.on_ws_close(self.ctx, conn, code, reason)
+                await self.instance.on_disconnect(self.ctx, conn)
+            except Exception:
+                log.exception("actor %s id=%s: disconnect hook raised", entry.name, self.actor_id)

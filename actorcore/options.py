@@ -1,0 +1,52 @@
+"""ActorOptions: the per-definition knobs, with their defaults in one place."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+__all__ = ["ActorOptions"]
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (value > 0 and not math.isnan(value)):
+        raise ValueError(f"ActorOptions.{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative_int(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 0:
+        raise ValueError(f"ActorOptions.{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ActorOptions:
+    """Timeouts and limits of one actor definition. All durations are seconds of trio's clock."""
+
+    sleep_timeout: float = attrs.field(default=30.0, validator=_positive)
+    """Idle time before the actor sleeps; any activity re-arms it."""
+    no_sleep: bool = False
+    """Never sleep on idle (explicit ``sleep()`` and registry drain still apply)."""
+    sleep_grace_period: float = attrs.field(default=15.0, validator=_positive)
+    """One budget for ``on_sleep``/``on_destroy``, in-flight work, ``wait_until`` and
+    ``keep_awake``. When it passes, what is left is cancelled and finalize begins."""
+    ready_timeout: float = attrs.field(default=30.0, validator=_positive)
+    """How long work and connections wait for the actor to become ready."""
+    state_save_interval: float = attrs.field(default=1.0, validator=_positive)
+    """At most one automatic state save per interval while the state changes."""
+    hibernatable_websockets: bool = False
+    """Raw WebSockets stay open while the actor sleeps (protocol connections always do)."""
+    max_message_size: int = attrs.field(default=64 * 1024, validator=_non_negative_int)
+    """Largest incoming WebSocket message, in bytes (characters for text)."""
+    close_timeout: float = attrs.field(default=2.0, validator=_positive)
+    """Bound on one WebSocket close handshake."""
+    action_timeout: float = attrs.field(default=60.0, validator=_positive)
+    """Bound on one action; a slower action is cancelled and its caller gets ``actor.stopping``
+    if the generation ended, or ``actor.internal_error`` otherwise."""
+    hook_timeout: float = attrs.field(default=5.0, validator=_positive)
+    """Bound on ``on_wake``, ``on_create`` and the connection hooks."""
+    max_held_work: int = attrs.field(default=1000, validator=_non_negative_int)
+    """Calls and connections that may wait for the next generation at once."""
+    hibernation_buffer: int = attrs.field(default=256, validator=_non_negative_int)
+    """Messages one hibernatable connection may buffer while its actor sleeps; beyond it the
+    connection closes with 1013 ``actor.overloaded``."""

@@ -1,0 +1,616 @@
+"""Registry: owns every actor's lifecycle, finds actors by key or id, and routes work to them.
+
+The registry keeps in memory only actors that are awake, starting, stopping, or asleep with
+hibernating connections or waiting work (:class:`~actorcore.generation.ActorEntry`). An asleep
+actor is just a row in the store; it is found by key or id on demand and woken by the first
+work that needs it.
+
+Every piece of work passes :func:`actorcore.lifecycle.admit` first: it runs now, is held for the
+next generation (waking the actor), or is refused. Held work waits at most ``ready_timeout``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .actor import Actor, ActorDefinition, definition_of
+from .authority import LifecycleAuthority, LocalAuthority
+from .context import current_conn
+from .errors import (
+    ActionNotFound,
+    ActionTimeout,
+    ActorDestroyed,
+    ActorError,
+    ActorNotFound,
+    ActorOverloaded,
+    ActorReadyTimeout,
+    ActorStartFailed,
+    ActorStopping,
+    DefinitionError,
+    RuntimeShutdown,
+    StoreError,
+)
+from .generation import ActorEntry, Generation
+from .lifecycle import Admission, LifecycleEvent, LifecycleState, WorkKind, admit
+from .store.base import Store
+from .store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from .conn import Conn
+
+__all__ = ["ActorHandle", "Registry", "RegistryStatistics"]
+
+log = logging.getLogger("actorcore.registry")
+
+S = LifecycleState
+E = LifecycleEvent
+
+#: Destroyed ids remembered so ``lifecycle()`` can answer DESTROYED (oldest forgotten first).
+TOMBSTONES = 10_000
+
+
+@attrs.frozen
+class RegistryStatistics:
+    """A snapshot of what the registry holds and has done."""
+
+    actors_by_state: dict[str, int]
+    """In-memory actors by lifecycle state value (asleep actors without connections are only
+    in the store and not counted here)."""
+    running_generations: int
+    """Generations between LOADING and the end of their finalize."""
+    held: int
+    """Calls and connections waiting for a next generation."""
+    connections: int
+    """Open connections (hibernatable and not)."""
+    hibernatable_connections: int
+    """Open hibernatable connections."""
+    connections_held: int
+    """Connections waiting for a generation before they go live."""
+    messages_in: int
+    """Messages received from clients."""
+    messages_out: int
+    """Messages sent to clients."""
+    closes_by_code: dict[int, int]
+    """Close frames sent by the server, by code."""
+    calls: int
+    """Calls admitted (actions and hooks run on behalf of callers)."""
+    save_errors: int
+    """Failed state saves (the actor kept its state in memory)."""
+    draining: bool
+    """The registry is shutting down."""
+
+
+@attrs.define(eq=False, slots=True)
+class _Counters:
+    messages_in: int = 0
+    messages_out: int = 0
+    calls: int = 0
+    save_errors: int = 0
+    connections_held: int = 0
+    closes_by_code: collections.Counter[int] = attrs.field(factory=collections.Counter[int])
+
+
+@attrs.frozen
+class ActorHandle:
+    """A reference to one actor. Cheap to make; the actor wakes when work reaches it."""
+
+    registry: Registry = attrs.field(repr=False)
+    actor_id: str
+    name: str
+    key: str
+
+    async def call(self, action: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``action`` on the actor and return its result (see :meth:`Registry.call`)."""
+        return await self.registry.call(self.actor_id, action, *args, **kwargs)
+
+    @property
+    def lifecycle(self) -> LifecycleState | None:
+        """The actor's current lifecycle state."""
+        return self.registry.lifecycle(self.actor_id)
+
+
+class Registry:
+    """Runs actors of the given definitions on trio, persisting them in ``store``.
+
+    Use as ``async with Registry([...]) as registry:`` or ``await nursery.start(registry.run)``.
+    Leaving the block (or :meth:`shutdown`) drains: every awake actor sleeps, hooks run and
+    state is saved, bounded by the actors' grace periods.
+    """
+
+    def __init__(
+        self,
+        actors: Iterable[type[Actor]] = (),
+        store: Store | None = None,
+        *,
+        authority: LifecycleAuthority | None = None,
+    ) -> None:
+        self._definitions: dict[str, ActorDefinition] = {}
+        for cls in actors:
+            definition = definition_of(cls)
+            if definition.name in self._definitions:
+                raise DefinitionError(f"two actor definitions are named {definition.name!r}")
+            self._definitions[definition.name] = definition
+        self._store: Store = store if store is not None else MemoryStore()
+        self._authority: LifecycleAuthority = authority or LocalAuthority()
+        self._by_id: dict[str, ActorEntry] = {}
+        self._by_key: dict[tuple[str, str], ActorEntry] = {}
+        self._key_locks: dict[tuple[str, str], trio.Lock] = {}
+        self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._nursery: trio.Nursery | None = None
+        self._running_generations = 0
+        self._generations_done = trio.Event()
+        self._shutdown_requested = trio.Event()
+        self._draining = False
+        self._stopped = trio.Event()
+        self._cm: Any = None
+        self._cm_nursery: trio.Nursery
+        self.counters = _Counters()
+        """Mutable counters; the dispatcher adds its message and close counts here."""
+
+    # ---------------------------------------------------------------- running
+
+    @property
+    def store(self) -> Store:
+        """The store actors persist to."""
+        return self._store
+
+    @property
+    def definitions(self) -> dict[str, ActorDefinition]:
+        """Registered definitions by route name."""
+        return dict(self._definitions)
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began: new work is refused with ``runtime.shutdown``."""
+        return self._draining
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Registry] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until :meth:`shutdown`; then drain and return."""
+        if self._nursery is not None or self._stopped.is_set():
+            raise RuntimeError("a Registry runs once")
+        async with trio.open_nursery() as store_nursery:
+            run_store = getattr(self._store, "run", None)
+            if run_store is not None:
+                await store_nursery.start(run_store)
+            else:
+                await self._store.open()
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    task_status.started(self)
+                    await self._shutdown_requested.wait()
+                    await self._drain()
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._draining = True
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._store.aclose()
+                store_nursery.cancel_scope.cancel()
+                self._stopped.set()
+
+    async def __aenter__(self) -> Registry:
+        self._cm = trio.open_nursery()
+        nursery = self._cm_nursery = await self._cm.__aenter__()
+        try:
+            await nursery.start(self.run)
+        except BaseException as exc:
+            nursery.cancel_scope.cancel()
+            await self._cm.__aexit__(type(exc), exc, exc.__traceback__)  # noqa: ASYNC102 - cancelled above, returns at once
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._shutdown_requested.set()
+        cm, self._cm = self._cm, None
+        # Drain even when the block was cancelled (Ctrl-C): shield the nursery that runs the
+        # registry, bounded by the drain budget. The nursery's own scope is used because a new
+        # scope opened here would not nest around it.
+        scope = self._cm_nursery.cancel_scope
+        scope.shield = True
+        scope.deadline = min(scope.deadline, trio.current_time() + self._drain_budget() + 10)
+        # The body's exception (if any) propagates unwrapped.
+        await cm.__aexit__(None, None, None)  # noqa: ASYNC102 - shielded and bounded above
+        return False
+
+    def request_shutdown(self) -> None:
+        """Begin draining without waiting (see :meth:`shutdown`)."""
+        self._shutdown_requested.set()
+
+    async def shutdown(self) -> None:
+        """Drain and stop: every awake actor sleeps with its state saved (bounded by its grace
+        period); new work is refused with ``runtime.shutdown``. Returns when stopped."""
+        self._shutdown_requested.set()
+        with trio.move_on_after(self._drain_budget() + 10):
+            await self._stopped.wait()
+
+    def _drain_budget(self) -> float:
+        budget = 0.0
+        for d in self._definitions.values():
+            o = d.options
+            budget = max(budget, o.hook_timeout + o.sleep_grace_period + 2 * o.close_timeout + 1)
+        return budget or 1.0
+
+    async def _drain(self) -> None:
+        self._draining = True
+        for entry in list(self._by_id.values()):
+            if entry.lifecycle.state in (S.LOADING, S.STARTED):
+                self.request(entry, E.SLEEP, "drain")
+        with trio.move_on_after(self._drain_budget()) as scope:
+            while self._running_generations:
+                self._generations_done = trio.Event()
+                await self._generations_done.wait()
+        if scope.cancelled_caught:
+            log.error(
+                "drain: %d generations still running after %.1fs; cancelling them",
+                self._running_generations,
+                self._drain_budget(),
+            )
+
+    # ---------------------------------------------------------------- lookup
+
+    def definition(self, name: str) -> ActorDefinition:
+        """The definition named ``name``; :class:`ActorNotFound` if there is none."""
+        try:
+            return self._definitions[name]
+        except KeyError:
+            raise ActorNotFound(f"no actor definition named {name!r}") from None
+
+    async def get_or_create(self, name: str, key: str, input: Any = None) -> ActorHandle:
+        """The actor ``name``/``key``, created (with ``input``) if it does not exist, and
+        started. Raises ActorStartFailed, ActorDestroyed (while that actor is being
+        destroyed), ActorReadyTimeout."""
+        entry = await self._entry_by_key(name, key, create=True, input=input)
+        await self._admit(entry, WorkKind.CALL)
+        return self._handle(entry)
+
+    async def get(self, name: str, key: str) -> ActorHandle:
+        """The existing actor ``name``/``key`` (not woken); :class:`ActorNotFound` if none."""
+        entry = await self._entry_by_key(name, key, create=False, input=None)
+        return self._handle(entry)
+
+    async def get_by_id(self, actor_id: str) -> ActorHandle:
+        """The existing actor with this id (not woken); :class:`ActorNotFound` if none."""
+        if actor_id in self._tombstones:
+            raise ActorNotFound(f"actor {actor_id} was destroyed")
+        entry = await self._entry_by_id(actor_id)
+        return self._handle(entry)
+
+    def lifecycle(self, actor_id: str) -> LifecycleState | None:
+        """The actor's current lifecycle state, DESTROYED for a recently destroyed one, or None
+        for an unknown id."""
+        entry = self._by_id.get(actor_id)
+        if entry is not None:
+            return entry.lifecycle.state
+        if actor_id in self._tombstones:
+            return S.DESTROYED
+        if self._store.exists_nowait(actor_id):
+            return S.ASLEEP
+        return None
+
+    def _handle(self, entry: ActorEntry) -> ActorHandle:
+        return ActorHandle(self, entry.actor_id, entry.name, entry.key)
+
+    def _require_running(self) -> None:
+        if self._stopped.is_set():
+            raise RuntimeShutdown("the registry has stopped")
+        if self._nursery is None:
+            raise RuntimeError(
+                "the registry is not running: use `async with registry` or "
+                "`await nursery.start(registry.run)`"
+            )
+
+    async def _entry_by_id(self, actor_id: str) -> ActorEntry:
+        self._require_running()
+        entry = self._by_id.get(actor_id)
+        if entry is not None:
+            return entry
+        if actor_id in self._tombstones:
+            raise ActorDestroyed(f"actor {actor_id} was destroyed")
+        record = await self._store.get_by_id(actor_id)
+        entry = self._by_id.get(actor_id)  # it may have been loaded while we awaited
+        if entry is not None:
+            return entry
+        if record is None:
+            raise ActorNotFound(f"no actor with id {actor_id!r}")
+        definition = self._definitions.get(record.name)
+        if definition is None:
+            raise ActorNotFound(f"actor {actor_id} is a {record.name!r}, which is not registered")
+        return self._add_entry(record.actor_id, record.key, definition)
+
+    async def _entry_by_key(self, name: str, key: str, *, create: bool, input: Any) -> ActorEntry:
+        self._require_running()
+        if create and self._draining:
+            raise RuntimeShutdown("the registry is shutting down")
+        definition = self.definition(name)
+        if not isinstance(key, str):
+            raise TypeError(f"actor keys are str, not {type(key).__name__}")
+        entry = self._by_key.get((name, key))
+        if entry is not None:
+            return entry
+        lock = self._key_locks.setdefault((name, key), trio.Lock())
+        try:
+            async with lock:
+                entry = self._by_key.get((name, key))
+                if entry is not None:
+                    return entry
+                record = await self._store.get_by_key(name, key)
+                if record is None:
+                    if not create:
+                        raise ActorNotFound(f"no {name!r} actor with key {key!r}")
+                    if self._draining:
+                        raise RuntimeShutdown("the registry is shutting down")
+                    record = await self._store.create(
+                        uuid.uuid4().hex, name, key, _encode_input(input)
+                    )
+                entry = self._by_id.get(record.actor_id)
+                if entry is None:
+                    entry = self._add_entry(record.actor_id, record.key, definition)
+                return entry
+        finally:
+            if not lock.statistics().tasks_waiting and not lock.locked():
+                self._key_locks.pop((name, key), None)
+
+    def _add_entry(self, actor_id: str, key: str, definition: ActorDefinition) -> ActorEntry:
+        entry = ActorEntry(actor_id=actor_id, key=key, definition=definition)
+        self._by_id[actor_id] = entry
+        self._by_key[(definition.name, key)] = entry
+        return entry
+
+    def _retire(self, entry: ActorEntry) -> None:
+        entry.retired = True
+        if self._by_id.get(entry.actor_id) is entry:
+            del self._by_id[entry.actor_id]
+        if self._by_key.get((entry.name, entry.key)) is entry:
+            del self._by_key[(entry.name, entry.key)]
+
+    # ---------------------------------------------------------------- admission
+
+    async def admit(self, actor_id: str, kind: WorkKind) -> Generation:
+        """Admit one unit of work for ``actor_id`` (waking or holding as the lifecycle says)
+        and return the generation it must run in. The caller must enter
+        ``generation.track_work`` before its next checkpoint."""
+        entry = await self._entry_by_id(actor_id)
+        return await self._admit(entry, kind)
+
+    async def _admit(self, entry: ActorEntry, kind: WorkKind) -> Generation:
+        decision = admit(entry.lifecycle, kind)
+        if decision is Admission.ADMIT:
+            gen = entry.generation
+            assert gen is not None
+            return gen
+        if decision is Admission.DESTROYED:
+            raise ActorDestroyed(f"actor {entry.actor_id} is destroyed")
+        if decision is Admission.STOPPING:
+            raise ActorStopping(f"actor {entry.actor_id} is finalizing")
+        return await self._hold(entry, kind)
+
+    async def _hold(self, entry: ActorEntry, kind: WorkKind) -> Generation:
+        options = entry.definition.options
+        if self._draining:
+            raise RuntimeShutdown("the registry is shutting down")
+        if entry.held >= options.max_held_work:
+            raise ActorOverloaded(f"actor {entry.actor_id} has {entry.held} requests waiting")
+        entry.held += 1
+        try:
+            with trio.fail_after(options.ready_timeout):
+                while True:
+                    decision = admit(entry.lifecycle, kind)
+                    if decision is Admission.ADMIT:
+                        gen = entry.generation
+                        assert gen is not None
+                        return gen
+                    if decision is Admission.DESTROYED:
+                        raise ActorDestroyed(f"actor {entry.actor_id} is destroyed")
+                    if decision is Admission.STOPPING:
+                        raise ActorStopping(f"actor {entry.actor_id} is finalizing")
+                    if entry.lifecycle.state is S.ASLEEP and entry.generation is None:
+                        if self._draining:
+                            raise RuntimeShutdown("the registry is shutting down")
+                        self._wake(entry, "work arrived")
+                    attempt = entry.wakes
+                    await entry.changed.wait()
+                    if entry.failed_wake == attempt and entry.start_error is not None:
+                        err = entry.start_error
+                        raise ActorStartFailed(err.message) from err
+        except trio.TooSlowError:
+            raise ActorReadyTimeout(
+                f"actor {entry.actor_id} was not ready within {options.ready_timeout}s "
+                f"(state {entry.lifecycle.state.value})"
+            ) from None
+        finally:
+            entry.held -= 1
+
+    # ---------------------------------------------------------------- calls
+
+    async def call(self, actor_id: str, action: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``action`` on the actor: admitted by the lifecycle (woken or held as needed),
+        bounded by ``action_timeout``. The action's own exception reaches the caller
+        unchanged; ActorStopping if the generation's grace deadline cut it off."""
+        entry = await self._entry_by_id(actor_id)
+        return await self.call_entry(entry, action, args, kwargs)
+
+    async def call_entry(
+        self,
+        entry: ActorEntry,
+        action: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        conn: Conn | None = None,
+    ) -> Any:
+        """Like :meth:`call` for an entry already looked up (the dispatcher's path)."""
+        fn = entry.definition.actions.get(action)
+        if fn is None:
+            raise ActionNotFound(f"actor {entry.name!r} has no action {action!r}")
+        gen = await self._admit(entry, WorkKind.CALL)
+        self.counters.calls += 1
+        token = current_conn.set(conn)
+        try:
+            with gen.track_work(f"action:{action}") as scope:
+                scope.deadline = trio.current_time() + entry.definition.options.action_timeout
+                return await fn(gen.instance, gen.ctx, *args, **kwargs)
+        finally:
+            current_conn.reset(token)
+        # Only reached when the scope was cancelled: by the grace deadline or the timeout.
+        if gen.abort_signal.is_set():
+            raise ActorStopping(
+                f"action {action!r} was cancelled at the end of generation {gen.number}"
+            )
+        raise ActionTimeout(f"action {action!r} exceeded its action_timeout")
+
+    # ---------------------------------------------------------------- sleep / destroy
+
+    def request(self, entry: ActorEntry, event: LifecycleEvent, reason: str) -> None:
+        """Ask the authority for ``event`` on ``entry`` (a GenerationHost method)."""
+
+        def apply() -> None:
+            entry.process(event, reason)
+            if (
+                event is E.DESTROY
+                and entry.lifecycle.state is S.ASLEEP
+                and entry.generation is None
+                and not entry.retired
+                and not self._draining
+            ):
+                self._wake(entry, "destroy requested while asleep")
+
+        self._authority.request(entry.actor_id, entry.last_generation, event, apply)
+
+    async def sleep(self, actor_id: str) -> None:
+        """Request sleep and return when the generation running now has finished."""
+        entry = await self._entry_by_id(actor_id)
+        gen = entry.generation
+        if gen is None:
+            return
+        self.request(entry, E.SLEEP, "registry.sleep")
+        with trio.fail_after(self._stop_budget(entry)):
+            await gen.finished.wait()
+
+    async def destroy(self, actor_id: str) -> None:
+        """Destroy the actor (waking it so ``on_destroy`` runs) and return once it is gone."""
+        entry = await self._entry_by_id(actor_id)
+        if self._draining:
+            raise RuntimeShutdown("the registry is shutting down")
+        self.request(entry, E.DESTROY, "registry.destroy")
+        with trio.fail_after(self._stop_budget(entry) + entry.definition.options.ready_timeout):
+            while entry.lifecycle.state is not S.DESTROYED:
+                attempt = entry.wakes
+                await entry.changed.wait()
+                if entry.failed_wake == attempt and entry.start_error is not None:
+                    raise ActorStartFailed(entry.start_error.message) from entry.start_error
+
+    def _stop_budget(self, entry: ActorEntry) -> float:
+        o = entry.definition.options
+        return o.hook_timeout + 2 * o.sleep_grace_period + 2 * o.close_timeout + 5
+
+    # ---------------------------------------------------------------- generations
+
+    def _wake(self, entry: ActorEntry, reason: str) -> None:
+        assert self._nursery is not None, "the registry is not running"
+        entry.wakes += 1
+        entry.process(E.WAKE, reason)
+        gen = Generation(entry=entry, host=self)
+        entry.generation = gen
+        self._running_generations += 1
+        self._nursery.start_soon(self._run_generation, entry, gen, name=f"actor:{entry.name}")
+
+    async def _run_generation(self, entry: ActorEntry, gen: Generation) -> None:
+        try:
+            await gen.run()
+        except Exception:
+            # A bug in actorcore itself: contain it to this actor and keep serving others.
+            log.exception("actor %s id=%s: generation crashed", entry.name, entry.actor_id)
+        finally:
+            entry.generation = None
+            self._running_generations -= 1
+            state = entry.lifecycle.state
+            if state in (S.SLEEP_FINALIZE, S.DESTROYING):
+                entry.process(E.FINALIZED, "finalized")
+            elif state is not S.ASLEEP:
+                # Cancelled mid-way (hard shutdown): record it as asleep without a save.
+                entry.lifecycle.state = S.ASLEEP
+                entry.changed.set()
+                entry.changed = trio.Event()
+            gen.finished.set()
+            self._generation_ended(entry)
+            if self._running_generations == 0:
+                self._generations_done.set()
+
+    def _generation_ended(self, entry: ActorEntry) -> None:
+        state = entry.lifecycle.state
+        if state is S.DESTROYED:
+            self._retire(entry)
+            self._tombstones[entry.actor_id] = None
+            while len(self._tombstones) > TOMBSTONES:
+                self._tombstones.popitem(last=False)
+            return
+        wanted = entry.held > 0 or entry.lifecycle.destroy_requested
+        if wanted and not self._draining and entry.failed_wake != entry.wakes:
+            self._wake(entry, "work was waiting")
+        elif not (entry.held or entry.conns or entry.pending_state is not None):
+            self._retire(entry)
+
+    def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
+        """Count a failed save (a GenerationHost method); the error is logged here."""
+        self.counters.save_errors += 1
+        level = logging.ERROR if isinstance(error, StoreError) else logging.WARNING
+        log.log(level, "actor %s id=%s: state save failed: %s", entry.name, entry.actor_id, error)
+
+    # ---------------------------------------------------------------- observability
+
+    def statistics(self) -> RegistryStatistics:
+        """A snapshot of counters; cheap enough to poll."""
+        by_state: collections.Counter[str] = collections.Counter()
+        conns = hib = held = 0
+        for entry in self._by_id.values():
+            by_state[entry.lifecycle.state.value] += 1
+            held += entry.held
+            conns += len(entry.conns)
+            hib += sum(1 for c in entry.conns if c.hibernatable)
+        c = self.counters
+        return RegistryStatistics(
+            actors_by_state=dict(by_state),
+            running_generations=self._running_generations,
+            held=held,
+            connections=conns,
+            hibernatable_connections=hib,
+            connections_held=c.connections_held,
+            messages_in=c.messages_in,
+            messages_out=c.messages_out,
+            closes_by_code=dict(c.closes_by_code),
+            calls=c.calls,
+            save_errors=c.save_errors,
+            draining=self._draining,
+        )
+
+    def entry(self, actor_id: str) -> ActorEntry | None:
+        """The in-memory entry of an actor, if it has one (for the dispatcher and tests)."""
+        return self._by_id.get(actor_id)
+
+    def entries(self) -> list[ActorEntry]:
+        """All in-memory entries."""
+        return list(self._by_id.values())
+
+
+def _encode_input(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"actor input must be JSON-serialisable: {exc}") from exc

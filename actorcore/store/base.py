@@ -1,0 +1,108 @@
+"""The store contract: where actors and their state live while they sleep.
+
+Every write names the actor id **and the generation** that makes it. A store accepts a write
+only from the actor's current generation (the fencing token handed out by
+:meth:`Store.begin_generation`), so a late write from a finished generation can never overwrite
+the state of the next one. This is also the seam for a later multi-node mode: a remote store
+keeps the same contract.
+
+State travels as bytes (UTF-8 JSON made by the registry); a store never interprets it.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import attrs
+
+__all__ = ["ActorRecord", "Store", "StoreStatistics"]
+
+
+@attrs.frozen
+class ActorRecord:
+    """One actor as the store holds it."""
+
+    actor_id: str
+    """Unique id, assigned at creation, never reused."""
+    name: str
+    """The actor definition's route name."""
+    key: str
+    """The user's key; ``(name, key)`` is unique among existing actors."""
+    generation: int
+    """The last generation that began (0: created, never started)."""
+    initialized: bool
+    """True once ``create_state`` and ``on_create`` completed and the state was saved."""
+    state: bytes | None
+    """The last saved state (UTF-8 JSON), or None before the first save."""
+    input: bytes | None
+    """The creation input (UTF-8 JSON), kept until the actor is initialized."""
+
+
+@attrs.frozen
+class StoreStatistics:
+    """Counters a store reports through :meth:`Store.statistics`."""
+
+    actors: int
+    """Number of actors the store holds (-1 when not cheaply known)."""
+    writes: int
+    """Write operations accepted since the store was opened."""
+    commits: int
+    """Transactions committed (a group commit counts once)."""
+    write_errors: int
+    """Write operations that failed (store errors, not fencing refusals)."""
+    stale_writes: int
+    """Writes refused because their generation was not current."""
+
+
+class Store(abc.ABC):
+    """Persistent home of actor records. Implementations: MemoryStore, SQLiteStore.
+
+    All async methods raise :class:`actorcore.StoreError` (or its subclass
+    :class:`actorcore.StaleGeneration`) on failure, never a library exception.
+    """
+
+    async def open(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Prepare for use (open files, start the writer). Called by the registry."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Flush pending writes and release resources. Idempotent."""
+
+    @abc.abstractmethod
+    async def create(self, actor_id: str, name: str, key: str, input: bytes | None) -> ActorRecord:
+        """Insert a new actor with generation 0. Raises StoreError if ``(name, key)`` exists."""
+
+    @abc.abstractmethod
+    async def get_by_key(self, name: str, key: str) -> ActorRecord | None:
+        """The actor with this name and key, or None."""
+
+    @abc.abstractmethod
+    async def get_by_id(self, actor_id: str) -> ActorRecord | None:
+        """The actor with this id, or None."""
+
+    @abc.abstractmethod
+    def exists_nowait(self, actor_id: str) -> bool:
+        """Whether the actor exists, answered synchronously (an indexed point read)."""
+
+    @abc.abstractmethod
+    async def begin_generation(self, actor_id: str) -> ActorRecord:
+        """Atomically increment the actor's generation and return the updated record.
+
+        The returned ``generation`` is the fencing token for every later write of that
+        generation. Raises :class:`actorcore.ActorNotFound` if the actor does not exist.
+        """
+
+    @abc.abstractmethod
+    async def save(self, actor_id: str, generation: int, state: bytes) -> None:
+        """Store ``state`` and mark the actor initialized.
+
+        Raises :class:`actorcore.StaleGeneration` if ``generation`` is not the current one,
+        :class:`actorcore.ActorNotFound` if the actor does not exist.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, actor_id: str, generation: int) -> None:
+        """Remove the actor (its key becomes free). Fenced like :meth:`save`."""
+
+    @abc.abstractmethod
+    def statistics(self) -> StoreStatistics:
+        """Counters for observability."""

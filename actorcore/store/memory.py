@@ -1,0 +1,196 @@
+"""An in-memory :class:`~actorcore.store.base.Store`: same contract as SQLite, nothing persists.
+
+Meant for tests and for runtimes whose actors need not survive the process. Every write is
+applied synchronously after one checkpoint, so each operation is atomic with respect to other
+trio tasks; fencing, duplicate detection and the statistics follow the SQLite store exactly.
+
+Fault injection, for testing callers against a failing store:
+
+* :attr:`MemoryStore.fail_writes` -- when set to an exception, every write raises
+  :class:`~actorcore.errors.StoreError` chained to it (counted in ``write_errors``).
+* :attr:`MemoryStore.write_delay` -- seconds slept (``trio.sleep``) before each write.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from actorcore.errors import ActorNotFound, StaleGeneration, StoreError
+from actorcore.store.base import ActorRecord, Store, StoreStatistics
+
+__all__ = ["MemoryStore"]
+
+
+@attrs.define(eq=False)
+class MemoryStore(Store):
+    """A :class:`Store` kept in two dicts: records by id, and ids by ``(name, key)``.
+
+    Usable right after construction; :meth:`run` exists so that every store is driven the same
+    way (see :func:`actorcore.store.open_store`). After :meth:`aclose` every operation raises
+    :class:`~actorcore.errors.StoreError`.
+
+    Statistics: ``writes`` counts accepted writes (a :meth:`create_many` call counts once),
+    ``commits`` equals ``writes`` (each write is its own transaction), ``stale_writes`` counts
+    fencing refusals and ``write_errors`` every other :class:`StoreError` of a write (duplicate
+    key, injected fault). A write refused with :class:`ActorNotFound` is in neither counter.
+    """
+
+    fail_writes: Exception | None = attrs.field(default=None, kw_only=True)
+    """Fault hook: when not None, every write raises ``StoreError`` chained to this exception."""
+    write_delay: float = attrs.field(default=0.0, kw_only=True)
+    """Fault hook: seconds to ``trio.sleep`` before each write (0: just a checkpoint)."""
+
+    _by_id: dict[str, ActorRecord] = attrs.field(factory=dict, init=False)
+    _by_key: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)
+    _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _writes: int = attrs.field(default=0, init=False)
+    _write_errors: int = attrs.field(default=0, init=False)
+    _stale_writes: int = attrs.field(default=0, init=False)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Report ready, then wait until :meth:`aclose` (or cancellation). Holds no resources.
+
+        Running a closed store again reopens it with its data, like reopening a file: tests use
+        this to restart a registry on the same store.
+        """
+        if self._closed.is_set():
+            self._closed = trio.Event()
+        task_status.started()
+        await self._closed.wait()
+
+    async def aclose(self) -> None:
+        """Refuse further operations and end :meth:`run`. Idempotent; the data is kept for a
+        later :meth:`run`."""
+        self._closed.set()
+        await trio.lowlevel.checkpoint()
+
+    async def create(self, actor_id: str, name: str, key: str, input: bytes | None) -> ActorRecord:
+        """Insert a new actor with generation 0. Raises StoreError if ``(name, key)`` exists."""
+        await self._before_write("create")
+        if (name, key) in self._by_key or actor_id in self._by_id:
+            self._write_errors += 1
+            raise StoreError(
+                f"create failed: actor name={name!r} key={key!r} (id {actor_id!r}) already exists"
+            )
+        record = ActorRecord(actor_id, name, key, 0, False, None, input)
+        self._insert(record)
+        self._writes += 1
+        return record
+
+    async def create_many(self, rows: list[tuple[str, str, str, bytes | None]]) -> None:
+        """Insert ``(actor_id, name, key, input)`` rows at generation 0, all or none."""
+        await self._before_write("create_many")
+        ids: set[str] = set()
+        keys: set[tuple[str, str]] = set()
+        for actor_id, name, key, _ in rows:
+            if (
+                actor_id in ids
+                or (name, key) in keys
+                or actor_id in self._by_id
+                or (name, key) in self._by_key
+            ):
+                self._write_errors += 1
+                raise StoreError(
+                    f"create_many failed: actor name={name!r} key={key!r} (id {actor_id!r}) "
+                    "already exists; no row was inserted"
+                )
+            ids.add(actor_id)
+            keys.add((name, key))
+        for actor_id, name, key, input in rows:
+            self._insert(ActorRecord(actor_id, name, key, 0, False, None, input))
+        self._writes += 1
+
+    async def get_by_key(self, name: str, key: str) -> ActorRecord | None:
+        """The actor with this name and key, or None."""
+        await self._before_read("get_by_key")
+        actor_id = self._by_key.get((name, key))
+        return None if actor_id is None else self._by_id[actor_id]
+
+    async def get_by_id(self, actor_id: str) -> ActorRecord | None:
+        """The actor with this id, or None."""
+        await self._before_read("get_by_id")
+        return self._by_id.get(actor_id)
+
+    def exists_nowait(self, actor_id: str) -> bool:
+        """Whether the actor exists."""
+        self._check_open("exists_nowait")
+        return actor_id in self._by_id
+
+    async def begin_generation(self, actor_id: str) -> ActorRecord:
+        """Increment the actor's generation and return the updated record."""
+        await self._before_write("begin_generation")
+        record = self._lookup("begin_generation", actor_id)
+        record = attrs.evolve(record, generation=record.generation + 1)
+        self._by_id[actor_id] = record
+        self._writes += 1
+        return record
+
+    async def save(self, actor_id: str, generation: int, state: bytes) -> None:
+        """Store ``state``, mark the actor initialized and drop its creation input. Fenced."""
+        await self._before_write("save")
+        record = self._fenced("save", actor_id, generation)
+        self._by_id[actor_id] = attrs.evolve(record, state=state, initialized=True, input=None)
+        self._writes += 1
+
+    async def delete(self, actor_id: str, generation: int) -> None:
+        """Remove the actor and free its key. Fenced like :meth:`save`."""
+        await self._before_write("delete")
+        record = self._fenced("delete", actor_id, generation)
+        del self._by_id[actor_id]
+        del self._by_key[record.name, record.key]
+        self._writes += 1
+
+    async def count(self) -> int:
+        """Number of actors held."""
+        await self._before_read("count")
+        return len(self._by_id)
+
+    def statistics(self) -> StoreStatistics:
+        """Counters for observability (see the class docstring)."""
+        return StoreStatistics(
+            actors=len(self._by_id),
+            writes=self._writes,
+            commits=self._writes,
+            write_errors=self._write_errors,
+            stale_writes=self._stale_writes,
+        )
+
+    def _check_open(self, operation: str) -> None:
+        if self._closed.is_set():
+            raise StoreError(f"{operation} failed: the store is closed")
+
+    async def _before_read(self, operation: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_open(operation)
+
+    async def _before_write(self, operation: str) -> None:
+        # Nothing awaits after this returns, so the write that follows is atomic.
+        if self.write_delay > 0:
+            await trio.sleep(self.write_delay)
+        else:
+            await trio.lowlevel.checkpoint()
+        self._check_open(operation)
+        if self.fail_writes is not None:
+            self._write_errors += 1
+            raise StoreError(f"{operation} failed: {self.fail_writes!r}") from self.fail_writes
+
+    def _insert(self, record: ActorRecord) -> None:
+        self._by_id[record.actor_id] = record
+        self._by_key[record.name, record.key] = record.actor_id
+
+    def _lookup(self, operation: str, actor_id: str) -> ActorRecord:
+        record = self._by_id.get(actor_id)
+        if record is None:
+            raise ActorNotFound(f"{operation} failed: no actor with id {actor_id!r}")
+        return record
+
+    def _fenced(self, operation: str, actor_id: str, generation: int) -> ActorRecord:
+        record = self._lookup(operation, actor_id)
+        if record.generation != generation:
+            self._stale_writes += 1
+            raise StaleGeneration(
+                f"{operation} refused: actor {actor_id!r} is at generation {record.generation}, "
+                f"not {generation}"
+            )
+        return record

@@ -1,0 +1,502 @@
+"""The store contract, run against every store; then what only SQLite (or MemoryStore) adds."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from actorcore.errors import ActorNotFound, StaleGeneration, StoreError
+from actorcore.store import MemoryStore, SQLiteStore, open_store
+
+TIMEOUT = 10.0
+
+AnyStore = MemoryStore | SQLiteStore
+"""The stores under test; both add ``count`` and ``create_many`` to the Store contract."""
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AnyStore]:
+    """A running store of each kind (SQLite in a fresh file)."""
+    if request.param == "memory":
+        instance: AnyStore = MemoryStore()
+    else:
+        instance = SQLiteStore(tmp_path / "actors.db")
+    async with open_store(instance):
+        yield instance
+
+
+async def _started(store: AnyStore, actor_id: str = "a1", key: str = "k1") -> int:
+    """Create an actor and begin its first generation; return that generation."""
+    await store.create(actor_id, "counter", key, b'{"start": 1}')
+    return (await store.begin_generation(actor_id)).generation
+
+
+def _sqlite_pragma(path: Path, pragma: str) -> object:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f"PRAGMA {pragma}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+# -- the shared contract -------------------------------------------------------------------------
+
+
+async def test_create_and_get(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        record = await store.create("a1", "counter", "k1", b'{"n": 1}')
+        assert (record.actor_id, record.name, record.key) == ("a1", "counter", "k1")
+        assert record.generation == 0
+        assert not record.initialized
+        assert record.state is None
+        assert record.input == b'{"n": 1}'
+        assert await store.get_by_key("counter", "k1") == record
+        assert await store.get_by_id("a1") == record
+        assert await store.get_by_key("counter", "other") is None
+        assert await store.get_by_key("other", "k1") is None
+        assert await store.get_by_id("nope") is None
+
+
+async def test_create_duplicate_key_fails(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        await store.create("a1", "counter", "k1", None)
+        with pytest.raises(StoreError) as info:
+            await store.create("a2", "counter", "k1", None)
+        assert not isinstance(info.value, StaleGeneration)
+        assert await store.get_by_id("a2") is None
+        # The same key under another name is a different actor.
+        await store.create("a3", "timer", "k1", None)
+        assert store.statistics().write_errors == 1
+
+
+async def test_begin_generation_increments(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        await store.create("a1", "counter", "k1", b"{}")
+        first = await store.begin_generation("a1")
+        second = await store.begin_generation("a1")
+        assert (first.generation, second.generation) == (1, 2)
+        assert second.actor_id == "a1"
+        assert second.input == b"{}"
+        got = await store.get_by_id("a1")
+        assert got is not None
+        assert got.generation == 2
+
+
+async def test_concurrent_begin_generation_is_atomic(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        await store.create("a1", "counter", "k1", None)
+        seen: list[int] = []
+
+        async def begin() -> None:
+            seen.append((await store.begin_generation("a1")).generation)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(begin)
+        assert sorted(seen) == list(range(1, 51))
+
+
+async def test_save_with_current_generation(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        generation = await _started(store)
+        await store.save("a1", generation, b'{"n": 2}')
+        record = await store.get_by_id("a1")
+        assert record is not None
+        assert record.initialized
+        assert record.state == b'{"n": 2}'
+        assert record.input is None  # kept only until the actor is initialized
+        assert record.generation == generation
+
+
+async def test_save_with_stale_generation_is_refused(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        old = await _started(store)
+        await store.save("a1", old, b"old")
+        new = (await store.begin_generation("a1")).generation
+        with pytest.raises(StaleGeneration):
+            await store.save("a1", old, b"late write")
+        with pytest.raises(StaleGeneration):
+            await store.save("a1", new + 1, b"future write")
+        record = await store.get_by_id("a1")
+        assert record is not None
+        assert record.state == b"old"
+        assert record.generation == new
+        assert store.statistics().stale_writes == 2
+
+
+async def test_unknown_actor(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(ActorNotFound):
+            await store.begin_generation("ghost")
+        with pytest.raises(ActorNotFound):
+            await store.save("ghost", 1, b"{}")
+        with pytest.raises(ActorNotFound):
+            await store.delete("ghost", 1)
+        stats = store.statistics()
+        assert (stats.writes, stats.write_errors, stats.stale_writes) == (0, 0, 0)
+
+
+async def test_delete_is_fenced(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        old = await _started(store)
+        await store.begin_generation("a1")
+        with pytest.raises(StaleGeneration):
+            await store.delete("a1", old)
+        assert await store.get_by_id("a1") is not None
+
+
+async def test_delete_frees_the_key(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        generation = await _started(store)
+        await store.delete("a1", generation)
+        assert await store.get_by_id("a1") is None
+        assert await store.get_by_key("counter", "k1") is None
+        assert not store.exists_nowait("a1")
+        with pytest.raises(ActorNotFound):
+            await store.save("a1", generation, b"{}")
+        again = await store.create("a2", "counter", "k1", None)
+        assert again.generation == 0
+        assert await store.get_by_key("counter", "k1") == again
+
+
+async def test_exists_nowait(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert not store.exists_nowait("a1")
+        await store.create("a1", "counter", "k1", None)
+        assert store.exists_nowait("a1")
+        assert not store.exists_nowait("a2")
+
+
+async def test_statistics_and_count(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        assert store.statistics().actors == 0
+        generation = await _started(store)  # 2 writes
+        await store.create("a2", "counter", "k2", None)  # 3
+        await store.save("a1", generation, b"{}")  # 4
+        with pytest.raises(StaleGeneration):
+            await store.save("a1", generation + 1, b"{}")
+        with pytest.raises(StoreError):
+            await store.create("a3", "counter", "k2", None)
+        await store.delete("a1", generation)  # 5
+        stats = store.statistics()
+        assert stats.actors == 1
+        assert stats.writes == 5
+        assert stats.commits == 5  # sequential writes: one transaction each
+        assert stats.stale_writes == 1
+        assert stats.write_errors == 1
+        assert await store.count() == 1
+
+
+async def test_concurrent_saves_all_land(store: AnyStore) -> None:
+    actors = 200
+    with trio.fail_after(TIMEOUT):
+        await store.create_many([(f"a{i}", "counter", f"k{i}", None) for i in range(actors)])
+        generations = {
+            f"a{i}": (await store.begin_generation(f"a{i}")).generation for i in range(actors)
+        }
+        before = store.statistics()
+
+        async def save(actor_id: str) -> None:
+            await store.save(actor_id, generations[actor_id], actor_id.encode())
+
+        async with trio.open_nursery() as nursery:
+            for actor_id in generations:
+                nursery.start_soon(save, actor_id)
+        after = store.statistics()
+        for actor_id in generations:
+            record = await store.get_by_id(actor_id)
+            assert record is not None
+            assert record.initialized
+            assert record.state == actor_id.encode()
+    assert after.writes - before.writes == actors
+    commits = after.commits - before.commits
+    if isinstance(store, SQLiteStore):
+        # Group commit: the saves queued together share transactions.
+        assert commits < actors
+    else:
+        assert commits == actors
+
+
+async def test_create_many(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        rows = [(f"a{i}", "counter", f"k{i}", b"{}" if i % 2 else None) for i in range(1000)]
+        await store.create_many(rows)
+        assert await store.count() == 1000
+        assert store.statistics().actors == 1000
+        record = await store.get_by_key("counter", "k7")
+        assert record is not None
+        assert (record.actor_id, record.generation, record.input) == ("a7", 0, b"{}")
+        assert store.exists_nowait("a999")
+        # All or nothing: one duplicate key rejects the whole call.
+        with pytest.raises(StoreError):
+            await store.create_many(
+                [("b1", "counter", "new1", None), ("b2", "counter", "k3", None)]
+            )
+        assert await store.get_by_id("b1") is None
+        assert await store.count() == 1000
+        await store.create_many([])
+
+
+async def test_closed_store_refuses_work(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        await store.create("a1", "counter", "k1", None)
+        await store.aclose()
+        await store.aclose()  # idempotent
+        with pytest.raises(StoreError):
+            await store.create("a2", "counter", "k2", None)
+        with pytest.raises(StoreError):
+            await store.get_by_id("a1")
+        with pytest.raises(StoreError):
+            store.exists_nowait("a1")
+
+
+# -- SQLite only ---------------------------------------------------------------------------------
+
+
+async def test_sqlite_data_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "actors.db"
+    with trio.fail_after(TIMEOUT):
+        async with open_store(SQLiteStore(path)) as first:
+            generation = await _started(first)
+            await first.save("a1", generation, b'{"n": 3}')
+            await first.create("a2", "counter", "k2", b"in")
+        async with open_store(SQLiteStore(path)) as second:
+            record = await second.get_by_id("a1")
+            assert record is not None
+            assert (record.generation, record.initialized, record.state, record.input) == (
+                generation,
+                True,
+                b'{"n": 3}',
+                None,
+            )
+            assert await second.get_by_key("counter", "k2") is not None
+            assert second.statistics().actors == 2
+            assert second.exists_nowait("a2")
+            # Fencing continues across restarts.
+            with pytest.raises(StaleGeneration):
+                await second.save("a1", generation - 1, b"late")
+
+
+async def test_sqlite_wal_and_integrity(tmp_path: Path) -> None:
+    path = tmp_path / "actors.db"
+    with trio.fail_after(TIMEOUT):
+        async with open_store(SQLiteStore(path)) as store:
+            await store.create_many([(f"a{i}", "c", f"k{i}", None) for i in range(100)])
+            generation = (await store.begin_generation("a5")).generation
+            await store.save("a5", generation, b"x" * 10_000)
+            await store.delete("a5", generation)
+            assert await trio.to_thread.run_sync(_sqlite_pragma, path, "journal_mode") == "wal"
+        assert await trio.to_thread.run_sync(_sqlite_pragma, path, "integrity_check") == "ok"
+        assert await trio.to_thread.run_sync(_sqlite_pragma, path, "journal_mode") == "wal"
+
+
+async def test_sqlite_commit_failure_fails_the_batch_only(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_store(SQLiteStore(tmp_path / "actors.db")) as store:
+            generation = await _started(store)
+            await store.save("a1", generation, b"before")
+            before = store.statistics()
+            store.fail_commits = 1
+            errors: list[StoreError] = []
+
+            async def attempt_save() -> None:
+                try:
+                    await store.save("a1", generation, b"lost")
+                except StoreError as exc:
+                    errors.append(exc)
+
+            async def attempt_create() -> None:
+                try:
+                    await store.create("a2", "counter", "k2", None)
+                except StoreError as exc:
+                    errors.append(exc)
+
+            # Started together, both requests are queued before the idle writer runs, so they
+            # form one batch whose COMMIT fails.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(attempt_save)
+                nursery.start_soon(attempt_create)
+            assert len(errors) == 2
+            assert all("commit" in str(exc) for exc in errors)
+            assert all(isinstance(exc.__cause__, sqlite3.Error) for exc in errors)
+            assert not any(isinstance(exc, StaleGeneration) for exc in errors)
+            record = await store.get_by_id("a1")
+            assert record is not None
+            assert record.state == b"before"
+            assert await store.get_by_id("a2") is None
+            after = store.statistics()
+            assert after.write_errors - before.write_errors == 2
+            assert after.commits == before.commits
+            assert after.actors == before.actors
+
+            # The next batch commits normally.
+            await store.save("a1", generation, b"after")
+            await store.create("a2", "counter", "k2", None)
+            record = await store.get_by_id("a1")
+            assert record is not None
+            assert record.state == b"after"
+            assert store.statistics().actors == 2
+        assert (
+            await trio.to_thread.run_sync(_sqlite_pragma, tmp_path / "actors.db", "integrity_check")
+            == "ok"
+        )
+
+
+async def test_sqlite_one_refusal_does_not_fail_its_batch(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_store(SQLiteStore(tmp_path / "actors.db")) as store:
+            generation = await _started(store)
+            await store.create("a2", "counter", "k2", None)
+            before = store.statistics()
+            outcomes: dict[str, str] = {}
+
+            async def stale() -> None:
+                try:
+                    await store.save("a1", generation + 5, b"stale")
+                except StaleGeneration:
+                    outcomes["stale"] = "refused"
+
+            async def duplicate() -> None:
+                try:
+                    await store.create("a3", "counter", "k2", None)
+                except StoreError:
+                    outcomes["duplicate"] = "refused"
+
+            async def good() -> None:
+                await store.save("a1", generation, b"good")
+                outcomes["good"] = "ok"
+
+            async with trio.open_nursery() as nursery:
+                for fn in (stale, duplicate, good):
+                    nursery.start_soon(fn)
+            assert outcomes == {"stale": "refused", "duplicate": "refused", "good": "ok"}
+            after = store.statistics()
+            assert after.commits - before.commits == 1  # one batch, one transaction
+            record = await store.get_by_id("a1")
+            assert record is not None
+            assert record.state == b"good"
+
+
+async def test_sqlite_close_flushes_queued_writes(tmp_path: Path) -> None:
+    path = tmp_path / "actors.db"
+    with trio.fail_after(TIMEOUT):
+        store = SQLiteStore(path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            await store.create_many([(f"a{i}", "c", f"k{i}", None) for i in range(20)])
+            # Keep the writer busy with a large batch, queue more writes behind it, then close.
+            nursery.start_soon(
+                store.create_many, [(f"b{i}", "c", f"b{i}", None) for i in range(20_000)]
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(20):
+                nursery.start_soon(store.begin_generation, f"a{i}")
+            await trio.testing.wait_all_tasks_blocked()
+            await store.aclose()
+        with pytest.raises(StoreError):
+            await store.begin_generation("a0")
+        async with open_store(SQLiteStore(path)) as reopened:
+            assert await reopened.count() == 20_020
+            for i in range(20):
+                record = await reopened.get_by_id(f"a{i}")
+                assert record is not None
+                assert record.generation == 1
+
+
+async def test_sqlite_cancelled_run_flushes_and_closes(tmp_path: Path) -> None:
+    path = tmp_path / "actors.db"
+    with trio.fail_after(TIMEOUT):
+        store = SQLiteStore(path)
+        async with trio.open_nursery() as callers, trio.open_nursery() as runner:
+            await runner.start(store.run)
+            await store.create_many([(f"a{i}", "c", f"k{i}", None) for i in range(20)])
+            callers.start_soon(
+                store.create_many, [(f"b{i}", "c", f"b{i}", None) for i in range(20_000)]
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(20):
+                callers.start_soon(store.begin_generation, f"a{i}")
+            await trio.testing.wait_all_tasks_blocked()
+            # Cancelling the writer still answers the queued callers: a StoreError would fail
+            # this test through the callers nursery.
+            runner.cancel_scope.cancel()
+        with pytest.raises(StoreError):
+            await store.get_by_id("a1")
+        with pytest.raises(StoreError):
+            await store.open()
+        async with open_store(SQLiteStore(path)) as reopened:
+            assert reopened.exists_nowait("b19999")
+            record = await reopened.get_by_id("a19")
+            assert record is not None
+            assert record.generation == 1
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_open_store_propagates_errors_unwrapped(kind: str, tmp_path: Path) -> None:
+    store: AnyStore = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "a.db")
+    with trio.fail_after(TIMEOUT), pytest.raises(KeyError, match="boom"):
+        async with open_store(store):
+            raise KeyError("boom")
+    with pytest.raises(StoreError):
+        await store.create("a1", "counter", "k1", None)
+
+
+async def test_sqlite_unusable_path(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT), pytest.raises(StoreError, match="open"):
+        async with open_store(SQLiteStore(tmp_path / "missing-dir" / "actors.db")):
+            pass
+
+
+async def test_sqlite_runs_once(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        store = SQLiteStore(tmp_path / "actors.db")
+        async with open_store(store):
+            pass
+        with pytest.raises(StoreError):
+            async with open_store(store):
+                pass
+
+
+# -- MemoryStore fault hooks ---------------------------------------------------------------------
+
+
+async def test_memory_fail_writes() -> None:
+    store = MemoryStore()
+    async with open_store(store):
+        await store.create("a1", "counter", "k1", None)
+        cause = OSError("disk on fire")
+        store.fail_writes = cause
+        attempts: list[Callable[[], Awaitable[object]]] = [
+            lambda: store.create("a2", "counter", "k2", None),
+            lambda: store.begin_generation("a1"),
+            lambda: store.save("a1", 0, b"{}"),
+            lambda: store.delete("a1", 0),
+            lambda: store.create_many([("a3", "c", "k3", None)]),
+        ]
+        for attempt in attempts:
+            with pytest.raises(StoreError) as info:
+                await attempt()
+            assert info.value.__cause__ is cause
+            assert not isinstance(info.value, StaleGeneration)
+        assert store.statistics().write_errors == 5
+        record = await store.get_by_id("a1")  # reads still work
+        assert record is not None
+        assert record.generation == 0
+        store.fail_writes = None
+        assert (await store.begin_generation("a1")).generation == 1
+
+
+async def test_memory_write_delay(autojump_clock: trio.abc.Clock) -> None:
+    store = MemoryStore(write_delay=2.5)
+    async with open_store(store):
+        start = trio.current_time()
+        await store.create("a1", "counter", "k1", None)
+        assert trio.current_time() - start == pytest.approx(2.5)
+        start = trio.current_time()
+        await store.get_by_id("a1")
+        assert trio.current_time() == start  # reads are not delayed

@@ -1,0 +1,658 @@
+"""Registry and generation rules (issue: core), on the virtual clock with the memory store."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import actorcore
+from actorcore import ActorContext, ActorOptions, LifecycleState
+from actorcore.store import open_store
+
+S = LifecycleState
+
+
+class Counter(actorcore.Actor):
+    name = "counter"
+    options = ActorOptions(sleep_timeout=30.0, sleep_grace_period=15.0)
+    log: list[str] = []  # shared by design, reset per test
+
+    def create_state(self, ctx: ActorContext, input: Any) -> Any:
+        start = input["start"] if isinstance(input, dict) else 0
+        return {"count": start}
+
+    async def on_create(self, ctx: ActorContext) -> None:
+        self.log.append(f"create:{ctx.generation}")
+
+    async def on_wake(self, ctx: ActorContext) -> None:
+        self.log.append(f"wake:{ctx.generation}")
+
+    async def on_sleep(self, ctx: ActorContext) -> None:
+        self.log.append(f"sleep:{ctx.generation}")
+
+    async def on_destroy(self, ctx: ActorContext) -> None:
+        self.log.append(f"destroy:{ctx.generation}")
+
+    @actorcore.action
+    async def increment(self, ctx: ActorContext, by: int = 1) -> int:
+        ctx.state["count"] += by
+        return int(ctx.state["count"])
+
+    @actorcore.action
+    async def get(self, ctx: ActorContext) -> int:
+        return int(ctx.state["count"])
+
+    @actorcore.action
+    async def slow(self, ctx: ActorContext, seconds: float) -> str:
+        await trio.sleep(seconds)
+        ctx.state["count"] += 100
+        return "done"
+
+    @actorcore.action
+    async def info(self, ctx: ActorContext) -> dict[str, Any]:
+        return {
+            "generation": ctx.generation,
+            "lifecycle": ctx.lifecycle.value,
+            "started": ctx.started,
+            "sleep_requested": ctx.sleep_requested,
+        }
+
+    @actorcore.action
+    async def boom(self, ctx: ActorContext) -> None:
+        raise ValueError("boom")
+
+    @actorcore.action
+    async def go_to_sleep(self, ctx: ActorContext) -> None:
+        ctx.sleep()
+
+    @actorcore.action
+    async def self_destroy(self, ctx: ActorContext) -> None:
+        ctx.destroy()
+
+
+async def wait_for_state(registry: actorcore.Registry, actor_id: str, state: S) -> None:
+    with trio.fail_after(100):
+        while registry.lifecycle(actor_id) is not state:  # noqa: ASYNC110 - test polling
+            await trio.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def _reset_log() -> None:
+    Counter.log = []
+
+
+async def test_counter_example_from_the_readme(autojump_clock: Any, make_registry: Any) -> None:
+    registry = await make_registry([Counter])
+    handle = await registry.get_or_create("counter", "room-1", input=None)
+    assert await handle.call("increment", 2) == 2
+    assert registry.lifecycle(handle.actor_id) is S.STARTED
+    await registry.sleep(handle.actor_id)
+    assert registry.lifecycle(handle.actor_id) is S.ASLEEP
+    again = await registry.get("counter", "room-1")
+    assert again.actor_id == handle.actor_id
+    by_id = await registry.get_by_id(handle.actor_id)
+    assert await by_id.call("increment", 3) == 5, "state survives sleep"
+    await registry.destroy(handle.actor_id)
+    assert registry.lifecycle(handle.actor_id) is S.DESTROYED
+    with pytest.raises(actorcore.ActorNotFound):
+        await registry.get("counter", "room-1")
+    with pytest.raises(actorcore.ActorNotFound) as info:
+        await registry.get_by_id(handle.actor_id)
+    assert info.value.code == "actor.not_found"
+    assert registry.lifecycle("no-such-id") is None
+
+
+async def test_async_with_drains_and_saves(autojump_clock: Any) -> None:
+    store = actorcore.MemoryStore()
+    registry = actorcore.Registry([Counter], store=store)
+    async with registry:
+        handle = await registry.get_or_create("counter", "a")
+        await handle.call("increment", 7)
+    assert Counter.log == ["create:1", "wake:1", "sleep:1"]
+    async with open_store(store):
+        record = await store.get_by_id(handle.actor_id)
+    assert record is not None and record.state == b'{"count":7}'
+    assert registry.draining
+    with pytest.raises(actorcore.RuntimeShutdown):
+        await registry.get_or_create("counter", "b")
+
+
+async def test_hooks_order_and_generations(autojump_clock: Any, make_registry: Any) -> None:
+    registry = await make_registry([Counter])
+    handle = await registry.get_or_create("counter", "k", input={"start": 10})
+    assert await handle.call("get") == 10, "create_state got the input"
+    await registry.sleep(handle.actor_id)
+    info = await handle.call("info")
+    assert info["generation"] == 2
+    await registry.sleep(handle.actor_id)
+    await registry.destroy(handle.actor_id)
+    assert Counter.log == [
+        "create:1",
+        "wake:1",
+        "sleep:1",
+        "wake:2",
+        "sleep:2",
+        "wake:3",
+        "destroy:3",
+    ]
+
+
+async def test_second_sleep_is_a_no_op(autojump_clock: Any, make_registry: Any) -> None:
+    class SlowSleep(Counter):
+        name = "slowsleep"
+
+        async def on_sleep(self, ctx: ActorContext) -> None:
+            self.log.append("on_sleep")
+            await trio.sleep(5)
+
+    registry = await make_registry([SlowSleep])
+    handle = await registry.get_or_create("slowsleep", "k")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.sleep, handle.actor_id)
+        await trio.sleep(1)
+        await registry.sleep(handle.actor_id)
+    assert Counter.log.count("on_sleep") == 1
+    assert registry.lifecycle(handle.actor_id) is S.ASLEEP
+
+
+async def test_destroy_during_sleep_grace_escalates(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    class SlowSleep(Counter):
+        name = "slowsleep"
+
+        async def on_sleep(self, ctx: ActorContext) -> None:
+            self.log.append("on_sleep")
+            await trio.sleep(5)
+
+    store = actorcore.MemoryStore()
+    registry = await make_registry([SlowSleep], store=store)
+    handle = await registry.get_or_create("slowsleep", "k")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.sleep, handle.actor_id)  # must return normally
+        await trio.sleep(1)
+        assert registry.lifecycle(handle.actor_id) is S.SLEEP_GRACE
+        await registry.destroy(handle.actor_id)
+    assert "destroy:1" in Counter.log
+    assert registry.lifecycle(handle.actor_id) is S.DESTROYED
+    assert await store.get_by_id(handle.actor_id) is None, "state was deleted"
+    fresh = await registry.get_or_create("slowsleep", "k")
+    assert fresh.actor_id != handle.actor_id
+    assert await fresh.call("get") == 0
+
+
+async def test_sleep_requested_during_loading_applies_after_start(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    class SlowWake(Counter):
+        name = "slowwake"
+
+        async def on_wake(self, ctx: ActorContext) -> None:
+            await trio.sleep(2)
+            self.log.append(f"wake:{ctx.generation}")
+
+    registry = await make_registry([SlowWake])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.get_or_create, "slowwake", "k")
+        await trio.sleep(1)
+        entry = registry.entries()[0]
+        assert entry.lifecycle.state is S.LOADING
+        await registry.sleep(entry.actor_id)
+    assert Counter.log == ["create:1", "wake:1", "sleep:1"]
+
+
+async def test_destroy_requested_during_loading(autojump_clock: Any, make_registry: Any) -> None:
+    class SlowWake(Counter):
+        name = "slowwake"
+
+        async def on_wake(self, ctx: ActorContext) -> None:
+            await trio.sleep(2)
+
+    registry = await make_registry([SlowWake])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_expect_destroyed, registry.get_or_create("slowwake", "k"))
+        await trio.sleep(1)
+        actor_id = registry.entries()[0].actor_id
+        assert registry.lifecycle(actor_id) is S.LOADING
+        nursery.start_soon(registry.destroy, actor_id)
+        await trio.sleep(0.5)
+        assert registry.lifecycle(actor_id) is S.LOADING, "the start finishes first"
+        with pytest.raises(actorcore.ActorDestroyed):
+            await registry.call(actor_id, "get")
+    assert registry.lifecycle(actor_id) is S.DESTROYED
+    assert "destroy:1" in Counter.log
+
+
+async def _expect_destroyed(coro: Any) -> None:
+    with pytest.raises(actorcore.ActorDestroyed):
+        await coro
+
+
+async def test_work_during_sleep_grace_is_served(autojump_clock: Any, make_registry: Any) -> None:
+    class SlowSleep(Counter):
+        name = "slowsleep"
+
+        async def on_sleep(self, ctx: ActorContext) -> None:
+            await trio.sleep(5)
+
+    registry = await make_registry([SlowSleep])
+    handle = await registry.get_or_create("slowsleep", "k")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.sleep, handle.actor_id)
+        await trio.sleep(1)
+        info = await handle.call("info")
+        assert info == {
+            "generation": 1,
+            "lifecycle": "sleep_grace",
+            "started": True,
+            "sleep_requested": True,
+        }
+        assert await handle.call("increment") == 1
+
+
+async def test_grace_waits_for_in_flight_work_keep_awake_and_wait_until(
+    autojump_clock: Any,
+    make_registry: Any,
+) -> None:
+    events: list[str] = []
+    t0 = [0.0]
+
+    class Busy(Counter):
+        name = "busy"
+
+        @actorcore.action
+        async def hold(self, ctx: ActorContext) -> None:
+            async with ctx.keep_awake("holding"):
+                await trio.sleep(3)
+            events.append(f"kept:{trio.current_time() - t0[0]:.0f}")
+
+        @actorcore.action
+        async def later(self, ctx: ActorContext) -> None:
+            async def work() -> None:
+                await trio.sleep(6)
+                ctx.state["count"] = 42
+                events.append(f"waited:{trio.current_time() - t0[0]:.0f}")
+
+            ctx.wait_until(work)
+
+    registry = await make_registry([Busy])
+    handle = await registry.get_or_create("busy", "k")
+    start = t0[0] = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handle.call, "hold")
+        await handle.call("later")
+        await trio.sleep(0.1)
+        await registry.sleep(handle.actor_id)
+        elapsed = trio.current_time() - start
+    assert events == ["kept:3", "waited:6"]
+    assert 6 <= elapsed < 7, "grace ended as soon as the work was done"
+    assert await handle.call("get") == 42, "state written by wait_until was saved"
+
+
+async def test_grace_deadline_cancels_what_is_left_and_logs_it(
+    autojump_clock: Any, make_registry: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Stuck(Counter):
+        name = "stuck"
+        options = ActorOptions(sleep_grace_period=2.0, action_timeout=1000)
+
+    registry = await make_registry([Stuck])
+    handle = await registry.get_or_create("stuck", "k")
+    outcome: list[BaseException] = []
+
+    async def caller() -> None:
+        try:
+            await handle.call("slow", 100)
+        except actorcore.ActorError as exc:
+            outcome.append(exc)
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller)
+        await trio.sleep(0.1)
+        await registry.sleep(handle.actor_id)
+    assert trio.current_time() - start < 3
+    assert isinstance(outcome[0], actorcore.ActorStopping)
+    assert outcome[0].retryable
+    assert "action:slow" in caplog.text
+    assert await handle.call("get") == 0, "the cancelled action's effect never happened"
+
+
+async def test_failing_or_hanging_on_sleep_is_bounded_and_keeps_saved_state(
+    autojump_clock: Any,
+    make_registry: Any,
+) -> None:
+    class BadSleep(Counter):
+        name = "badsleep"
+        options = ActorOptions(sleep_grace_period=3.0)
+
+        async def on_sleep(self, ctx: ActorContext) -> None:
+            ctx.state["count"] += 1
+            await ctx.save_state()
+            if ctx.vars.get("hang"):
+                await trio.sleep_forever()
+            raise RuntimeError("on_sleep failed")
+
+        @actorcore.action
+        async def set_hang(self, ctx: ActorContext) -> None:
+            ctx.vars["hang"] = True
+
+    store = actorcore.MemoryStore()
+    registry = await make_registry([BadSleep], store=store)
+    handle = await registry.get_or_create("badsleep", "k")
+    await handle.call("increment", 10)
+    await registry.sleep(handle.actor_id)  # raising on_sleep
+    assert await handle.call("get") == 11
+    await handle.call("set_hang")
+    start = trio.current_time()
+    await registry.sleep(handle.actor_id)  # hanging on_sleep
+    assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
+    record = await store.get_by_id(handle.actor_id)
+    assert record is not None and record.state == b'{"count":12}'
+
+
+async def test_work_for_finalizing_or_asleep_actor_lands_on_next_generation(
+    autojump_clock: Any,
+    make_registry: Any,
+) -> None:
+    class SlowFinalize(Counter):
+        name = "slowfin"
+
+    store = actorcore.MemoryStore(write_delay=2.0)
+    registry = await make_registry([SlowFinalize], store=store)
+    handle = await registry.get_or_create("slowfin", "k")
+    await handle.call("increment")  # a change, so finalize has a (slow) save to make
+    results: list[Any] = []
+
+    async def call_later() -> None:
+        results.append(await handle.call("info"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.sleep, handle.actor_id)
+        await wait_for_state(registry, handle.actor_id, S.SLEEP_FINALIZE)
+        nursery.start_soon(call_later)
+    assert results[0]["generation"] == 2
+    assert results[0]["lifecycle"] == "started"
+    assert registry.lifecycle(handle.actor_id) is S.STARTED, "woken for the held work"
+
+
+async def test_work_for_destroying_actor_fails_with_actor_destroyed(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    class SlowDestroy(Counter):
+        name = "slowdestroy"
+
+        async def on_destroy(self, ctx: ActorContext) -> None:
+            await trio.sleep(5)
+
+    registry = await make_registry([SlowDestroy])
+    handle = await registry.get_or_create("slowdestroy", "k")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.destroy, handle.actor_id)
+        await trio.sleep(1)
+        assert registry.lifecycle(handle.actor_id) is S.DESTROY_GRACE
+        with pytest.raises(actorcore.ActorDestroyed) as info:
+            await handle.call("get")
+        assert info.value.code == "actor.destroyed" and not info.value.retryable
+        with pytest.raises(actorcore.ActorDestroyed):
+            await registry.get_or_create("slowdestroy", "k")
+    with pytest.raises(actorcore.ActorDestroyed):
+        await handle.call("get")
+
+
+async def test_ctx_sleep_and_destroy_from_an_action(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    registry = await make_registry([Counter])
+    handle = await registry.get_or_create("counter", "k")
+    await handle.call("increment")
+    await handle.call("go_to_sleep")
+    await wait_for_state(registry, handle.actor_id, S.ASLEEP)
+    assert await handle.call("increment") == 2
+    await handle.call("self_destroy")
+    await wait_for_state(registry, handle.actor_id, S.DESTROYED)
+
+
+async def test_idle_sleep_and_rearm(autojump_clock: Any, make_registry: Any) -> None:
+    registry = await make_registry([Counter])
+    handle = await registry.get_or_create("counter", "k")
+    for _ in range(5):
+        await trio.sleep(20)
+        await handle.call("increment")  # activity re-arms the 30 s timer
+    assert registry.lifecycle(handle.actor_id) is S.STARTED
+    await trio.sleep(29)
+    assert registry.lifecycle(handle.actor_id) is S.STARTED
+    await trio.sleep(2)
+    assert registry.lifecycle(handle.actor_id) is S.ASLEEP
+    assert Counter.log[-1] == "sleep:1"
+
+
+async def test_keep_awake_blocks_idle_sleep_and_no_sleep_option(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    class Holder(Counter):
+        name = "holder"
+        options = ActorOptions(action_timeout=1000)
+
+        @actorcore.action
+        async def hold(self, ctx: ActorContext, seconds: float) -> None:
+            async with ctx.keep_awake():
+                await trio.sleep(seconds)
+
+    class Insomniac(Counter):
+        name = "insomniac"
+        options = ActorOptions(no_sleep=True)
+
+    registry = await make_registry([Holder, Insomniac])
+    holder = await registry.get_or_create("holder", "k")
+    insomniac = await registry.get_or_create("insomniac", "k")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder.call, "hold", 100)
+        await trio.sleep(99)
+        assert registry.lifecycle(holder.actor_id) is S.STARTED
+    await trio.sleep(31)
+    assert registry.lifecycle(holder.actor_id) is S.ASLEEP
+    assert registry.lifecycle(insomniac.actor_id) is S.STARTED
+    await trio.sleep(3600 * 5)
+    assert registry.lifecycle(insomniac.actor_id) is S.STARTED
+
+
+async def test_action_error_is_contained(autojump_clock: Any, make_registry: Any) -> None:
+    registry = await make_registry([Counter])
+    handle = await registry.get_or_create("counter", "k")
+    with pytest.raises(ValueError, match="boom"):
+        await handle.call("boom")
+    assert await handle.call("increment") == 1
+    with pytest.raises(actorcore.ActionNotFound) as info:
+        await handle.call("nope")
+    assert info.value.code == "actor.action_not_found"
+
+
+async def test_start_failure_reaches_every_waiter_and_next_request_retries(
+    autojump_clock: Any,
+    make_registry: Any,
+) -> None:
+    attempts: list[int] = []
+
+    class Flaky(Counter):
+        name = "flaky"
+
+        async def on_wake(self, ctx: ActorContext) -> None:
+            attempts.append(ctx.generation)
+            await trio.sleep(1)
+            if len(attempts) == 1:
+                raise RuntimeError("first wake fails")
+
+    registry = await make_registry([Flaky])
+    errors: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            await registry.get_or_create("flaky", "k")
+        except actorcore.ActorStartFailed as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(waiter)
+    assert len(errors) == 3
+    assert all(e.code == "actor.start_failed" and e.retryable for e in errors)
+    handle = await registry.get_or_create("flaky", "k")
+    assert await handle.call("increment") == 1
+    assert attempts == [1, 2]
+
+
+async def test_ready_timeout(autojump_clock: Any, make_registry: Any) -> None:
+    class Sluggish(Counter):
+        name = "sluggish"
+        options = ActorOptions(ready_timeout=2.0, hook_timeout=100.0)
+
+        async def on_wake(self, ctx: ActorContext) -> None:
+            await trio.sleep(10)
+
+    registry = await make_registry([Sluggish])
+    with pytest.raises(actorcore.ActorReadyTimeout) as info:
+        await registry.get_or_create("sluggish", "k")
+    assert info.value.code == "actor.ready_timeout" and info.value.retryable
+
+
+async def test_state_saved_at_interval_when_changed(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    store = actorcore.MemoryStore()
+    registry = await make_registry([Counter], store=store)
+    handle = await registry.get_or_create("counter", "k")
+    await handle.call("increment", 5)
+    await trio.sleep(1.5)
+    record = await store.get_by_id(handle.actor_id)
+    assert record is not None and record.state == b'{"count":5}'
+    writes = store.statistics().writes
+    for _ in range(5):
+        await handle.call("get")  # activity without change
+        await trio.sleep(2)
+    assert store.statistics().writes == writes, "unchanged state is not written again"
+
+
+async def test_save_state_and_fencing(autojump_clock: Any, make_registry: Any) -> None:
+    store = actorcore.MemoryStore()
+    registry = await make_registry([Counter], store=store)
+    handle = await registry.get_or_create("counter", "k")
+    await registry.sleep(handle.actor_id)
+    await handle.call("increment", 3)  # generation 2
+    with pytest.raises(actorcore.StaleGeneration) as info:
+        await store.save(handle.actor_id, 1, b'{"count":999}')
+    assert info.value.code == "store.stale_generation"
+    await registry.sleep(handle.actor_id)
+    assert await handle.call("get") == 3
+
+
+async def test_store_failure_keeps_in_memory_state(autojump_clock: Any, make_registry: Any) -> None:
+    store = actorcore.MemoryStore()
+    registry = await make_registry([Counter], store=store)
+    handle = await registry.get_or_create("counter", "k")
+    await handle.call("increment", 1)
+    await trio.sleep(2)
+    store.fail_writes = OSError("disk full")
+    await handle.call("increment", 1)
+    await trio.sleep(2)
+    assert registry.statistics().save_errors >= 1
+    assert await handle.call("get") == 2, "in-memory state kept"
+    await registry.sleep(handle.actor_id)  # final save fails too: state kept in memory
+    assert registry.statistics().save_errors >= 2
+    store.fail_writes = None
+    assert await handle.call("get") == 2, "the next generation starts from the unsaved state"
+    await trio.sleep(0.1)
+    record = await store.get_by_id(handle.actor_id)
+    assert record is not None and record.state == b'{"count":2}', "persisted once it works"
+
+
+async def test_explicit_save_state_surfaces_store_errors(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    class Saver(Counter):
+        name = "saver"
+
+        @actorcore.action
+        async def bump_and_save(self, ctx: ActorContext) -> None:
+            ctx.state["count"] += 1
+            await ctx.save_state()
+
+    store = actorcore.MemoryStore()
+    registry = await make_registry([Saver], store=store)
+    handle = await registry.get_or_create("saver", "k")
+    store.fail_writes = OSError("database is locked")
+    with pytest.raises(actorcore.StoreError) as info:
+        await handle.call("bump_and_save")
+    assert info.value.retryable
+    assert await handle.call("get") == 1
+
+
+async def test_registry_survives_many_actors_and_statistics(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    registry = await make_registry([Counter])
+    handles = [await registry.get_or_create("counter", f"k{i}") for i in range(20)]
+    for h in handles:
+        await h.call("increment")
+    stats = registry.statistics()
+    assert stats.actors_by_state == {"started": 20}
+    assert stats.calls == 20
+    await trio.sleep(60)
+    stats = registry.statistics()
+    assert stats.actors_by_state == {}, "asleep actors leave memory"
+    assert all(registry.lifecycle(h.actor_id) is S.ASLEEP for h in handles)
+
+
+async def test_concurrent_get_or_create_makes_one_actor(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    registry = await make_registry([Counter])
+    ids: list[str] = []
+
+    async def create() -> None:
+        ids.append((await registry.get_or_create("counter", "same")).actor_id)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(create)
+    assert len(set(ids)) == 1
+    assert Counter.log.count("create:1") == 1
+
+
+async def test_unknown_definition_and_bad_definitions(autojump_clock: Any) -> None:
+    registry = actorcore.Registry([Counter])
+    async with registry:
+        with pytest.raises(actorcore.ActorNotFound):
+            await registry.get_or_create("nope", "k")
+
+    class NotAsync(actorcore.Actor):
+        def on_wake(self, ctx: ActorContext) -> None:  # type: ignore[override]
+            pass
+
+    with pytest.raises(actorcore.DefinitionError, match="on_wake must be async"):
+        actorcore.Registry([NotAsync])
+    with pytest.raises(actorcore.DefinitionError, match="two actor definitions"):
+        actorcore.Registry([Counter, Counter])
+    with pytest.raises(ValueError, match="sleep_timeout"):
+        ActorOptions(sleep_timeout=0)
+
+
+async def test_lifecycle_logged(
+    autojump_clock: Any, make_registry: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="actorcore")
+    registry = await make_registry([Counter])
+    handle = await registry.get_or_create("counter", "k")
+    await registry.sleep(handle.actor_id)
+    transitions = [
+        (r.old_state, r.new_state, r.generation)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if hasattr(r, "new_state")
+    ]
+    assert ("loading", "started", 1) in transitions
+    assert ("started", "sleep_grace", 1) in transitions
+    assert ("sleep_finalize", "asleep", 1) in transitions
