@@ -20,10 +20,19 @@ import trio
 
 from .errors import ActorOverloaded
 
-__all__ = ["Conn", "ConnKind", "Transport"]
+__all__ = ["Conn", "ConnKind", "Transport", "TransportClosed"]
 
 #: Frames that may wait in one connection's outbox before it counts as overloaded.
 OUTBOX_SIZE = 1024
+
+
+class TransportClosed(Exception):
+    """The transport is closed; ``code`` and ``reason`` are from the close frame, if any."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"connection closed: {code} {reason}")
+        self.code = code
+        self.reason = reason
 
 
 class Transport(Protocol):
@@ -31,7 +40,7 @@ class Transport(Protocol):
     in-memory streams, a tunnel from a gateway)."""
 
     async def receive(self) -> str | bytes:
-        """The next whole message. Raises :class:`actorcore.ws.conn.TransportClosed` once closed."""
+        """The next whole message. Raises :class:`TransportClosed` once closed."""
         ...
 
     async def send(self, message: str | bytes) -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
+from . import closecodes
 from .conn import Conn, ConnKind
 from .context import ActorContext
 from .errors import ActorError, ActorStartFailed, StateError, StoreError
@@ -134,22 +135,24 @@ class ActorEntry:
 
 
 class WorkScope:
-    """One unit of in-flight work (see :meth:`Generation.track_work`); a plain class because
-    it is on the per-message path."""
+    """One unit of in-flight work (see :meth:`Generation.track_work`).
 
-    __slots__ = ("_blocks_idle", "_gen", "_name", "scope")
+    It is counted from the moment it is made, so a reader can reserve work for a generation
+    synchronously right after admission and enter the scope later in another task. A plain
+    class because it is on the per-message path.
+    """
+
+    __slots__ = ("_blocks_idle", "_gen", "scope")
 
     def __init__(self, gen: Generation, name: str, blocks_idle: bool) -> None:
         self._gen = gen
-        self._name = name
         self._blocks_idle = blocks_idle
-        self.scope = trio.CancelScope()
+        self.scope = scope = trio.CancelScope()
+        gen._work[scope] = name
+        if blocks_idle:
+            gen._busy_inc()
 
     def __enter__(self) -> trio.CancelScope:
-        gen = self._gen
-        gen._work[self.scope] = self._name
-        if self._blocks_idle:
-            gen._busy_inc()
         return self.scope.__enter__()
 
     def __exit__(
@@ -241,11 +244,12 @@ class Generation:
     # ---------------------------------------------------------------- work tracking
 
     def track_work(self, name: str, *, blocks_idle: bool = True) -> WorkScope:
-        """Run a ``with`` block as in-flight work of this generation.
+        """Reserve in-flight work of this generation, to be run as a ``with`` block.
 
-        The block blocks finalize (and idle sleep unless ``blocks_idle`` is False) and is
-        cancelled if the grace deadline passes. The caller must have been admitted first and
-        must enter the block before its next checkpoint.
+        The work blocks finalize (and idle sleep unless ``blocks_idle`` is False) from this call
+        until the block exits, and is cancelled if the grace deadline passes. Call it right
+        after admission, before any checkpoint; the block may then be entered later, in
+        another task, but it must be entered.
         """
         return WorkScope(self, name, blocks_idle)
 
@@ -521,14 +525,14 @@ class Generation:
                     await self._poke.wait()
         if destroying:
             closing = list(entry.conns)
-            code, reason = 1000, "actor.destroyed"
+            close = closecodes.ACTOR_DESTROYED
         else:
             closing = [c for c in entry.conns if not c.hibernatable]
-            code, reason = 1001, "actor.sleeping"
+            close = closecodes.ACTOR_SLEEPING
         if closing:
             async with trio.open_nursery() as nursery:
                 for conn in closing:
-                    nursery.start_soon(self._close_conn, conn, code, reason)
+                    nursery.start_soon(self._close_conn, conn, close.code, close.reason)
         if destroying:
             try:
                 await self.host.store.delete(self.actor_id, self.number)

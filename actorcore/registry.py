@@ -15,7 +15,7 @@ import collections
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ from .errors import (
     RuntimeShutdown,
     StoreError,
 )
-from .generation import ActorEntry, Generation
+from .generation import ActorEntry, Generation, WorkScope
 from .lifecycle import Admission, LifecycleEvent, LifecycleState, WorkKind, admit
 from .store.base import Store
 from .store.memory import MemoryStore
@@ -151,6 +151,7 @@ class Registry:
         self._shutdown_requested = trio.Event()
         self._draining = False
         self._stopped = trio.Event()
+        self._drain_steps: list[Callable[[], Awaitable[None]]] = []
         self._cm: Any = None
         self._cm_nursery: trio.Nursery
         self.counters = _Counters()
@@ -167,6 +168,38 @@ class Registry:
     def definitions(self) -> dict[str, ActorDefinition]:
         """Registered definitions by route name."""
         return dict(self._definitions)
+
+    @property
+    def running(self) -> bool:
+        """True between the start of :meth:`run` and its end."""
+        return self._nursery is not None and not self._stopped.is_set()
+
+    def add_drain_step(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` first when the registry drains, before actors are put to sleep (the
+        dispatcher closes every connection with 1012 here). Each step must bound itself."""
+        self._drain_steps.append(step)
+
+    async def wait_shutdown_requested(self) -> None:
+        """Return once shutdown was requested."""
+        await self._shutdown_requested.wait()
+
+    async def wait_stopped(self) -> None:
+        """Return once the registry has drained and stopped."""
+        await self._stopped.wait()
+
+    async def serve(  # noqa: ASYNC128 - task_status is passed on to ws.server.serve
+        self,
+        host: str | None,
+        port: int,
+        *,
+        max_connections: int = 10_000,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the actors over WebSockets (see :func:`actorcore.ws.server.serve`):
+        ``server = await nursery.start(registry.serve, "127.0.0.1", 0)``."""
+        from .ws.server import serve  # the ws layer sits above the registry
+
+        await serve(self, host, port, max_connections=max_connections, task_status=task_status)
 
     @property
     def draining(self) -> bool:
@@ -248,6 +281,11 @@ class Registry:
 
     async def _drain(self) -> None:
         self._draining = True
+        for step in self._drain_steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("drain step %r failed", step)
         for entry in list(self._by_id.values()):
             if entry.lifecycle.state in (S.LOADING, S.STARTED):
                 self.request(entry, E.SLEEP, "drain")
@@ -458,11 +496,28 @@ class Registry:
         if fn is None:
             raise ActionNotFound(f"actor {entry.name!r} has no action {action!r}")
         gen = await self._admit(entry, WorkKind.CALL)
+        work = gen.track_work(f"action:{action}")
+        return await self.invoke(gen, work, action, fn, args, kwargs, conn)
+
+    async def invoke(
+        self,
+        gen: Generation,
+        work: WorkScope,
+        action: str,
+        fn: Callable[..., Awaitable[Any]],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        conn: Conn | None,
+    ) -> Any:
+        """Run an admitted action inside its reserved ``work``, bounded by ``action_timeout``.
+
+        The one place actions run, for in-process calls and protocol connections alike.
+        """
         self.counters.calls += 1
         token = current_conn.set(conn)
         try:
-            with gen.track_work(f"action:{action}") as scope:
-                scope.deadline = trio.current_time() + entry.definition.options.action_timeout
+            with work as scope:
+                scope.deadline = trio.current_time() + gen.definition.options.action_timeout
                 return await fn(gen.instance, gen.ctx, *args, **kwargs)
         finally:
             current_conn.reset(token)

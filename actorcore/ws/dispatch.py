@@ -1,0 +1,496 @@
+"""The dispatcher: one handler per connection, and the lifecycle check points.
+
+Each connection is routed to its actor and checked against the actor's lifecycle, always through
+:func:`actorcore.lifecycle.admit`:
+
+1. **before handler setup** (after routing, before ``on_before_connect``): a STARTED actor admits;
+   LOADING, asleep, or sleeping actors hold the connection until their next generation is ready
+   (bounded by ``ready_timeout``); destroying or destroyed ones refuse it (1000);
+2. **on open** (after the setup hooks, before the connection goes live): checked again, because
+   the state may have changed while setup awaited; if the generation moved on, setup runs again
+   in the next one;
+3. **on every message**: a message is delivered only to a generation that has not begun finalize.
+   On a hibernatable connection a message that arrives while the actor finalizes or sleeps is
+   buffered in order, wakes the actor and is delivered to the next generation. On a
+   non-hibernatable one it is not delivered, and the connection gets its close frame.
+
+The fourth point, at finalize, lives in the generation: it closes the connections that do not
+survive it (1001 on sleep, 1000 on destroy) before it ends.
+
+A refusal is always an accepted upgrade followed by a close frame. Nothing a handler does can
+raise into the server: every exception ends its own connection with 1011.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import inspect
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .. import closecodes
+from ..closecodes import CloseCode
+from ..conn import Conn, ConnKind, Transport, TransportClosed
+from ..errors import (
+    ActionNotFound,
+    ActorDestroyed,
+    ActorError,
+    ActorOverloaded,
+    ActorReadyTimeout,
+    InternalError,
+    MessageTooLarge,
+    RuntimeShutdown,
+)
+from ..generation import ActorEntry, Generation
+from ..lifecycle import Admission, WorkKind, admit
+from .protocol import ActionRequest, Subscribe, encode_action_result, encode_error, encode_init
+from .protocol import parse_client_frame as parse_client_frame
+from .routes import Route, parse_route
+
+if TYPE_CHECKING:
+    from ..registry import Registry
+
+__all__ = ["ConnectRequest", "Dispatcher"]
+
+log = logging.getLogger("actorcore.ws")
+
+
+@attrs.frozen
+class ConnectRequest:
+    """What ``on_before_connect`` sees of the WebSocket request."""
+
+    path: str
+    """The request target, query string included."""
+    headers: tuple[tuple[bytes, bytes], ...]
+    """Request headers, names lower-cased."""
+    subprotocols: tuple[str, ...] = ()
+    """Subprotocols the client proposed."""
+
+
+class _Counting:
+    """Transport wrapper that counts messages and close frames into the registry's counters."""
+
+    __slots__ = ("_counters", "_inner")
+
+    def __init__(self, inner: Transport, registry: Registry) -> None:
+        self._inner = inner
+        self._counters = registry.counters
+
+    async def receive(self) -> str | bytes:
+        message = await self._inner.receive()
+        self._counters.messages_in += 1
+        return message
+
+    async def send(self, message: str | bytes) -> None:
+        await self._inner.send(message)
+        self._counters.messages_out += 1
+
+    async def close(self, code: int, reason: str) -> None:
+        self._counters.closes_by_code[code] += 1
+        log.info(
+            "closing connection: %d %s", code, reason, extra={"close_code": code, "reason": reason}
+        )
+        await self._inner.close(code, reason)
+
+
+@attrs.define(eq=False)
+class Dispatcher:
+    """Routes connections to actors of ``registry`` and runs their check points."""
+
+    registry: Registry
+    max_connections: int = 10_000
+    """Connections beyond this are refused with 1013 ``actor.overloaded``."""
+    close_timeout: float = 2.0
+    """Bound on the close handshakes of :meth:`close_all`."""
+    _handlers: set[_ConnHandler] = attrs.field(factory=set["_ConnHandler"], init=False)
+    _closing: bool = attrs.field(default=False, init=False)
+
+    @property
+    def connections(self) -> int:
+        """Connections being handled (held, live, or closing)."""
+        return len(self._handlers)
+
+    async def handle(
+        self,
+        target: str,
+        request: ConnectRequest,
+        accept: Callable[[], Awaitable[Transport]],
+    ) -> None:
+        """Handle one WebSocket request from upgrade to close. Never raises (except Cancelled)."""
+        transport = _Counting(await accept(), self.registry)
+        handler = _ConnHandler(self, transport, target, request)
+        if self._closing or self.registry.draining:
+            await handler.close_direct(closecodes.RUNTIME_SHUTDOWN)
+            return
+        if len(self._handlers) >= self.max_connections:
+            await handler.close_direct(closecodes.OVERLOADED)
+            return
+        self._handlers.add(handler)
+        try:
+            await handler.run()
+        finally:
+            self._handlers.discard(handler)
+
+    async def close_all(self, close: CloseCode) -> None:
+        """Close every connection with ``close`` (concurrently, bounded by ``close_timeout``)
+        and refuse new ones. Used by the registry's drain, before actors go to sleep."""
+        self._closing = True
+        handlers = list(self._handlers)
+        for handler in handlers:
+            handler.shutdown(close)
+        with trio.move_on_after(self.close_timeout + 1):
+            for handler in handlers:
+                await handler.done.wait()
+
+
+class _ConnHandler:
+    """One connection, from routing to its last hook."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, transport: Transport, target: str, request: ConnectRequest
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.registry = dispatcher.registry
+        self.transport = transport
+        self.target = target
+        self.request = request
+        self.conn: Conn | None = None
+        self.buffer: collections.deque[Any] = collections.deque()
+        self.delivering = False
+        self.resolve_scope = trio.CancelScope()
+        self.setup_scope = trio.CancelScope()
+        self.shutdown_close: CloseCode | None = None
+        self.done = trio.Event()
+        self.nursery: trio.Nursery | None = None
+
+    # ---------------------------------------------------------------- closing
+
+    async def close_direct(self, close: CloseCode) -> None:
+        """Close before a Conn exists (routing failed, refused at the door)."""
+        with trio.move_on_after(2.0, shield=True):
+            with contextlib.suppress(TransportClosed):
+                await self.transport.close(close.code, close.reason)
+
+    def shutdown(self, close: CloseCode) -> None:
+        """Close for a registry drain, whatever phase the handler is in."""
+        self.shutdown_close = close
+        if self.conn is not None:
+            self.conn.close_nowait(close.code, close.reason)
+        self.resolve_scope.cancel()
+        self.setup_scope.cancel()
+
+    def close(self, close: CloseCode) -> None:
+        assert self.conn is not None
+        self.conn.close_nowait(close.code, close.reason)
+
+    # ---------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception:
+            log.exception("connection handler crashed (%s)", self.target[:200])
+            # The writer died with the handler's nursery: close the transport directly (a
+            # no-op if a close frame already went out).
+            await self.close_direct(closecodes.INTERNAL_ERROR)
+        finally:
+            self.done.set()
+
+    async def _run(self) -> None:
+        try:
+            with self.resolve_scope:
+                route = parse_route(self.target)
+                entry = await self._resolve(route)
+        except ActorError as exc:
+            await self.close_direct(closecodes.for_error(exc))
+            return
+        if self.shutdown_close is not None:
+            await self.close_direct(self.shutdown_close)
+            return
+        options = entry.definition.options
+        hibernatable = route.kind is ConnKind.PROTOCOL or options.hibernatable_websockets
+        conn = self.conn = Conn(
+            id=uuid.uuid4().hex,
+            actor_id=entry.actor_id,
+            kind=route.kind,
+            params=route.params,
+            hibernatable=hibernatable,
+        )
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self._write, conn, options.close_timeout)
+            live = await self._open(entry, conn)
+            if live is not None:
+                close_code, close_reason = await self._serve(entry, conn, live)
+                conn.close_nowait(closecodes.NORMAL.code, "")
+                await self._teardown(entry, conn, close_code, close_reason)
+            else:
+                await conn.wait_closed()
+
+    async def _resolve(self, route: Route) -> ActorEntry:
+        registry = self.registry
+        if route.actor_id is not None:
+            return await registry._entry_by_id(route.actor_id)
+        assert route.name is not None and route.key is not None
+        return await registry._entry_by_key(route.name, route.key, create=True, input=None)
+
+    async def _write(self, conn: Conn, close_timeout: float) -> None:
+        try:
+            await conn.run_writer(self.transport, close_timeout)
+        except TransportClosed:
+            pass
+        finally:
+            conn.mark_closed()
+
+    # ---------------------------------------------------------------- check points 1 and 2
+
+    async def _open(self, entry: ActorEntry, conn: Conn) -> Generation | None:
+        """Run setup until the connection is live in a generation, or close it. Returns the
+        generation, or None when the connection was refused (its close is queued)."""
+        gen: Generation | None = None
+        try:
+            with self.setup_scope:
+                gen = await self._setup(entry, conn)
+        except ActorError as exc:
+            self.close(closecodes.for_error(exc))
+            return None
+        if self.shutdown_close is not None or gen is None:
+            self.close(self.shutdown_close or closecodes.RUNTIME_SHUTDOWN)
+            return None
+        # Live: attached synchronously with check point 2 (no checkpoint in between).
+        entry.conns.add(conn)
+        gen.conn_attached(conn)
+        assert gen.instance is not None
+        hook = (
+            gen.instance.on_connect if conn.kind is ConnKind.PROTOCOL else gen.instance.on_ws_open
+        )
+        ok = await self._run_hook(gen, gen.track_work(f"hook:{hook.__name__}"), hook, conn)
+        if not ok:
+            return gen  # the close is queued; teardown still runs the disconnect hooks
+        if conn.kind is ConnKind.PROTOCOL:
+            conn.queue_frame(encode_init(entry.actor_id, conn.id, gen.number))
+        return gen
+
+    async def _setup(self, entry: ActorEntry, conn: Conn) -> Generation | None:
+        registry = self.registry
+        options = entry.definition.options
+        try:
+            with trio.fail_after(options.ready_timeout):
+                while True:
+                    gen = await registry._admit(entry, WorkKind.CONNECT)  # check point 1
+                    instance = gen.instance
+                    assert instance is not None
+                    with gen.track_work(f"connect:{conn.id}") as scope:
+                        scope.deadline = trio.current_time() + options.hook_timeout
+                        await self._setup_hooks(gen, conn)
+                    if scope.cancelled_caught and not gen.abort_signal.is_set():
+                        raise InternalError("connection setup hooks exceeded hook_timeout")
+                    # Check point 2: the generation may have moved on while setup awaited.
+                    admitted = admit(entry.lifecycle, WorkKind.CONNECT) is Admission.ADMIT
+                    if admitted and entry.generation is gen:
+                        return gen
+        except trio.TooSlowError:
+            raise ActorReadyTimeout(
+                f"connection to actor {entry.actor_id} not ready in {options.ready_timeout}s"
+            ) from None
+
+    async def _setup_hooks(self, gen: Generation, conn: Conn) -> None:
+        instance = gen.instance
+        assert instance is not None
+        try:
+            await instance.on_before_connect(gen.ctx, conn.params, self.request)
+            state = instance.create_conn_state(gen.ctx, conn.params)
+            if inspect.isawaitable(state):
+                state = await state
+        except ActorError:
+            raise
+        except Exception as exc:
+            log.exception(
+                "actor %s id=%s: connection setup hook raised", gen.entry.name, gen.actor_id
+            )
+            raise InternalError(f"connection setup failed: {type(exc).__name__}") from exc
+        conn.state = state
+
+    # ---------------------------------------------------------------- check point 3
+
+    async def _serve(self, entry: ActorEntry, conn: Conn, gen: Generation) -> tuple[int, str]:
+        """Read messages until the client closes; returns the client's close code/reason."""
+        max_size = entry.definition.options.max_message_size
+        protocol = conn.kind is ConnKind.PROTOCOL
+        if protocol:
+            kind = WorkKind.HIBERNATABLE_MESSAGE
+        else:
+            kind = WorkKind.HIBERNATABLE_MESSAGE if conn.hibernatable else WorkKind.MESSAGE
+        transport = self.transport
+        while True:
+            try:
+                message = await transport.receive()
+            except TransportClosed as exc:
+                return exc.code, exc.reason
+            if conn.closing:
+                continue  # a close is queued: nothing more is delivered
+            if len(message) > max_size:
+                err = MessageTooLarge(f"message of {len(message)} > {max_size}")
+                self.close(closecodes.for_error(err))
+                continue
+            item: Any = message
+            if protocol:
+                try:
+                    frame = parse_client_frame(message)
+                except ActorError as exc:
+                    self.close(closecodes.for_error(exc))
+                    continue
+                if isinstance(frame, Subscribe):
+                    conn.subscriptions.add(frame.event)
+                    continue
+                if not isinstance(frame, ActionRequest):
+                    conn.subscriptions.discard(frame.event)
+                    continue
+                if frame.name not in entry.definition.actions:
+                    missing = ActionNotFound(f"actor {entry.name!r} has no action {frame.name!r}")
+                    conn.queue_frame(encode_error(frame.id, missing))
+                    continue
+                item = frame
+            if self.buffer or self.delivering:
+                self._buffer(entry, conn, item)
+                continue
+            decision = admit(entry.lifecycle, kind)
+            if decision is Admission.ADMIT:
+                live = entry.generation
+                assert live is not None
+                await self._deliver(live, conn, item)
+            elif decision is Admission.HOLD:
+                self._buffer(entry, conn, item)
+            elif decision is Admission.STOPPING:
+                self.close(closecodes.ACTOR_SLEEPING)
+            else:
+                if protocol:
+                    conn.queue_frame(encode_error(item.id, ActorDestroyed("actor is destroyed")))
+                else:
+                    self.close(closecodes.ACTOR_DESTROYED)
+
+    async def _deliver(self, gen: Generation, conn: Conn, item: Any) -> None:
+        """Deliver one admitted message: reserve its work now (before any checkpoint)."""
+        if isinstance(item, ActionRequest):
+            work = gen.track_work(f"action:{item.name}")
+            assert self.nursery is not None
+            self.nursery.start_soon(self._action, gen, work, conn, item)
+            return
+        assert gen.instance is not None
+        await self._run_hook(
+            gen, gen.track_work("hook:on_ws_message"), gen.instance.on_ws_message, conn, item
+        )
+
+    async def _action(self, gen: Generation, work: Any, conn: Conn, frame: ActionRequest) -> None:
+        fn = gen.definition.actions[frame.name]
+        try:
+            output = await self.registry.invoke(
+                gen, work, frame.name, fn, frame.args, frame.kwargs, conn
+            )
+        except ActorError as exc:
+            conn.queue_frame(encode_error(frame.id, exc))
+        except Exception:
+            log.exception(
+                "actor %s id=%s: action %r raised", gen.entry.name, gen.actor_id, frame.name
+            )
+            conn.queue_frame(encode_error(frame.id, InternalError("the action raised")))
+        else:
+            conn.queue_frame(encode_action_result(frame.id, output))
+
+    async def _run_hook(
+        self, gen: Generation, work: Any, hook: Callable[..., Awaitable[Any]], *args: Any
+    ) -> bool:
+        """Run a connection hook as tracked work; on an exception close with 1011."""
+        options = gen.definition.options
+        try:
+            with work as scope:
+                scope.deadline = trio.current_time() + options.hook_timeout
+                await hook(gen.ctx, *args)
+            if scope.cancelled_caught and not gen.abort_signal.is_set():
+                raise InternalError(f"{hook.__name__} exceeded hook_timeout")
+        except Exception:
+            log.exception("actor %s id=%s: %s raised", gen.entry.name, gen.actor_id, hook.__name__)
+            self.close(closecodes.INTERNAL_ERROR)
+            return False
+        return True
+
+    # ---------------------------------------------------------------- hibernation buffer
+
+    def _buffer(self, entry: ActorEntry, conn: Conn, item: Any) -> None:
+        if len(self.buffer) >= entry.definition.options.hibernation_buffer:
+            self.close(closecodes.for_error(ActorOverloaded("hibernation buffer full")))
+            self.buffer.clear()
+            return
+        self.buffer.append(item)
+        if not self.delivering:
+            self.delivering = True
+            assert self.nursery is not None
+            self.nursery.start_soon(self._deliver_buffered, entry, conn)
+
+    async def _deliver_buffered(self, entry: ActorEntry, conn: Conn) -> None:
+        """Deliver buffered messages in order, each to a generation that admits it."""
+        try:
+            while self.buffer and not conn.closing:
+                try:
+                    gen = await self.registry._admit(entry, WorkKind.HIBERNATABLE_MESSAGE)
+                except ActorError as exc:
+                    self.close(closecodes.for_error(exc))
+                    self.buffer.clear()
+                    return
+                item = self.buffer.popleft()
+                conn.generation = gen.number
+                await self._deliver(gen, conn, item)
+        finally:
+            self.delivering = False
+
+    # ---------------------------------------------------------------- teardown
+
+    async def _teardown(self, entry: ActorEntry, conn: Conn, code: int, reason: str) -> None:
+        """The connection ended. Whoever removes it from the actor runs its disconnect hooks:
+        here, unless the generation's finalize (or a drain) already did."""
+        if conn not in entry.conns:
+            await conn.wait_closed()
+            return
+        entry.conns.discard(conn)
+        if entry.generation is not None and (
+            conn.hibernatable or conn.generation == entry.generation.number
+        ):
+            entry.generation.conn_detached(conn)
+        if self.shutdown_close is None and not self.registry.draining:
+            await self._disconnect_hooks(entry, conn, code, reason)
+        await conn.wait_closed()
+
+    async def _disconnect_hooks(
+        self, entry: ActorEntry, conn: Conn, code: int, reason: str
+    ) -> None:
+        try:
+            gen = await self.registry._admit(entry, WorkKind.HIBERNATABLE_MESSAGE)
+        except (ActorDestroyed, RuntimeShutdown, ActorReadyTimeout) as exc:
+            log.info(
+                "actor %s id=%s: disconnect hooks skipped (%s)",
+                entry.name,
+                entry.actor_id,
+                exc.code,
+            )
+            return
+        except ActorError as exc:
+            log.warning(
+                "actor %s id=%s: disconnect hooks skipped (%s)", entry.name, entry.actor_id, exc
+            )
+            return
+        instance = gen.instance
+        assert instance is not None
+        with gen.track_work("hook:disconnect") as scope:
+            scope.deadline = trio.current_time() + gen.definition.options.hook_timeout
+            try:
+                if conn.kind is ConnKind.RAW:
+                    await instance.on_ws_close(gen.ctx, conn, code, reason)
+                await instance.on_disconnect(gen.ctx, conn)
+            except Exception:
+                log.exception("actor %s id=%s: disconnect hook raised", entry.name, entry.actor_id)

@@ -1,0 +1,86 @@
+"""Routes: which actor a WebSocket request path names.
+
+- ``/actors/{name}/{key}/connect?params=...`` the actor protocol (get-or-create by key);
+- ``/actors/{name}/{key}/ws[/anything]?params=...`` a raw WebSocket (get-or-create by key);
+- ``/actors/by-id/{actor_id}/connect`` and ``/actors/by-id/{actor_id}/ws[...]`` (no create).
+
+Name, key and id are percent-encoded path segments; ``params`` is URL-encoded JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+
+from ..conn import ConnKind
+from ..errors import ActorNotFound, InvalidMessage
+
+__all__ = ["Route", "parse_route"]
+
+MAX_PATH: Final = 8192
+MAX_KEY: Final = 1024
+
+
+@attrs.frozen(slots=True)
+class Route:
+    """A parsed request path."""
+
+    kind: ConnKind
+    name: str | None
+    """The actor definition's name (None for by-id routes)."""
+    key: str | None
+    """The actor key (None for by-id routes)."""
+    actor_id: str | None
+    """The actor id (by-id routes only)."""
+    subpath: str
+    """For raw routes, what follows ``/ws`` (``""`` or ``/anything``)."""
+    params: Any
+    """Decoded ``params`` JSON, or None."""
+
+
+def _segment(raw: str, what: str) -> str:
+    value = unquote(raw, errors="strict") if raw else ""
+    if not value:
+        raise ActorNotFound(f"empty {what} in route")
+    if len(value) > MAX_KEY:
+        raise ActorNotFound(f"{what} longer than {MAX_KEY} chars")
+    return value
+
+
+def parse_route(target: str) -> Route:
+    """Parse a request target (path and query). Raises ActorNotFound for a malformed route and
+    InvalidMessage for bad ``params``."""
+    if len(target) > MAX_PATH:
+        raise ActorNotFound("request path too long")
+    try:
+        parts = urlsplit(target)
+        segments = parts.path.split("/")
+        # "", "actors", a, b, verb, ...
+        if len(segments) < 5 or segments[0] != "" or segments[1] != "actors":
+            raise ActorNotFound(f"no route for {parts.path[:200]!r}")
+        first = _segment(segments[2], "name")
+        second = _segment(segments[3], "key")
+    except UnicodeDecodeError:
+        raise ActorNotFound("route is not valid percent-encoded UTF-8") from None
+    verb, rest = segments[4], segments[5:]
+    if verb == "connect" and not rest:
+        kind = ConnKind.PROTOCOL
+        subpath = ""
+    elif verb == "ws":
+        kind = ConnKind.RAW
+        subpath = "/" + "/".join(rest) if rest else ""
+    else:
+        raise ActorNotFound(f"no route for {parts.path[:200]!r}")
+    params: Any = None
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if "params" in query:
+        try:
+            params = json.loads(query["params"][-1])
+        except (ValueError, RecursionError):
+            raise InvalidMessage("params is not valid JSON") from None
+    if segments[2] == "by-id":
+        return Route(kind, None, None, second, subpath, params)
+    return Route(kind, first, second, None, subpath, params)

@@ -1,0 +1,141 @@
+"""The trio-websocket adapter: listener, handshake, and a drain that closes before it cancels.
+
+Shape (after hypercorn's trio worker): listeners and connection handlers run in separate
+nurseries. On shutdown the listeners stop first, every connection gets its 1012 close frame
+(concurrently, bounded), actors then sleep with their state saved, and only then is anything
+cancelled. Cancelling a trio-websocket server sends no close frames, which is why the order
+matters.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+
+from .. import closecodes
+from ..conn import TransportClosed
+from .dispatch import ConnectRequest, Dispatcher
+
+if TYPE_CHECKING:
+    from ..registry import Registry
+
+__all__ = ["TrioWebSocketTransport", "serve", "serve_listeners"]
+
+log = logging.getLogger("actorcore.ws")
+
+#: trio-websocket's own limit sits well above every actor's ``max_message_size`` so that the
+#: dispatcher, not the library, closes oversized messages with ``message.too_large``.
+LIBRARY_MAX_MESSAGE: Final = 16 * 2**20
+
+
+class TrioWebSocketTransport:
+    """:class:`actorcore.conn.Transport` over a trio-websocket connection."""
+
+    __slots__ = ("_ws",)
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self._ws = ws
+
+    async def receive(self) -> str | bytes:
+        """The next message; TransportClosed with the close code once closed."""
+        try:
+            return await self._ws.get_message()
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def send(self, message: str | bytes) -> None:
+        """Send one message."""
+        try:
+            await self._ws.send_message(message)
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close handshake (trio-websocket closes the stream even if cancelled)."""
+        await self._ws.aclose(code, reason)
+
+
+def _closed(exc: ConnectionClosed) -> TransportClosed:
+    reason = exc.reason
+    if reason is None:
+        return TransportClosed(1006, "")
+    return TransportClosed(int(reason.code), reason.reason or "")
+
+
+def _max_message(registry: Registry) -> int:
+    sizes = [d.options.max_message_size for d in registry.definitions.values()]
+    return max([LIBRARY_MAX_MESSAGE, *(4 * s for s in sizes)])
+
+
+def _close_timeout(registry: Registry) -> float:
+    return max([2.0, *(d.options.close_timeout for d in registry.definitions.values())])
+
+
+async def serve(  # noqa: ASYNC128 - task_status is passed on to serve_listeners
+    registry: Registry,
+    host: str | None,
+    port: int,
+    *,
+    max_connections: int = 10_000,
+    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``registry`` on ``host:port`` until ``registry.shutdown()``; then drain.
+
+    Runs the registry too if it is not already running. ``task_status`` receives the
+    trio-websocket ``WebSocketServer`` (``server.port`` is the bound port).
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    await serve_listeners(
+        registry, listeners, max_connections=max_connections, task_status=task_status
+    )
+
+
+async def serve_listeners(
+    registry: Registry,
+    listeners: list[trio.SocketListener] | list[trio.abc.Listener[trio.abc.Stream]],
+    *,
+    max_connections: int = 10_000,
+    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Like :func:`serve` on listeners you made (in-memory listeners in tests)."""
+    close_timeout = _close_timeout(registry)
+    dispatcher = Dispatcher(registry, max_connections=max_connections, close_timeout=close_timeout)
+
+    async def handler(request: WebSocketRequest) -> None:
+        connect = ConnectRequest(
+            path=request.path,
+            headers=tuple(request.headers),
+            subprotocols=tuple(request.proposed_subprotocols),
+        )
+
+        async def accept() -> TrioWebSocketTransport:
+            return TrioWebSocketTransport(await request.accept())
+
+        await dispatcher.handle(request.path, connect, accept)
+
+    async with trio.open_nursery() as registry_nursery:
+        if not registry.running:
+            await registry_nursery.start(registry.run)
+        registry.add_drain_step(lambda: dispatcher.close_all(closecodes.RUNTIME_SHUTDOWN))
+        async with trio.open_nursery() as handler_nursery:
+            server = WebSocketServer(
+                handler,
+                listeners,  # type: ignore[arg-type]
+                handler_nursery=handler_nursery,
+                max_message_size=_max_message(registry),
+                receive_buffer_size=None,
+                connect_timeout=10,
+                disconnect_timeout=close_timeout,
+            )
+            async with trio.open_nursery() as listener_nursery:
+                await listener_nursery.start(server.run)
+                log.info("serving on %s", ", ".join(str(x) for x in server.listeners))
+                task_status.started(server)
+                await registry.wait_shutdown_requested()
+                listener_nursery.cancel_scope.cancel()  # stop accepting
+            await registry.wait_stopped()
+            # Every connection has had its close frame; what is left is a bounded handshake.
+            handler_nursery.cancel_scope.deadline = trio.current_time() + close_timeout
