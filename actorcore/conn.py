@@ -173,10 +173,13 @@ class Conn:
             return message
         return json.dumps({"type": "message", "data": message})
 
-    async def run_writer(self, transport: Transport, close_timeout: float) -> tuple[int, str]:
+    async def run_writer(
+        self, transport: Transport, close_timeout: float
+    ) -> tuple[int, str] | None:
         """Drain the outbox into ``transport`` until a close is queued; then close, bounded by
-        ``close_timeout``. Returns the code and reason sent. Run by the dispatcher."""
-        close = _Close(1000, "")
+        ``close_timeout``. Returns the code and reason sent, or None when the connection ended
+        without a close of ours (the peer closed first). Run by the dispatcher."""
+        close: _Close | None = None
         async for item in self._outbox_receive:
             if isinstance(item, _Close):
                 close = item
@@ -188,8 +191,8 @@ class Conn:
             ):
                 close = self._closing
                 break
-        else:  # pragma: no cover - the send side is never closed before a _Close
-            pass
+        if close is None:
+            return None
         with trio.move_on_after(close_timeout) as scope:
             scope.shield = True
             await transport.close(close.code, close.reason)
@@ -198,6 +201,4 @@ class Conn:
     def mark_closed(self) -> None:
         """The connection has ended; wake :meth:`wait_closed` and drop queued frames."""
         self._closed.set()
-        if self._closing is None:
-            self._closing = _Close(1006, "")
         self._outbox_send.close()

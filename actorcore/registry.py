@@ -164,6 +164,12 @@ class Registry:
         """The store actors persist to."""
         return self._store
 
+    def use_store(self, store: Store) -> None:
+        """Replace the store before the registry runs (the CLI's ``--store``)."""
+        if self._nursery is not None:
+            raise RuntimeError("use_store() must be called before the registry runs")
+        self._store = store
+
     @property
     def definitions(self) -> dict[str, ActorDefinition]:
         """Registered definitions by route name."""
@@ -293,6 +299,18 @@ class Registry:
             while self._running_generations:
                 self._generations_done = trio.Event()
                 await self._generations_done.wait()
+            # State whose final save failed is only in memory: persist it now (fenced by the
+            # generation it belongs to) or it is lost with the process.
+            for entry in list(self._by_id.values()):
+                if entry.pending_state is not None and entry.generation is None:
+                    try:
+                        await self._store.save(
+                            entry.actor_id, entry.last_generation, entry.pending_state
+                        )
+                    except ActorError as exc:
+                        self.note_save_error(entry, exc)
+                    else:
+                        entry.pending_state = None
         if scope.cancelled_caught:
             log.error(
                 "drain: %d generations still running after %.1fs; cancelling them",
@@ -568,6 +586,9 @@ class Registry:
                 await entry.changed.wait()
                 if entry.failed_wake == attempt and entry.start_error is not None:
                     raise ActorStartFailed(entry.start_error.message) from entry.start_error
+                if entry.generation is None and entry.lifecycle.state is S.ASLEEP and self.draining:
+                    # Asked while it finalized a sleep: the drain will not wake it again.
+                    raise RuntimeShutdown("the registry is shutting down")
 
     def _stop_budget(self, entry: ActorEntry) -> float:
         o = entry.definition.options

@@ -163,6 +163,7 @@ class _ConnHandler:
         self.conn: Conn | None = None
         self.buffer: collections.deque[Any] = collections.deque()
         self.delivering = False
+        self.last_started: trio.Event | None = None
         self.resolve_scope = trio.CancelScope()
         self.setup_scope = trio.CancelScope()
         self.shutdown_close: CloseCode | None = None
@@ -228,7 +229,7 @@ class _ConnHandler:
             live = await self._open(entry, conn)
             if live is not None:
                 close_code, close_reason = await self._serve(entry, conn, live)
-                conn.close_nowait(closecodes.NORMAL.code, "")
+                conn.mark_closed()  # the transport is closed: stop the writer
                 await self._teardown(entry, conn, close_code, close_reason)
             else:
                 await conn.wait_closed()
@@ -380,14 +381,29 @@ class _ConnHandler:
         if isinstance(item, ActionRequest):
             work = gen.track_work(f"action:{item.name}")
             assert self.nursery is not None
-            self.nursery.start_soon(self._action, gen, work, conn, item)
+            previous, started = self.last_started, trio.Event()
+            self.last_started = started
+            self.nursery.start_soon(self._action, gen, work, conn, item, previous, started)
             return
         assert gen.instance is not None
         await self._run_hook(
             gen, gen.track_work("hook:on_ws_message"), gen.instance.on_ws_message, conn, item
         )
 
-    async def _action(self, gen: Generation, work: Any, conn: Conn, frame: ActionRequest) -> None:
+    async def _action(
+        self,
+        gen: Generation,
+        work: Any,
+        conn: Conn,
+        frame: ActionRequest,
+        previous: trio.Event | None,
+        started: trio.Event,
+    ) -> None:
+        # Actions start in the order their frames were read (trio does not promise that tasks
+        # start in spawn order); once started, those that await may interleave.
+        if previous is not None and not previous.is_set():
+            await previous.wait()
+        started.set()
         fn = gen.definition.actions[frame.name]
         try:
             output = await self.registry.invoke(

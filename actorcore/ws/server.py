@@ -10,7 +10,8 @@ matters.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
@@ -95,7 +96,7 @@ async def serve(  # noqa: ASYNC128 - task_status is passed on to serve_listeners
 
 async def serve_listeners(
     registry: Registry,
-    listeners: list[trio.SocketListener] | list[trio.abc.Listener[trio.abc.Stream]],
+    listeners: Sequence[trio.abc.Listener[Any]],
     *,
     max_connections: int = 10_000,
     task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
@@ -123,7 +124,7 @@ async def serve_listeners(
         async with trio.open_nursery() as handler_nursery:
             server = WebSocketServer(
                 handler,
-                listeners,  # type: ignore[arg-type]
+                list(listeners),  # type: ignore[arg-type]  # any trio Listener works
                 handler_nursery=handler_nursery,
                 max_message_size=_max_message(registry),
                 receive_buffer_size=None,

@@ -1,0 +1,169 @@
+"""Helpers for testing actors: an in-memory WebSocket server that runs on the virtual clock.
+
+::
+
+    async def test_chat(autojump_clock):
+        registry = actorcore.Registry([Chat])
+        async with serve_in_memory(registry) as server:
+            async with server.connect("/actors/chat/room/connect") as ws:
+                init = json.loads(await ws.get_message())
+
+Everything runs over ``trio.testing.memory_stream_pair`` through the same dispatcher and
+trio-websocket adapter as real sockets, so tests can use ``autojump_clock`` to run hours of actor
+life in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+import trio.testing
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+
+from .registry import Registry
+from .ws.server import serve_listeners
+
+__all__ = [
+    "LoopbackServer",
+    "MemoryListener",
+    "MemoryServer",
+    "expect_close",
+    "receive_json",
+    "serve_in_memory",
+    "serve_loopback",
+]
+
+
+class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener whose connections are in-memory stream pairs."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](64)
+
+    async def accept(self) -> trio.abc.Stream:
+        """The server half of the next connection."""
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise trio.ClosedResourceError("listener closed") from None
+
+    async def aclose(self) -> None:
+        """Stop accepting."""
+        await self._receive.aclose()
+
+    async def connect(self) -> trio.abc.Stream:
+        """Open a connection; returns the client half."""
+        client, server = trio.testing.memory_stream_pair()
+        await self._send.send(server)
+        return client
+
+
+class MemoryServer:
+    """A registry served over a :class:`MemoryListener`."""
+
+    def __init__(self, registry: Registry, listener: MemoryListener, nursery: trio.Nursery):
+        self.registry = registry
+        self.listener = listener
+        self._nursery = nursery
+
+    @contextlib.asynccontextmanager
+    async def connect(self, path: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+        """A client WebSocket to ``path``; closed (bounded) when the block exits."""
+        stream = await self.listener.connect()
+        # trio-websocket types this as a socket stream, but any trio Stream works.
+        ws = await wrap_client_stream(
+            self._nursery,
+            stream,  # type: ignore[arg-type]
+            "localhost",
+            path,
+            **kwargs,
+        )
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(5, shield=True):
+                await ws.aclose()
+                # trio-websocket leaves the client's stream open after a close the server
+                # started; close it so no socket is left for the garbage collector.
+                await stream.aclose()
+
+
+@contextlib.asynccontextmanager
+async def serve_in_memory(
+    registry: Registry, *, max_connections: int = 10_000
+) -> AsyncIterator[MemoryServer]:
+    """Serve ``registry`` in memory for the block; on exit the registry drains."""
+    listener = MemoryListener()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: serve_listeners(
+                registry, [listener], max_connections=max_connections, task_status=task_status
+            )
+        )
+        yield MemoryServer(registry, listener, nursery)
+        registry.request_shutdown()
+
+
+class LoopbackServer(MemoryServer):
+    """A registry served on a real 127.0.0.1 socket (port 0); :attr:`port` is the bound port."""
+
+    def __init__(self, registry: Registry, port: int, nursery: trio.Nursery):
+        self.registry = registry
+        self.port = port
+        self._nursery = nursery
+
+    @contextlib.asynccontextmanager
+    async def connect(self, path: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+        """A client WebSocket over TCP to ``path``; closed (bounded) when the block exits."""
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+            ws = await wrap_client_stream(self._nursery, stream, "127.0.0.1", path, **kwargs)
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(5, shield=True):
+                await ws.aclose()
+                # trio-websocket leaves the client's stream open after a close the server
+                # started; close it so no socket is left for the garbage collector.
+                await stream.aclose()
+
+
+@contextlib.asynccontextmanager
+async def serve_loopback(
+    registry: Registry, *, max_connections: int = 10_000
+) -> AsyncIterator[LoopbackServer]:
+    """Serve ``registry`` on 127.0.0.1 (port 0) for the block; on exit the registry drains."""
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            lambda task_status: registry.serve(
+                "127.0.0.1", 0, max_connections=max_connections, task_status=task_status
+            )
+        )
+        yield LoopbackServer(registry, server.port, nursery)
+        registry.request_shutdown()
+
+
+#: Bound on each helper wait below; wrap a call in ``trio.fail_after`` for a tighter one.
+HELPER_TIMEOUT = 30.0
+
+
+async def receive_json(ws: WebSocketConnection) -> Any:
+    """The next message, decoded as JSON (bounded by :data:`HELPER_TIMEOUT`)."""
+    with trio.fail_after(HELPER_TIMEOUT):
+        return json.loads(await ws.get_message())
+
+
+async def expect_close(ws: WebSocketConnection) -> tuple[int, str]:
+    """Read until the connection closes; return the close code and reason. Messages received
+    before the close are discarded. Bounded by :data:`HELPER_TIMEOUT`."""
+    with trio.fail_after(HELPER_TIMEOUT):
+        while True:
+            try:
+                await ws.get_message()
+            except ConnectionClosed as exc:
+                assert exc.reason is not None
+                return int(exc.reason.code), exc.reason.reason or ""
