@@ -90,10 +90,13 @@ class Conn:
     """The generation currently serving this connection."""
     subscriptions: set[str] = attrs.field(factory=set[str])
     """Events this (protocol) connection subscribed to."""
+    close_timeout: float = 2.0
+    """Bound on flushing queued frames plus the close handshake once a close is queued."""
     _outbox_send: trio.MemorySendChannel[str | bytes | _Close] = attrs.field(init=False)
     _outbox_receive: trio.MemoryReceiveChannel[str | bytes | _Close] = attrs.field(init=False)
     _closing: _Close | None = attrs.field(default=None, init=False)
     _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _flush_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[str | bytes | _Close](
@@ -129,6 +132,9 @@ class Conn:
         if self._closing is not None or self._closed.is_set():
             return
         self._closing = _Close(code, reason)
+        # A peer that does not read must not hold the close back: flushing what is queued gets
+        # close_timeout, then the close handshake gets its own bounded attempt.
+        self._flush_scope.deadline = trio.current_time() + self.close_timeout
         try:
             self._outbox_send.send_nowait(self._closing)
         except trio.WouldBlock:
@@ -180,17 +186,20 @@ class Conn:
         ``close_timeout``. Returns the code and reason sent, or None when the connection ended
         without a close of ours (the peer closed first). Run by the dispatcher."""
         close: _Close | None = None
-        async for item in self._outbox_receive:
-            if isinstance(item, _Close):
-                close = item
-                break
-            await transport.send(item)
-            if (
-                self._closing is not None
-                and self._outbox_receive.statistics().current_buffer_used == 0
-            ):
-                close = self._closing
-                break
+        with self._flush_scope:
+            async for item in self._outbox_receive:
+                if isinstance(item, _Close):
+                    close = item
+                    break
+                await transport.send(item)
+                if (
+                    self._closing is not None
+                    and not self._outbox_receive.statistics().current_buffer_used
+                ):
+                    close = self._closing
+                    break
+        if close is None:
+            close = self._closing  # the flush deadline passed with frames still queued
         if close is None:
             return None
         with trio.move_on_after(close_timeout) as scope:

@@ -222,6 +222,7 @@ class _ConnHandler:
             kind=route.kind,
             params=route.params,
             hibernatable=hibernatable,
+            close_timeout=options.close_timeout,
         )
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
