@@ -97,6 +97,9 @@ class Conn:
     _closing: _Close | None = attrs.field(default=None, init=False)
     _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
     _flush_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
+    _transport: Transport | None = attrs.field(default=None, init=False)
+    _pending: int = attrs.field(default=0, init=False)
+    """Frames queued in the outbox and not yet fully sent by the writer."""
 
     def __attrs_post_init__(self) -> None:
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[str | bytes | _Close](
@@ -113,10 +116,7 @@ class Conn:
     async def send(self, message: Any) -> None:
         """Send a message: as is on a raw connection (str or bytes); on a protocol connection
         as ``{"type": "message", "data": message}`` (``message`` must be JSON-serialisable)."""
-        frame = self._encode_message(message)
-        if self.closing:
-            return
-        await self._outbox_send.send(frame)
+        await self.send_frame(self._encode_message(message))
 
     def send_nowait(self, message: Any) -> None:
         """Queue a message without waiting; a full outbox closes the connection with 1013."""
@@ -162,11 +162,33 @@ class Conn:
             self._outbox_send.send_nowait(frame)
         except trio.WouldBlock:
             self._overloaded()
+        else:
+            self._pending += 1
 
     async def send_frame(self, frame: str | bytes) -> None:
-        """Queue an encoded frame, waiting for room in the outbox."""
-        if not self.closing:
+        """Send an encoded frame after those already queued.
+
+        When nothing is queued the frame goes straight to the transport from the caller's task
+        (one task switch less on the per-message path); the transport's own send lock keeps
+        frames in call order. That send is shielded, so a caller's cancellation can never cut a
+        frame in half, and bounded by ``close_timeout``: a peer too slow to take one frame gets
+        1013 ``actor.overloaded``.
+        """
+        if self.closing:
+            return
+        transport = self._transport
+        if transport is None or self._pending:
+            self._pending += 1
             await self._outbox_send.send(frame)
+            return
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.close_timeout
+            try:
+                await transport.send(frame)
+            except TransportClosed:
+                return
+        if scope.cancelled_caught:
+            self._overloaded()
 
     def _overloaded(self) -> None:
         err = ActorOverloaded("connection outbox is full")
@@ -186,12 +208,14 @@ class Conn:
         ``close_timeout``. Returns the code and reason sent, or None when the connection ended
         without a close of ours (the peer closed first). Run by the dispatcher."""
         close: _Close | None = None
+        self._transport = transport
         with self._flush_scope:
             async for item in self._outbox_receive:
                 if isinstance(item, _Close):
                     close = item
                     break
                 await transport.send(item)
+                self._pending -= 1
                 if (
                     self._closing is not None
                     and not self._outbox_receive.statistics().current_buffer_used
@@ -209,5 +233,6 @@ class Conn:
 
     def mark_closed(self) -> None:
         """The connection has ended; wake :meth:`wait_closed` and drop queued frames."""
+        self._transport = None
         self._closed.set()
         self._outbox_send.close()

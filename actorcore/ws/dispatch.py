@@ -411,14 +411,15 @@ class _ConnHandler:
                 gen, work, frame.name, fn, frame.args, frame.kwargs, conn
             )
         except ActorError as exc:
-            conn.queue_frame(encode_error(frame.id, exc))
+            reply = encode_error(frame.id, exc)
         except Exception:
             log.exception(
                 "actor %s id=%s: action %r raised", gen.entry.name, gen.actor_id, frame.name
             )
-            conn.queue_frame(encode_error(frame.id, InternalError("the action raised")))
+            reply = encode_error(frame.id, InternalError("the action raised"))
         else:
-            conn.queue_frame(encode_action_result(frame.id, output))
+            reply = encode_action_result(frame.id, output)
+        await conn.send_frame(reply)
 
     async def _run_hook(
         self, gen: Generation, work: Any, hook: Callable[..., Awaitable[Any]], *args: Any
