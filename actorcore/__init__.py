@@ -12,6 +12,12 @@ from .actor import ActorDefinition as ActorDefinition
 from .actor import action as action
 from .authority import LifecycleAuthority as LifecycleAuthority
 from .authority import LocalAuthority as LocalAuthority
+from .client import ActorConnection as ActorConnection
+from .client import ActorEvent as ActorEvent
+from .client import CallTimeout as CallTimeout
+from .client import ConnectionLost as ConnectionLost
+from .client import RemoteError as RemoteError
+from .client import connect as connect
 from .conn import Conn as Conn
 from .conn import ConnKind as ConnKind
 from .context import ActorContext as ActorContext

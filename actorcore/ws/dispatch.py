@@ -146,7 +146,12 @@ class Dispatcher:
             handler.shutdown(close)
         with trio.move_on_after(self.close_timeout + 1):
             for handler in handlers:
-                await handler.done.wait()
+                # The close handshake, not the handler: its in-flight actions end with the
+                # actors' sleep, which the drain starts after this step.
+                if handler.conn is not None:
+                    await handler.conn.wait_closed()
+                else:
+                    await handler.done.wait()
 
 
 class _ConnHandler:

@@ -1,0 +1,1088 @@
+"""The trio client of the ``/connect`` actor protocol, with reconnection driven by close codes.
+
+::
+
+    async with actorcore.connect("ws://127.0.0.1:8080", "counter", "room-1") as actor:
+        await actor.subscribe("changed")
+        print(await actor.call("increment", 2))
+        async for event in actor.events():
+            print(event.name, event.args)
+
+:func:`connect` returns an :class:`ActorConnection`, an async context manager. Entering it
+opens the connection and waits for the server's ``init`` frame; leaving it closes with 1000
+(the handshake bounded by ``close_timeout``). Everything the connection runs (its reader,
+writer and reconnect loop) lives in a nursery owned by the ``async with`` block.
+
+**Reconnection** follows the close-code table of :mod:`actorcore.closecodes`
+(:func:`policy_for_close`):
+
+* 1000 (normal, ``actor.destroyed``) and 1008 (``actor.not_found``, ``auth.forbidden``,
+  ``protocol.invalid_message``): never reconnect. The connection *finishes*: pending and later
+  calls raise the typed error (:attr:`ActorConnection.final_error`), :meth:`~ActorConnection.events`
+  and :meth:`~ActorConnection.messages` end.
+* 1001 (``actor.sleeping``): reconnect at once. If that attempt fails too, later attempts back
+  off (so a server that keeps refusing cannot cause a hot loop).
+* 1012 (``runtime.shutdown``), 1013 (``actor.overloaded``, ``actor.ready_timeout``), and also
+  1006, 1011, 1009, any other code, network errors and handshake timeouts: reconnect after a
+  jittered exponential backoff (full jitter: a uniform delay in ``[0, min(max_backoff,
+  initial_backoff * 2**n)]`` where ``n`` counts the failures since the last successful
+  ``init``; :func:`backoff_delay`).
+* An HTTP refusal of the upgrade (a proxy, not actorcore, which always accepts and then
+  closes): 5xx, 408 and 429 back off; any other status finishes the connection.
+
+With ``reconnect=False`` the first close of any kind finishes the connection.
+
+**Calls are at most once.** A call frame is sent on one connection only. When that connection
+closes before the answer arrives, the call fails at once with the error mapped from the close
+code (:func:`error_for_close`: 1001 → :class:`~actorcore.ActorStopping`, 1000
+``actor.destroyed`` → :class:`~actorcore.ActorDestroyed`, 1012 →
+:class:`~actorcore.RuntimeShutdown`, 1013 → :class:`~actorcore.ActorOverloaded` or
+:class:`~actorcore.ActorReadyTimeout`, ...); it is never resent after a reconnect, since the actor
+may have run it. A call made *while* the client is reconnecting has not been sent yet, so it waits
+for the next connection (bounded by its timeout). Error frames raise the
+:class:`~actorcore.ActorError` subclass named by their ``code`` (a :class:`RemoteError` for codes
+actorcore does not define, e.g. a :class:`~actorcore.UserError` code), with the frame's
+``message`` and ``retryable``.
+
+**Subscriptions** (:meth:`ActorConnection.subscribe`) are remembered and sent again on every new
+connection before it goes live. **Events** (``{"type": "event"}`` frames) are delivered by
+:meth:`ActorConnection.events` as :class:`ActorEvent` values; **messages** from ``conn.send``
+(``{"type": "message"}`` frames) separately by :meth:`ActorConnection.messages`, so an actor event
+named ``"message"`` cannot be confused with them. Both buffers are bounded (``buffer_size``);
+when one is full, new items are dropped and counted in :meth:`ActorConnection.statistics` rather
+than blocking the reader (which would delay call results).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import enum
+import itertools
+import json
+import logging
+import math
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Generator
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+import attrs
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from . import closecodes
+from .closecodes import CloseCode
+from .errors import (
+    ActionNotFound,
+    ActionTimeout,
+    ActorDestroyed,
+    ActorError,
+    ActorNotFound,
+    ActorOverloaded,
+    ActorReadyTimeout,
+    ActorStartFailed,
+    ActorStopping,
+    Forbidden,
+    InternalError,
+    InvalidMessage,
+    LifecycleError,
+    MessageTooLarge,
+    RuntimeShutdown,
+    StaleGeneration,
+    StateError,
+    StoreError,
+    UserError,
+)
+
+__all__ = [
+    "ActorConnection",
+    "ActorEvent",
+    "CallTimeout",
+    "ClientStatistics",
+    "CloseInfo",
+    "ConnectionLost",
+    "Queued",
+    "ReconnectPolicy",
+    "RemoteError",
+    "backoff_delay",
+    "connect",
+    "error_for_close",
+    "error_from_frame",
+    "policy_for_close",
+]
+
+log = logging.getLogger("actorcore.client")
+
+#: Longest action or event name the server accepts (``actorcore.ws.protocol.MAX_NAME``); a longer
+#: one would get the whole connection closed with 1008, so the client refuses it up front.
+MAX_NAME: Final = 256
+#: Frames one connection's writer may hold before callers wait for room.
+OUTBOX_SIZE: Final = 256
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class Queued:
+    """The result of :meth:`ActorConnection.subscribe`: the work is already done, so awaiting
+    it is optional (it completes at once)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # an empty generator: awaiting completes without suspending
+
+
+class ConnectionLost(ActorError):
+    """The connection ended in a way no actorcore error describes: a network failure or 1006, a
+    close code outside the table, a refused upgrade, or the client's own close.
+
+    ``close_code`` and ``close_reason`` are those of the close (1006 when there was none).
+    ``retryable`` is per instance: False for a normal close and for the client's own close.
+    """
+
+    code = "client.connection_lost"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        close_code: int = 1006,
+        close_reason: str = "",
+        retryable: bool = True,
+    ) -> None:
+        super().__init__(message or f"connection lost: {close_code} {close_reason}".rstrip())
+        self.close_code = close_code
+        self.close_reason = close_reason
+        if retryable is not type(self).retryable:
+            # Like ``code`` in ActorError: an instance value shadows the ClassVar on purpose.
+            self.__dict__["retryable"] = retryable
+
+
+class CallTimeout(ActorError):
+    """A call got no answer within its timeout. The actor may still run it, or may have run it:
+    the call is not resent (calls are at most once), and a late answer is discarded."""
+
+    code = "client.call_timeout"
+
+
+class RemoteError(ActorError):
+    """An error frame whose ``code`` names no actorcore error class (for example the code of a
+    :class:`~actorcore.UserError` raised by the action). ``code``, ``message`` and
+    ``retryable`` are the frame's."""
+
+    code = "remote.error"
+
+    def __init__(self, message: str = "", *, code: str | None = None, retryable: bool = False):
+        super().__init__(message, code=code)
+        if retryable:
+            self.__dict__["retryable"] = True
+
+
+_ERRORS_BY_CODE: Final[dict[str, type[ActorError]]] = {
+    cls.code: cls
+    for cls in (
+        ActorError,
+        ActionNotFound,
+        ActionTimeout,
+        ActorDestroyed,
+        ActorNotFound,
+        ActorOverloaded,
+        ActorReadyTimeout,
+        ActorStartFailed,
+        ActorStopping,
+        Forbidden,
+        InternalError,
+        InvalidMessage,
+        LifecycleError,
+        MessageTooLarge,
+        RuntimeShutdown,
+        StaleGeneration,
+        StateError,
+        StoreError,
+        UserError,
+        CallTimeout,
+    )
+}
+
+#: Every close frame of the table, with the error its pending calls fail with.
+_ERRORS_BY_CLOSE: Final[dict[CloseCode, type[ActorError]]] = {
+    closecodes.ACTOR_SLEEPING: ActorStopping,
+    closecodes.ACTOR_DESTROYED: ActorDestroyed,
+    closecodes.NOT_FOUND: ActorNotFound,
+    closecodes.FORBIDDEN: Forbidden,
+    closecodes.READY_TIMEOUT: ActorReadyTimeout,
+    closecodes.START_FAILED: ActorStartFailed,
+    closecodes.RUNTIME_SHUTDOWN: RuntimeShutdown,
+    closecodes.INTERNAL_ERROR: InternalError,
+    closecodes.MESSAGE_TOO_LARGE: MessageTooLarge,
+    closecodes.INVALID_MESSAGE: InvalidMessage,
+    closecodes.OVERLOADED: ActorOverloaded,
+}
+
+#: A close code outside the table (or with a reason the table does not know): its error.
+_ERRORS_BY_CLOSE_CODE: Final[dict[int, type[ActorError]]] = {
+    1001: ActorStopping,
+    1008: Forbidden,  # for_error(Forbidden) puts the Forbidden message in the reason
+    1009: MessageTooLarge,
+    1011: InternalError,
+    1012: RuntimeShutdown,
+    1013: ActorOverloaded,
+}
+
+
+def error_for_close(code: int, reason: str) -> ActorError:
+    """The typed error a close frame stands for (what pending calls fail with).
+
+    A known ``(code, reason)`` pair of :mod:`actorcore.closecodes` maps to its error class; else
+    the code alone decides (1001 → ActorStopping, 1008 → Forbidden with the reason as message,
+    1009 → MessageTooLarge, 1011 → InternalError, 1012 → RuntimeShutdown, 1013 →
+    ActorOverloaded); anything else is a :class:`ConnectionLost` (not retryable for 1000).
+    """
+    message = f"connection closed: {code} {reason}".rstrip()
+    cls = _ERRORS_BY_CLOSE.get(CloseCode(code, reason)) if _valid_reason(reason) else None
+    if cls is None:
+        cls = _ERRORS_BY_CLOSE_CODE.get(code)
+        if cls is Forbidden and reason:
+            return Forbidden(reason)
+    if cls is None:
+        return ConnectionLost(message, close_code=code, close_reason=reason, retryable=code != 1000)
+    return cls(message)
+
+
+def _valid_reason(reason: str) -> bool:
+    return reason.isascii() and len(reason.encode()) <= 123
+
+
+def error_from_frame(frame: dict[str, Any]) -> ActorError:
+    """The error an ``{"type": "error"}`` frame stands for: the ActorError subclass whose
+    ``code`` is the frame's, else a :class:`RemoteError`; ``message`` and ``retryable`` are the
+    frame's."""
+    code = frame.get("code")
+    message = frame.get("message")
+    retryable = frame.get("retryable")
+    if not isinstance(code, str) or not code:
+        code = InternalError.code
+    if not isinstance(message, str):
+        message = ""
+    if not isinstance(retryable, bool):
+        retryable = False
+    cls = _ERRORS_BY_CODE.get(code)
+    if cls is None:
+        return RemoteError(message, code=code, retryable=retryable)
+    error = cls(message)
+    if error.retryable is not retryable:
+        error.__dict__["retryable"] = retryable
+    return error
+
+
+# ---------------------------------------------------------------------------- policy
+
+
+class ReconnectPolicy(enum.Enum):
+    """What the client does after a close."""
+
+    NEVER = "never"
+    """The connection finishes; calls raise the close's typed error."""
+    AT_ONCE = "at_once"
+    """Reconnect without waiting (1001: the actor went to sleep; a new connection wakes it)."""
+    BACKOFF = "backoff"
+    """Reconnect after a jittered exponential backoff."""
+
+
+def policy_for_close(code: int) -> ReconnectPolicy:
+    """The reconnect policy of a close code: never after 1000 or 1008, at once after 1001,
+    with backoff after anything else (1012, 1013, 1006, 1011 ...)."""
+    if code in (1000, 1008):
+        return ReconnectPolicy.NEVER
+    if code == 1001:
+        return ReconnectPolicy.AT_ONCE
+    return ReconnectPolicy.BACKOFF
+
+
+def backoff_delay(
+    failures: int, *, initial: float, maximum: float, rng: random.Random | None = None
+) -> float:
+    """Full-jitter exponential backoff: a uniform delay in ``[0, min(maximum, initial *
+    2**failures)]``; ``failures`` counts the failed attempts since the last good connection."""
+    cap = min(maximum, initial * 2.0 ** min(max(failures, 0), 60))
+    return (rng or _RNG).uniform(0.0, cap)
+
+
+_RNG: Final = random.Random()
+
+
+# ---------------------------------------------------------------------------- values
+
+
+@attrs.frozen
+class CloseInfo:
+    """A close the client saw from the server or the network (1006 when there was no frame)."""
+
+    code: int
+    reason: str
+
+
+@attrs.frozen
+class ActorEvent:
+    """One ``{"type": "event"}`` frame: an event the connection subscribed to."""
+
+    name: str
+    args: tuple[Any, ...]
+
+
+@attrs.frozen(kw_only=True)
+class ClientStatistics:
+    """Counters of one :class:`ActorConnection` (a snapshot)."""
+
+    connected: bool
+    """A connection is live now."""
+    finished: bool
+    """The connection ended for good (no more reconnects)."""
+    attempts: int
+    """Connection attempts, the first included."""
+    connects: int
+    """Attempts that got the server's ``init`` frame."""
+    closes_by_code: dict[int, int]
+    """Closes seen from the server or the network, by code (1006: no close frame)."""
+    last_delay: float | None
+    """The delay before the latest reconnect attempt (0.0: at once), None before any."""
+    calls_sent: int
+    """Call frames handed to a connection's writer."""
+    pending_calls: int
+    """Calls waiting for their answer now."""
+    events_received: int
+    events_dropped: int
+    """Events dropped because the :meth:`ActorConnection.events` buffer was full."""
+    messages_received: int
+    messages_dropped: int
+    """Messages dropped because the :meth:`ActorConnection.messages` buffer was full."""
+
+
+# ---------------------------------------------------------------------------- internals
+
+
+@attrs.define(eq=False)
+class _Pending:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    output: Any = None
+    error: ActorError | None = None
+
+    def resolve(self, output: Any) -> None:
+        if not self.done.is_set():
+            self.output = output
+            self.done.set()
+
+    def fail(self, error: ActorError) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.output
+
+
+@attrs.frozen
+class _Live:
+    """A connection that got its ``init`` and has its subscriptions in sync."""
+
+    ws: WebSocketConnection
+    outbox: trio.MemorySendChannel[str]
+
+
+@attrs.frozen
+class _Ended:
+    """How one connection attempt ended."""
+
+    close: CloseInfo
+    error: ActorError
+    policy: ReconnectPolicy
+    got_init: bool
+
+
+def _check_name(value: str, what: str) -> None:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise ValueError(f"{what} must be a non-empty string of at most {MAX_NAME} chars")
+
+
+def _lost(message: str, *, policy: ReconnectPolicy = ReconnectPolicy.BACKOFF) -> _Ended:
+    retryable = policy is not ReconnectPolicy.NEVER
+    return _Ended(
+        CloseInfo(1006, ""),
+        ConnectionLost(message, retryable=retryable),
+        policy,
+        got_init=False,
+    )
+
+
+def _from_close(exc: ConnectionClosed, *, got_init: bool) -> _Ended:
+    reason = exc.reason
+    if reason is None:
+        code, text = 1006, ""
+    else:
+        code, text = int(reason.code), reason.reason or ""
+    return _Ended(
+        CloseInfo(code, text), error_for_close(code, text), policy_for_close(code), got_init
+    )
+
+
+def _parse_init(message: str | bytes) -> tuple[str, str, int] | None:
+    try:
+        frame = json.loads(message)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(frame, dict) or frame.get("type") != "init":
+        return None
+    actor_id, conn_id, generation = (frame.get(f) for f in ("actor_id", "conn_id", "generation"))
+    if not isinstance(actor_id, str) or not isinstance(conn_id, str):
+        return None
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        return None
+    return actor_id, conn_id, generation
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+# ---------------------------------------------------------------------------- the connection
+
+
+class ActorConnection:
+    """A client connection to one actor, kept open across reconnects; made by :func:`connect`.
+
+    Use it as an async context manager (once). Inside the block: :meth:`call`,
+    :meth:`subscribe`, :meth:`events`, :meth:`messages`; the ids of the current connection are
+    :attr:`actor_id`, :attr:`conn_id` and :attr:`generation` (from the latest ``init``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        key: str,
+        *,
+        params: Any = None,
+        reconnect: bool = True,
+        connect_timeout: float = 10.0,
+        call_timeout: float | None = 60.0,
+        close_timeout: float = 2.0,
+        initial_backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        max_message_size: int = 16 * 2**20,
+        buffer_size: int = 1024,
+        ssl_context: ssl.SSLContext | None = None,
+        open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+    ) -> None:
+        _check_name(name, "name")
+        if not isinstance(key, str) or not key:
+            raise ValueError("key must be a non-empty string")
+        for label, value in (
+            ("connect_timeout", connect_timeout),
+            ("close_timeout", close_timeout),
+            ("initial_backoff", initial_backoff),
+            ("max_backoff", max_backoff),
+        ):
+            if not value > 0:
+                raise ValueError(f"{label} must be > 0, got {value!r}")
+        if call_timeout is not None and not call_timeout > 0:
+            raise ValueError(f"call_timeout must be > 0 or None, got {call_timeout!r}")
+        if buffer_size < 0:
+            raise ValueError(f"buffer_size must be >= 0, got {buffer_size!r}")
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"url must be ws://host[:port][/path] or wss://..., got {url!r}")
+        secure = parts.scheme == "wss"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if secure else 80)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        default_port = self._port == (443 if secure else 80)
+        self._host_header = host if default_port else f"{host}:{self._port}"
+        self._resource = (
+            f"{parts.path.rstrip('/')}/actors/{quote(name, safe='')}/{quote(key, safe='')}/connect"
+        )
+        if params is not None:
+            encoded = json.dumps(params, separators=(",", ":"))
+            self._resource += f"?params={quote(encoded, safe='')}"
+        self._ssl_context = (ssl_context or ssl.create_default_context()) if secure else None
+        self._open_stream_fn = open_stream
+
+        self.name: Final = name
+        """The actor definition's name."""
+        self.key: Final = key
+        """The actor's key."""
+        self.call_timeout = call_timeout
+        """Default bound on :meth:`call` in seconds (None: unbounded); :class:`CallTimeout`."""
+        self.actor_id = ""
+        """The actor's id (from the latest ``init``)."""
+        self.conn_id = ""
+        """The server's id of the current connection (a new one after each reconnect)."""
+        self.generation = 0
+        """The actor generation that served the latest ``init``."""
+        self.last_close: CloseInfo | None = None
+        """The latest close seen from the server or the network (the client's own close is not
+        recorded here)."""
+
+        self._reconnect = reconnect
+        self._connect_timeout = connect_timeout
+        self._close_timeout = close_timeout
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        self._max_message_size = max_message_size
+
+        self._nursery_cm: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._live: _Live | None = None
+        self._changed = trio.Event()
+        self._final_error: ActorError | None = None
+        self._ever_live = False
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._subscriptions: set[str] = set()
+        self._events_send, self._events_receive = trio.open_memory_channel[ActorEvent](buffer_size)
+        self._messages_send, self._messages_receive = trio.open_memory_channel[Any](buffer_size)
+
+        self._attempts = 0
+        self._connects = 0
+        self._closes_by_code: dict[int, int] = {}
+        self._last_delay: float | None = None
+        self._calls_sent = 0
+        self._events_received = 0
+        self._events_dropped = 0
+        self._messages_received = 0
+        self._messages_dropped = 0
+
+    def __repr__(self) -> str:
+        state = "finished" if self.finished else "connected" if self.connected else "connecting"
+        return f"<ActorConnection {self.name}/{self.key} {state} actor_id={self.actor_id!r}>"
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def url(self) -> str:
+        """The full URL of the ``/connect`` route this client opens."""
+        scheme = "wss" if self._ssl_context is not None else "ws"
+        return f"{scheme}://{self._host_header}{self._resource}"
+
+    @property
+    def connected(self) -> bool:
+        """A connection is live now (calls are sent at once)."""
+        return self._live is not None
+
+    @property
+    def finished(self) -> bool:
+        """The connection ended for good: closed by the client, or by a close that is not
+        reconnected (see the module docs). Calls raise :attr:`final_error`."""
+        return self._final_error is not None
+
+    @property
+    def final_error(self) -> ActorError | None:
+        """Why the connection finished (what calls raise now), or None while it has not."""
+        return self._final_error
+
+    async def wait_connected(self) -> None:
+        """Wait until a connection is live; raise :attr:`final_error` if it finished.
+        Unbounded: put it in a ``trio.fail_after``."""
+        await self._wait_live()
+
+    async def wait_finished(self) -> None:
+        """Wait until the connection ended for good. Unbounded: put it in a
+        ``trio.fail_after``."""
+        while self._final_error is None:
+            await self._changed.wait()
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of the connection's counters."""
+        return ClientStatistics(
+            connected=self.connected,
+            finished=self.finished,
+            attempts=self._attempts,
+            connects=self._connects,
+            closes_by_code=dict(self._closes_by_code),
+            last_delay=self._last_delay,
+            calls_sent=self._calls_sent,
+            pending_calls=len(self._pending),
+            events_received=self._events_received,
+            events_dropped=self._events_dropped,
+            messages_received=self._messages_received,
+            messages_dropped=self._messages_dropped,
+        )
+
+    # ---------------------------------------------------------------- public API
+
+    async def call(self, action: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``action`` on the actor and return its output, bounded by :attr:`call_timeout`.
+
+        Raises the typed error of an error frame, the close's typed error if the connection
+        closes first (the call is not resent), :class:`CallTimeout`, or :attr:`final_error`.
+        While the client is reconnecting the call waits for the next connection. Arguments must
+        be JSON-serialisable (``TypeError`` otherwise).
+        """
+        return await self._call(self.call_timeout, action, args, kwargs)
+
+    async def call_with_timeout(
+        self, seconds: float | None, action: str, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Like :meth:`call` with its own bound (``seconds``; None: unbounded)."""
+        return await self._call(seconds, action, args, kwargs)
+
+    def subscribe(self, event: str) -> Queued:
+        """Receive ``event`` frames (see :meth:`events`), on this connection and every later
+        one. The frame is queued at once; the result may be awaited or not
+        (``actor.subscribe("changed")`` and ``await actor.subscribe("changed")`` both work)."""
+        _check_name(event, "event")
+        self._raise_if_finished()
+        if event not in self._subscriptions:
+            self._subscriptions.add(event)
+            self._queue_control({"type": "subscribe", "event": event})
+        return Queued()
+
+    def unsubscribe(self, event: str) -> Queued:
+        """Stop receiving ``event`` (events already buffered stay in :meth:`events`). Like
+        :meth:`subscribe`, awaiting the result is optional."""
+        _check_name(event, "event")
+        self._raise_if_finished()
+        if event in self._subscriptions:
+            self._subscriptions.discard(event)
+            self._queue_control({"type": "unsubscribe", "event": event})
+        return Queued()
+
+    @property
+    def subscriptions(self) -> frozenset[str]:
+        """The events subscribed to."""
+        return frozenset(self._subscriptions)
+
+    def events(self) -> trio.MemoryReceiveChannel[ActorEvent]:
+        """The subscribed events, in order, as :class:`ActorEvent` values:
+        ``async for event in actor.events()``. Iteration ends when the connection finishes.
+
+        The buffer holds ``buffer_size`` events from the moment the client connects; beyond it
+        new events are dropped (``statistics().events_dropped``). Each call returns a new clone
+        of one channel: several consumers share (compete for) the same events.
+        """
+        return self._events_receive.clone()
+
+    def messages(self) -> trio.MemoryReceiveChannel[Any]:
+        """The ``data`` of ``{"type": "message"}`` frames (``conn.send`` on the actor), like
+        :meth:`events`."""
+        return self._messages_receive.clone()
+
+    async def aclose(self) -> None:
+        """Close with 1000 (the handshake bounded by ``close_timeout``, even when cancelled)
+        and stop reconnecting. Pending calls fail with :class:`ConnectionLost`. Idempotent;
+        leaving the ``async with`` block calls it."""
+        self._finish(ConnectionLost("closed by the client", close_code=1000, retryable=False))
+        live = self._live
+        if live is not None:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self._close_timeout
+                await live.ws.aclose(1000)
+        else:
+            await trio.lowlevel.checkpoint()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def __aenter__(self) -> ActorConnection:
+        if self._nursery_cm is not None or self.finished:
+            raise RuntimeError("an ActorConnection can be entered only once")
+        cm = self._nursery_cm = trio.open_nursery()
+        nursery = self._nursery = await cm.__aenter__()
+        nursery.start_soon(self._supervise, name=f"actorcore.client:{self.name}/{self.key}")
+        try:
+            # _supervise finishes the connection when the initial connect runs out of time; the
+            # extra bound only guards against a bug there.
+            with trio.move_on_after(2 * self._connect_timeout + self._close_timeout) as scope:
+                await self._wait_live()
+            if scope.cancelled_caught:
+                raise ConnectionLost(f"not connected within {self._connect_timeout}s")
+        except BaseException:
+            await self._exit_nursery()  # noqa: ASYNC102 - aclose is shielded and bounded
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        await self._exit_nursery()  # noqa: ASYNC102 - aclose is shielded and bounded
+        return False
+
+    async def _exit_nursery(self) -> None:
+        """Close, then leave the nursery. The block's own exception is not passed to the
+        nursery, so it propagates unwrapped (an internal crash still raises its group)."""
+        await self.aclose()
+        cm = self._nursery_cm
+        assert cm is not None
+        await cm.__aexit__(None, None, None)
+
+    # ---------------------------------------------------------------- calls
+
+    async def _call(
+        self, seconds: float | None, action: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        _check_name(action, "action")
+        call_id = next(self._ids)
+        frame: dict[str, Any] = {"type": "action", "id": call_id, "name": action, "args": args}
+        if kwargs:
+            frame["kwargs"] = kwargs
+        text = json.dumps(frame)
+        deadline = math.inf if seconds is None else trio.current_time() + seconds
+        pending = _Pending()
+        with trio.move_on_at(deadline):
+            live = await self._wait_live()
+            # No checkpoint from here to the registration: a connection that ends later fails
+            # this call through _fail_pending.
+            self._pending[call_id] = pending
+            try:
+                try:
+                    await live.outbox.send(text)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass  # that connection ended; it failed (or will fail) the call
+                else:
+                    self._calls_sent += 1
+                await pending.done.wait()
+            finally:
+                self._pending.pop(call_id, None)
+        if not pending.done.is_set():
+            raise CallTimeout(f"no answer to {action!r} within {seconds}s")
+        return pending.result()
+
+    def _fail_pending(self, error: ActorError) -> None:
+        pending, self._pending = self._pending, {}
+        for call in pending.values():
+            call.fail(copy.copy(error))
+
+    def _queue_control(self, frame: dict[str, Any]) -> None:
+        live = self._live
+        if live is None:
+            return  # sent with the other subscriptions when the next connection opens
+        text = json.dumps(frame)
+        try:
+            live.outbox.send_nowait(text)
+        except trio.WouldBlock:
+            # A full outbox: wait for room in a task of our own nursery, keeping this call sync.
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_control_later, live, text)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # that connection ended; the next one syncs the subscriptions
+
+    async def _send_control_later(self, live: _Live, text: str) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await live.outbox.send(text)
+
+    # ---------------------------------------------------------------- state changes
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _raise_if_finished(self) -> None:
+        if self._final_error is not None:
+            raise copy.copy(self._final_error)
+
+    async def _wait_live(self) -> _Live:
+        while True:
+            self._raise_if_finished()
+            if self._live is not None:
+                return self._live
+            await self._changed.wait()
+
+    def _finish(self, error: ActorError) -> None:
+        """End for good: no more reconnects; pending calls fail; event streams end."""
+        if self._final_error is not None:
+            return
+        self._final_error = error
+        self._fail_pending(error)
+        self._events_send.close()
+        self._messages_send.close()
+        self._notify()
+
+    # ---------------------------------------------------------------- reconnect loop
+
+    async def _supervise(self) -> None:
+        failures = 0
+        initial_deadline = trio.current_time() + self._connect_timeout
+        while True:
+            deadline = trio.current_time() + self._connect_timeout
+            if not self._ever_live:
+                deadline = min(deadline, initial_deadline)
+            self._attempts += 1
+            ended = await self._session(deadline)
+            if self._final_error is not None:
+                return  # closed by the client meanwhile
+            close = ended.close
+            self.last_close = close
+            self._closes_by_code[close.code] = self._closes_by_code.get(close.code, 0) + 1
+            if ended.got_init:
+                failures = 0
+            if not self._reconnect or ended.policy is ReconnectPolicy.NEVER:
+                log.info("%s: closed %d %s; not reconnecting", self, close.code, close.reason)
+                self._finish(ended.error)
+                return
+            if ended.policy is ReconnectPolicy.AT_ONCE and failures == 0:
+                delay = 0.0
+            else:
+                delay = backoff_delay(
+                    failures, initial=self._initial_backoff, maximum=self._max_backoff
+                )
+            failures += 1
+            if not self._ever_live and trio.current_time() + delay >= initial_deadline:
+                self._finish(ended.error)  # the initial connect ran out of time
+                return
+            self._last_delay = delay
+            log.info(
+                "%s: closed %d %s; reconnecting in %.3fs", self, close.code, close.reason, delay
+            )
+            await trio.sleep(delay)
+
+    async def _open_stream(self) -> trio.abc.Stream:
+        if self._open_stream_fn is not None:
+            return await self._open_stream_fn()
+        if self._ssl_context is not None:
+            return await trio.open_ssl_over_tcp_stream(
+                self._host, self._port, ssl_context=self._ssl_context, https_compatible=True
+            )
+        return await trio.open_tcp_stream(self._host, self._port)
+
+    async def _session(self, deadline: float) -> _Ended:
+        """One connection attempt, and the connection's life if it opens. Never raises (but
+        Cancelled, and bugs)."""
+        try:
+            with trio.fail_at(deadline):
+                stream = await self._open_stream()
+        except trio.TooSlowError:
+            return _lost("timed out opening the connection")
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            return _lost(f"could not connect: {exc}")
+        ended: _Ended | None = None
+        try:
+            try:
+                async with trio.open_nursery() as nursery:
+                    ended = await self._connection(nursery, stream, deadline)
+                    # trio-websocket's reader finishes the close handshake and waits for the
+                    # server to close TCP (RFC 6455 7.1.1); the writer ends with its outbox.
+                    scope = nursery.cancel_scope
+                    scope.deadline = min(scope.deadline, trio.current_time() + self._close_timeout)
+            except* ConnectionRejected as group:
+                statuses = [
+                    e.status_code for e in _leaves(group) if isinstance(e, ConnectionRejected)
+                ]
+                status = statuses[0] if statuses else 0
+                again = status >= 500 or status in (408, 429)
+                policy = ReconnectPolicy.BACKOFF if again else ReconnectPolicy.NEVER
+                ended = _lost(f"the server refused the upgrade: HTTP {status}", policy=policy)
+        finally:
+            # trio-websocket leaves the stream open after a close the server started, and
+            # after a refused upgrade: close it here so no socket is left to the GC.
+            await trio.aclose_forcefully(stream)
+        assert ended is not None
+        return ended
+
+    async def _connection(
+        self, nursery: trio.Nursery, stream: trio.abc.Stream, deadline: float
+    ) -> _Ended:
+        opened: WebSocketConnection | _Ended | None = None
+        with trio.move_on_at(deadline):
+            opened = await self._open(nursery, stream)
+        if opened is None:
+            nursery.cancel_scope.cancel()  # stop trio-websocket's reader at once
+            return _lost("timed out opening the connection")
+        if isinstance(opened, _Ended):
+            return opened
+        return await self._serve(nursery, opened)
+
+    async def _open(
+        self, nursery: trio.Nursery, stream: trio.abc.Stream
+    ) -> WebSocketConnection | _Ended:
+        """Upgrade, wait for ``init``, send the subscriptions (the caller bounds it)."""
+        ws = await wrap_client_stream(
+            nursery,
+            stream,  # type: ignore[arg-type]  # any trio Stream works
+            self._host_header,
+            self._resource,
+            max_message_size=self._max_message_size,
+            receive_buffer_size=None,
+        )
+        try:
+            first = await ws.get_message()
+        except ConnectionClosed as exc:
+            return _from_close(exc, got_init=False)
+        init = _parse_init(first)
+        if init is None:
+            with trio.move_on_after(self._close_timeout):
+                await ws.aclose(1002, "protocol.invalid_init")
+            return _lost(
+                f"the first frame is not an init frame: {first[:200]!r}",
+                policy=ReconnectPolicy.NEVER,
+            )
+        self.actor_id, self.conn_id, self.generation = init
+        try:
+            await self._sync_subscriptions(ws)
+        except ConnectionClosed as exc:
+            return _from_close(exc, got_init=True)
+        return ws
+
+    async def _sync_subscriptions(self, ws: WebSocketConnection) -> None:
+        """Subscribe the new connection to :attr:`subscriptions`, even if they change meanwhile
+        (until it is live, subscribe/unsubscribe only edit the set)."""
+        on_server: set[str] = set()
+        while on_server != self._subscriptions:
+            for event in sorted(self._subscriptions - on_server):
+                await ws.send_message(json.dumps({"type": "subscribe", "event": event}))
+                on_server.add(event)
+            for event in sorted(on_server - self._subscriptions):
+                await ws.send_message(json.dumps({"type": "unsubscribe", "event": event}))
+                on_server.discard(event)
+
+    async def _serve(self, nursery: trio.Nursery, ws: WebSocketConnection) -> _Ended:
+        """The live connection: read frames until it closes."""
+        outbox_send, outbox_receive = trio.open_memory_channel[str](OUTBOX_SIZE)
+        nursery.start_soon(self._write, ws, outbox_receive)
+        self._live = _Live(ws, outbox_send)
+        self._ever_live = True
+        self._connects += 1
+        self._notify()
+        log.debug("%s: live (conn_id=%s generation=%d)", self, self.conn_id, self.generation)
+        try:
+            while True:
+                try:
+                    message = await ws.get_message()
+                except ConnectionClosed as exc:
+                    ended = _from_close(exc, got_init=True)
+                    break
+                self._dispatch(message)
+        finally:
+            self._live = None
+            outbox_send.close()
+            self._notify()
+        # Calls sent on this connection are not resent (at most once): they fail now.
+        self._fail_pending(ended.error)
+        return ended
+
+    async def _write(self, ws: WebSocketConnection, outbox: trio.MemoryReceiveChannel[str]) -> None:
+        """Send queued frames in order. Callers only queue, so a cancelled call never leaves a
+        half-written frame on the stream."""
+        async for text in outbox:
+            try:
+                await ws.send_message(text)
+            except ConnectionClosed:
+                return  # the reader sees the close too
+
+    def _dispatch(self, message: str | bytes) -> None:
+        try:
+            frame = json.loads(message)
+        except (ValueError, RecursionError):
+            log.warning("%s: ignoring a frame that is not JSON", self)
+            return
+        if not isinstance(frame, dict):
+            log.warning("%s: ignoring a frame that is not an object", self)
+            return
+        kind = frame.get("type")
+        if kind == "action_result" or kind == "error":
+            call_id = frame.get("id")
+            call = None
+            if isinstance(call_id, int) and not isinstance(call_id, bool):
+                call = self._pending.get(call_id)
+            if kind == "action_result":
+                if call is not None:
+                    call.resolve(frame.get("output"))
+                return
+            error = error_from_frame(frame)
+            if call is not None:
+                call.fail(error)
+            elif call_id is None:
+                log.warning("%s: error from the server: %r", self, error)
+        elif kind == "event":
+            name, args = frame.get("name"), frame.get("args", [])
+            if isinstance(name, str) and isinstance(args, list):
+                self._events_received += 1
+                try:
+                    self._events_send.send_nowait(ActorEvent(name, tuple(args)))
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                    self._events_dropped += 1
+        elif kind == "message":
+            self._messages_received += 1
+            try:
+                self._messages_send.send_nowait(frame.get("data"))
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                self._messages_dropped += 1
+        elif kind == "init":
+            init = _parse_init(message)
+            if init is not None:
+                self.actor_id, self.conn_id, self.generation = init
+        else:
+            log.debug("%s: ignoring a frame of type %r", self, kind)
+
+
+def connect(
+    url: str,
+    name: str,
+    key: str,
+    *,
+    params: Any = None,
+    reconnect: bool = True,
+    connect_timeout: float = 10.0,
+    call_timeout: float | None = 60.0,
+    close_timeout: float = 2.0,
+    initial_backoff: float = 0.1,
+    max_backoff: float = 5.0,
+    max_message_size: int = 16 * 2**20,
+    buffer_size: int = 1024,
+    ssl_context: ssl.SSLContext | None = None,
+    open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+) -> ActorConnection:
+    """A client for the actor ``name``/``key`` served at ``url`` (``ws://host:port``, or
+    ``wss://``; a path prefix is kept): ``async with connect(...) as actor:``.
+
+    Entering connects to ``{url}/actors/{name}/{key}/connect?params=<JSON>`` and waits for the
+    ``init`` frame. Reconnectable failures are retried (see the module docs) until
+    ``connect_timeout`` has passed; a close that is not reconnected raises its typed error
+    (e.g. :class:`~actorcore.ActorNotFound`, :class:`~actorcore.Forbidden`) from ``async with``.
+
+    - ``params``: JSON-serialisable connection params (``on_before_connect``,
+      ``create_conn_state``).
+    - ``reconnect``: False to finish at the first close instead.
+    - ``connect_timeout``: bound on each attempt (TCP, upgrade, ``init``, subscriptions) and
+      on the initial connect as a whole.
+    - ``call_timeout``: default bound on :meth:`ActorConnection.call` (None: unbounded).
+    - ``close_timeout``: bound on the closing handshake.
+    - ``initial_backoff``, ``max_backoff``: the backoff range (:func:`backoff_delay`).
+    - ``max_message_size``: largest frame accepted from the server.
+    - ``buffer_size``: events (and messages) buffered for :meth:`ActorConnection.events`.
+    - ``ssl_context``: for ``wss://`` (default: ``ssl.create_default_context()``).
+    - ``open_stream``: open the byte stream yourself (tests: an in-memory stream); the URL's
+      host then only goes into the ``Host`` header.
+    """
+    return ActorConnection(
+        url,
+        name,
+        key,
+        params=params,
+        reconnect=reconnect,
+        connect_timeout=connect_timeout,
+        call_timeout=call_timeout,
+        close_timeout=close_timeout,
+        initial_backoff=initial_backoff,
+        max_backoff=max_backoff,
+        max_message_size=max_message_size,
+        buffer_size=buffer_size,
+        ssl_context=ssl_context,
+        open_stream=open_stream,
+    )
