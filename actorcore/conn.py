@@ -11,6 +11,7 @@ order. Closing also goes through the outbox, after the frames queued before it.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 from typing import Any, Protocol
@@ -179,7 +180,9 @@ class Conn:
         transport = self._transport
         if transport is None or self._pending:
             self._pending += 1
-            await self._outbox_send.send(frame)
+            # If the connection ends while we wait for room, the frame is dropped, like above.
+            with contextlib.suppress(trio.ClosedResourceError):
+                await self._outbox_send.send(frame)
             return
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.close_timeout

@@ -330,7 +330,7 @@ class Generation:
         async with self._save_lock:
             try:
                 data = json.dumps(self.state, separators=(",", ":")).encode()
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:  # too deep: not JSON either
                 raise StateError(f"state of actor {self.actor_id} is not JSON: {exc}") from exc
             if data == self._saved:
                 return
@@ -408,9 +408,9 @@ class Generation:
         record = await self.host.store.begin_generation(self.actor_id)
         self.number = record.generation
         entry.last_generation = record.generation
-        self.instance = definition.cls()
         ctx = self.ctx
         try:
+            self.instance = definition.cls()
             with trio.fail_after(options.hook_timeout):
                 if entry.pending_state is not None:
                     self.state = json.loads(entry.pending_state)
@@ -546,7 +546,7 @@ class Generation:
             self.host.note_save_error(entry, exc)
             try:
                 entry.pending_state = json.dumps(self.state, separators=(",", ":")).encode()
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 log.error(
                     "actor %s id=%s: unsaveable state dropped at finalize",
                     entry.name,
@@ -563,13 +563,17 @@ class Generation:
 
     async def _close_conn(self, conn: Conn, code: int, reason: str) -> None:
         options = self.definition.options
+        entry = self.entry
+        # Whoever removes the connection from the actor runs its disconnect hooks, once. Remove
+        # it before closing: the handler then sees that finalize owns them (it would otherwise
+        # run them again, waking the actor to do so); if it left first, the handler owns them.
+        if conn not in entry.conns:
+            return
+        entry.conns.discard(conn)
+        self.conn_detached(conn)
         conn.close_nowait(code, reason)
         with trio.move_on_after(options.close_timeout + 0.5):
             await conn.wait_closed()
-        entry = self.entry
-        if conn in entry.conns:
-            entry.conns.discard(conn)
-            self.conn_detached(conn)
         assert self.instance is not None
         with trio.move_on_after(options.hook_timeout):
             try:

@@ -80,7 +80,8 @@ class LifecycleEvent(enum.Enum):
     LOADED = "loaded"
     """The start sequence finished."""
     LOAD_FAILED = "load_failed"
-    """The start sequence raised; the actor goes back to sleep, the next request retries."""
+    """The start sequence raised; the actor goes back to sleep with no request pending (the
+    waiters got the error), and the next request retries."""
     SLEEP = "sleep"
     """A request to sleep (``ctx.sleep()``, idle timeout, ``registry.sleep()``, drain)."""
     DESTROY = "destroy"
@@ -154,6 +155,11 @@ class Lifecycle:
             if event is E.WAKE:
                 # A new generation starts with a clean sleep request; a pending destroy stays.
                 self.sleep_requested = False
+            elif event is E.LOAD_FAILED:
+                # The start failed and its waiters (a destroy's included) got the error: the
+                # actor is asleep as before, with nothing pending.
+                self.sleep_requested = False
+                self.destroy_requested = False
             self.state = new_state
         self._fire_state_triggered_transitions()
         return self.state

@@ -14,9 +14,9 @@ def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> Non
         raise ValueError(f"ActorOptions.{attribute.name} must be > 0, got {value!r}")
 
 
-def _non_negative_int(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if value < 0:
-        raise ValueError(f"ActorOptions.{attribute.name} must be >= 0, got {value!r}")
+def _positive_int(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"ActorOptions.{attribute.name} must be >= 1, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -36,17 +36,17 @@ class ActorOptions:
     """At most one automatic state save per interval while the state changes."""
     hibernatable_websockets: bool = False
     """Raw WebSockets stay open while the actor sleeps (protocol connections always do)."""
-    max_message_size: int = attrs.field(default=64 * 1024, validator=_non_negative_int)
+    max_message_size: int = attrs.field(default=64 * 1024, validator=_positive_int)
     """Largest incoming WebSocket message, in bytes (characters for text)."""
     close_timeout: float = attrs.field(default=2.0, validator=_positive)
     """Bound on one WebSocket close handshake."""
     action_timeout: float = attrs.field(default=60.0, validator=_positive)
-    """Bound on one action; a slower action is cancelled and its caller gets ``actor.stopping``
-    if the generation ended, or ``actor.internal_error`` otherwise."""
+    """Bound on one action; a slower action is cancelled and its caller gets
+    ``actor.action_timeout`` (``actor.stopping`` if the generation's grace deadline came first)."""
     hook_timeout: float = attrs.field(default=5.0, validator=_positive)
     """Bound on ``on_wake``, ``on_create`` and the connection hooks."""
-    max_held_work: int = attrs.field(default=1000, validator=_non_negative_int)
+    max_held_work: int = attrs.field(default=1000, validator=_positive_int)
     """Calls and connections that may wait for the next generation at once."""
-    hibernation_buffer: int = attrs.field(default=256, validator=_non_negative_int)
+    hibernation_buffer: int = attrs.field(default=256, validator=_positive_int)
     """Messages one hibernatable connection may buffer while its actor sleeps; beyond it the
     connection closes with 1013 ``actor.overloaded``."""

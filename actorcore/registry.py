@@ -12,10 +12,11 @@ next generation (waking the actor), or is refused. Held work waits at most ``rea
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +83,7 @@ class RegistryStatistics:
     closes_by_code: dict[int, int]
     """Close frames sent by the server, by code."""
     calls: int
-    """Calls admitted (actions and hooks run on behalf of callers)."""
+    """Actions run (in-process calls and protocol frames)."""
     save_errors: int
     """Failed state saves (the actor kept its state in memory)."""
     draining: bool
@@ -406,6 +407,11 @@ class Registry:
                 if entry is not None:
                     return entry
                 record = await self._store.get_by_key(name, key)
+                if record is not None and record.actor_id in self._tombstones:
+                    # Destroyed, but the store failed to delete it: finish the delete (fenced by
+                    # its last generation) rather than bring the destroyed actor back.
+                    await self._store.delete(record.actor_id, record.generation)
+                    record = None
                 if record is None:
                     if not create:
                         raise ActorNotFound(f"no {name!r} actor with key {key!r}")
@@ -479,6 +485,11 @@ class Registry:
                         if self._draining:
                             raise RuntimeShutdown("the registry is shutting down")
                         self._wake(entry, "work arrived")
+                    elif entry.lifecycle.state is S.ASLEEP and entry.generation is not None:
+                        # A failed start is still ending and no change will follow: once its
+                        # slot is free, wake the actor afresh.
+                        await entry.generation.finished.wait()
+                        continue
                     attempt = entry.wakes
                     await entry.changed.wait()
                     if entry.failed_wake == attempt and entry.start_error is not None:
@@ -571,16 +582,21 @@ class Registry:
         if gen is None:
             return
         self.request(entry, E.SLEEP, "registry.sleep")
-        with trio.fail_after(self._stop_budget(entry)):
+        with _bounded(self._stop_budget(entry), f"sleep of actor {actor_id}"):
             await gen.finished.wait()
 
     async def destroy(self, actor_id: str) -> None:
         """Destroy the actor (waking it so ``on_destroy`` runs) and return once it is gone."""
         entry = await self._entry_by_id(actor_id)
+        if entry.generation is not None and entry.lifecycle.state is S.ASLEEP:
+            # A failed start is still ending: the request would be dropped with it.
+            await entry.generation.finished.wait()
+            entry = await self._entry_by_id(actor_id)
         if self._draining:
             raise RuntimeShutdown("the registry is shutting down")
         self.request(entry, E.DESTROY, "registry.destroy")
-        with trio.fail_after(self._stop_budget(entry) + entry.definition.options.ready_timeout):
+        budget = self._stop_budget(entry) + entry.definition.options.ready_timeout
+        with _bounded(budget, f"destroy of actor {actor_id}"):
             while entry.lifecycle.state is not S.DESTROYED:
                 attempt = entry.wakes
                 await entry.changed.wait()
@@ -597,7 +613,14 @@ class Registry:
     # ---------------------------------------------------------------- generations
 
     def _wake(self, entry: ActorEntry, reason: str) -> None:
+        self._authority.request(
+            entry.actor_id, entry.last_generation, E.WAKE, lambda: self._apply_wake(entry, reason)
+        )
+
+    def _apply_wake(self, entry: ActorEntry, reason: str) -> None:
         assert self._nursery is not None, "the registry is not running"
+        if entry.lifecycle.state is not S.ASLEEP or entry.generation is not None:
+            return  # granted late: another wake already started a generation
         entry.wakes += 1
         entry.process(E.WAKE, reason)
         gen = Generation(entry=entry, host=self)
@@ -681,6 +704,16 @@ class Registry:
     def entries(self) -> list[ActorEntry]:
         """All in-memory entries."""
         return list(self._by_id.values())
+
+
+@contextlib.contextmanager
+def _bounded(seconds: float, what: str) -> Iterator[None]:
+    """``trio.fail_after`` whose timeout is an :class:`ActorStopping`, not a trio error."""
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        raise ActorStopping(f"{what} did not finish within {seconds:.1f}s") from None
 
 
 def _encode_input(value: Any) -> bytes | None:

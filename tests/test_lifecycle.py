@@ -148,3 +148,12 @@ def test_no_generation_after_finalize_admits_work() -> None:
         for kind in WorkKind:
             if admit(at(state), kind) is Admission.ADMIT:
                 assert at(state).started
+
+
+def test_load_failure_clears_pending_requests() -> None:
+    # The waiters of a failed start (a destroy's included) got the error; nothing stays pending,
+    # so the actor does not refuse all later work as "destroyed".
+    lc = at(S.LOADING, sleep=True, destroy=True)
+    assert lc.process_event(E.LOAD_FAILED) is S.ASLEEP
+    assert not lc.sleep_requested and not lc.destroy_requested
+    assert admit(lc, WorkKind.CALL) is Admission.HOLD

@@ -274,23 +274,22 @@ class _ConnHandler:
         entry.conns.add(conn)
         gen.conn_attached(conn)
         assert gen.instance is not None
-        hook = (
-            gen.instance.on_connect if conn.kind is ConnKind.PROTOCOL else gen.instance.on_ws_open
-        )
-        ok = await self._run_hook(gen, gen.track_work(f"hook:{hook.__name__}"), hook, conn)
-        if not ok:
-            return gen  # the close is queued; teardown still runs the disconnect hooks
         if conn.kind is ConnKind.PROTOCOL:
+            # First, before anything on_connect may send.
             conn.queue_frame(encode_init(entry.actor_id, conn.id, gen.number))
+            hook = gen.instance.on_connect
+        else:
+            hook = gen.instance.on_ws_open
+        # On failure the close is queued; teardown still runs the disconnect hooks.
+        await self._run_hook(gen, gen.track_work(f"hook:{hook.__name__}"), hook, conn)
         return gen
 
     async def _setup(self, entry: ActorEntry, conn: Conn) -> Generation | None:
-        registry = self.registry
         options = entry.definition.options
         try:
             with trio.fail_after(options.ready_timeout):
                 while True:
-                    gen = await registry._admit(entry, WorkKind.CONNECT)  # check point 1
+                    gen = await self._admit_connect(entry)  # check point 1
                     instance = gen.instance
                     assert instance is not None
                     with gen.track_work(f"connect:{conn.id}") as scope:
@@ -306,6 +305,16 @@ class _ConnHandler:
             raise ActorReadyTimeout(
                 f"connection to actor {entry.actor_id} not ready in {options.ready_timeout}s"
             ) from None
+
+    async def _admit_connect(self, entry: ActorEntry) -> Generation:
+        """Check point 1, counting connections that wait for a generation."""
+        counters = self.registry.counters
+        held = admit(entry.lifecycle, WorkKind.CONNECT) is Admission.HOLD
+        counters.connections_held += held
+        try:
+            return await self.registry._admit(entry, WorkKind.CONNECT)
+        finally:
+            counters.connections_held -= held
 
     async def _setup_hooks(self, gen: Generation, conn: Conn) -> None:
         instance = gen.instance
@@ -466,6 +475,8 @@ class _ConnHandler:
                     self.close(closecodes.for_error(exc))
                     self.buffer.clear()
                     return
+                if not self.buffer or conn.closing:
+                    return  # closed while the admission waited (the buffer may be cleared)
                 item = self.buffer.popleft()
                 conn.generation = gen.number
                 await self._deliver(gen, conn, item)

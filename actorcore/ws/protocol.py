@@ -112,7 +112,7 @@ def encode_action_result(action_id: int | str, output: Any) -> str:
     """An action's result; an output that is not JSON becomes an internal-error frame."""
     try:
         return json.dumps({"type": "action_result", "id": action_id, "output": output})
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return encode_error(action_id, InternalError("the action's output is not JSON"))
 
 
