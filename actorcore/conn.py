@@ -65,6 +65,14 @@ class ConnKind(enum.Enum):
     """``/ws``: a raw WebSocket handled by ``on_ws_*`` hooks."""
 
 
+def check_close(code: int, reason: str) -> None:
+    """Raise ValueError unless ``code``/``reason`` may go in a close frame a server sends."""
+    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        raise ValueError(f"close code {code} cannot be sent (RFC 6455 section 7.4)")
+    if not reason.isascii() or len(reason) > 123:
+        raise ValueError(f"close reason must be ASCII and at most 123 bytes: {reason!r}")
+
+
 @attrs.define(eq=False, slots=True)
 class _Close:
     code: int
@@ -114,6 +122,11 @@ class Conn:
         """True once a close was queued or the connection ended."""
         return self._closing is not None or self._closed.is_set()
 
+    @property
+    def server_close(self) -> tuple[int, str] | None:
+        """The close code and reason the server queued, or None if it did not close."""
+        return None if self._closing is None else (self._closing.code, self._closing.reason)
+
     async def send(self, message: Any) -> None:
         """Send a message: as is on a raw connection (str or bytes); on a protocol connection
         as ``{"type": "message", "data": message}`` (``message`` must be JSON-serialisable)."""
@@ -124,7 +137,12 @@ class Conn:
         self.queue_frame(self._encode_message(message))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close after the frames already queued; returns when the close is queued."""
+        """Close after the frames already queued; returns when the close is queued.
+
+        ``code`` must be one a server may send (1000-1003, 1007-1014, 3000-4999) and ``reason``
+        ASCII of at most 123 bytes; anything else is a ValueError.
+        """
+        check_close(code, reason)
         self.close_nowait(code, reason)
         await trio.lowlevel.checkpoint()
 

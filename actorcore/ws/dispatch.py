@@ -235,6 +235,9 @@ class _ConnHandler:
             live = await self._open(entry, conn)
             if live is not None:
                 close_code, close_reason = await self._serve(entry, conn, live)
+                # The hooks see the close the server sent, if it sent one (trio-websocket
+                # reports its own view of a close it started).
+                close_code, close_reason = conn.server_close or (close_code, close_reason)
                 conn.mark_closed()  # the transport is closed: stop the writer
                 await self._teardown(entry, conn, close_code, close_reason)
             else:

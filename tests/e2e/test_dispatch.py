@@ -617,3 +617,21 @@ async def test_statistics_and_logging(transport: str, caplog: pytest.LogCaptureF
         assert registry.statistics().closes_by_code == {1012: 1}
     assert any(getattr(r, "new_state", None) == "started" for r in caplog.records)
     assert any(getattr(r, "close_code", None) == 1012 for r in caplog.records)
+
+
+async def test_actor_chosen_close_reaches_the_client(transport: str) -> None:
+    class Closer(Echo):
+        name = "closer"
+
+        async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
+            if message == "bad":
+                with pytest.raises(ValueError, match="cannot be sent"):
+                    await conn.close(1006, "")
+                with pytest.raises(ValueError, match="ASCII"):
+                    await conn.close(4000, "é")
+            await conn.close(4001, "room.closed")
+
+    async with served(transport, [Closer]) as server, server.connect("/actors/closer/k/ws") as ws:
+        await ws.send_message("bad")
+        assert await expect_close(ws) == (4001, "room.closed")
+    assert "close:4001:room.closed" in Echo.events, "on_ws_close saw the actor's own close"
