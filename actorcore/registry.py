@@ -141,6 +141,7 @@ class Registry:
                 raise DefinitionError(f"two actor definitions are named {definition.name!r}")
             self._definitions[definition.name] = definition
         self._store: Store = store if store is not None else MemoryStore()
+        self._store_is_default = store is None
         self._authority: LifecycleAuthority = authority or LocalAuthority()
         self._by_id: dict[str, ActorEntry] = {}
         self._by_key: dict[tuple[str, str], ActorEntry] = {}
@@ -170,6 +171,12 @@ class Registry:
         if self._nursery is not None:
             raise RuntimeError("use_store() must be called before the registry runs")
         self._store = store
+        self._store_is_default = False
+
+    @property
+    def store_is_default(self) -> bool:
+        """True when no store was chosen (the in-memory default is in use)."""
+        return self._store_is_default
 
     @property
     def definitions(self) -> dict[str, ActorDefinition]:
@@ -332,20 +339,20 @@ class Registry:
         """The actor ``name``/``key``, created (with ``input``) if it does not exist, and
         started. Raises ActorStartFailed, ActorDestroyed (while that actor is being
         destroyed), ActorReadyTimeout."""
-        entry = await self._entry_by_key(name, key, create=True, input=input)
-        await self._admit(entry, WorkKind.CALL)
+        entry = await self.find_entry_by_key(name, key, create=True, input=input)
+        await self.admit_entry(entry, WorkKind.CALL)
         return self._handle(entry)
 
     async def get(self, name: str, key: str) -> ActorHandle:
         """The existing actor ``name``/``key`` (not woken); :class:`ActorNotFound` if none."""
-        entry = await self._entry_by_key(name, key, create=False, input=None)
+        entry = await self.find_entry_by_key(name, key, create=False, input=None)
         return self._handle(entry)
 
     async def get_by_id(self, actor_id: str) -> ActorHandle:
         """The existing actor with this id (not woken); :class:`ActorNotFound` if none."""
         if actor_id in self._tombstones:
             raise ActorNotFound(f"actor {actor_id} was destroyed")
-        entry = await self._entry_by_id(actor_id)
+        entry = await self.find_entry(actor_id)
         return self._handle(entry)
 
     def lifecycle(self, actor_id: str) -> LifecycleState | None:
@@ -372,7 +379,9 @@ class Registry:
                 "`await nursery.start(registry.run)`"
             )
 
-    async def _entry_by_id(self, actor_id: str) -> ActorEntry:
+    async def find_entry(self, actor_id: str) -> ActorEntry:
+        """The in-memory entry of an existing actor, loading it (asleep) from the store if
+        needed. Raises ActorNotFound, or ActorDestroyed for a recently destroyed id."""
         self._require_running()
         entry = self._by_id.get(actor_id)
         if entry is not None:
@@ -390,7 +399,11 @@ class Registry:
             raise ActorNotFound(f"actor {actor_id} is a {record.name!r}, which is not registered")
         return self._add_entry(record.actor_id, record.key, definition)
 
-    async def _entry_by_key(self, name: str, key: str, *, create: bool, input: Any) -> ActorEntry:
+    async def find_entry_by_key(
+        self, name: str, key: str, *, create: bool, input: Any
+    ) -> ActorEntry:
+        """Like :meth:`find_entry` by name and key; with ``create`` a missing actor is created
+        (with ``input``) in the store. Concurrent calls for one key create one actor."""
         self._require_running()
         if create and self._draining:
             raise RuntimeShutdown("the registry is shutting down")
@@ -447,10 +460,12 @@ class Registry:
         """Admit one unit of work for ``actor_id`` (waking or holding as the lifecycle says)
         and return the generation it must run in. The caller must enter
         ``generation.track_work`` before its next checkpoint."""
-        entry = await self._entry_by_id(actor_id)
-        return await self._admit(entry, kind)
+        entry = await self.find_entry(actor_id)
+        return await self.admit_entry(entry, kind)
 
-    async def _admit(self, entry: ActorEntry, kind: WorkKind) -> Generation:
+    async def admit_entry(self, entry: ActorEntry, kind: WorkKind) -> Generation:
+        """Check point for ``kind`` on ``entry``: return the generation to run in now, or hold
+        for the next one (waking the actor; bounded by ``ready_timeout``), or raise."""
         decision = admit(entry.lifecycle, kind)
         if decision is Admission.ADMIT:
             gen = entry.generation
@@ -509,7 +524,7 @@ class Registry:
         """Run ``action`` on the actor: admitted by the lifecycle (woken or held as needed),
         bounded by ``action_timeout``. The action's own exception reaches the caller
         unchanged; ActorStopping if the generation's grace deadline cut it off."""
-        entry = await self._entry_by_id(actor_id)
+        entry = await self.find_entry(actor_id)
         return await self.call_entry(entry, action, args, kwargs)
 
     async def call_entry(
@@ -524,7 +539,7 @@ class Registry:
         fn = entry.definition.actions.get(action)
         if fn is None:
             raise ActionNotFound(f"actor {entry.name!r} has no action {action!r}")
-        gen = await self._admit(entry, WorkKind.CALL)
+        gen = await self.admit_entry(entry, WorkKind.CALL)
         work = gen.track_work(f"action:{action}")
         return await self.invoke(gen, work, action, fn, args, kwargs, conn)
 
@@ -577,7 +592,7 @@ class Registry:
 
     async def sleep(self, actor_id: str) -> None:
         """Request sleep and return when the generation running now has finished."""
-        entry = await self._entry_by_id(actor_id)
+        entry = await self.find_entry(actor_id)
         gen = entry.generation
         if gen is None:
             return
@@ -587,11 +602,11 @@ class Registry:
 
     async def destroy(self, actor_id: str) -> None:
         """Destroy the actor (waking it so ``on_destroy`` runs) and return once it is gone."""
-        entry = await self._entry_by_id(actor_id)
+        entry = await self.find_entry(actor_id)
         if entry.generation is not None and entry.lifecycle.state is S.ASLEEP:
             # A failed start is still ending: the request would be dropped with it.
             await entry.generation.finished.wait()
-            entry = await self._entry_by_id(actor_id)
+            entry = await self.find_entry(actor_id)
         if self._draining:
             raise RuntimeShutdown("the registry is shutting down")
         self.request(entry, E.DESTROY, "registry.destroy")

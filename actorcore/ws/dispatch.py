@@ -246,9 +246,9 @@ class _ConnHandler:
     async def _resolve(self, route: Route) -> ActorEntry:
         registry = self.registry
         if route.actor_id is not None:
-            return await registry._entry_by_id(route.actor_id)
+            return await registry.find_entry(route.actor_id)
         assert route.name is not None and route.key is not None
-        return await registry._entry_by_key(route.name, route.key, create=True, input=None)
+        return await registry.find_entry_by_key(route.name, route.key, create=True, input=None)
 
     async def _write(self, conn: Conn, close_timeout: float) -> None:
         try:
@@ -315,7 +315,7 @@ class _ConnHandler:
         held = admit(entry.lifecycle, WorkKind.CONNECT) is Admission.HOLD
         counters.connections_held += held
         try:
-            return await self.registry._admit(entry, WorkKind.CONNECT)
+            return await self.registry.admit_entry(entry, WorkKind.CONNECT)
         finally:
             counters.connections_held -= held
 
@@ -422,6 +422,13 @@ class _ConnHandler:
         if previous is not None and not previous.is_set():
             await previous.wait()
         started.set()
+        if admit(gen.lifecycle, WorkKind.CALL) is Admission.DESTROYED:
+            # A destroy began while this task waited to start: destroy refuses work that has
+            # not started, so the action never sees DESTROY_GRACE (it gets actor.destroyed).
+            with work:
+                pass
+            await conn.send_frame(encode_error(frame.id, ActorDestroyed("actor is destroyed")))
+            return
         fn = gen.definition.actions[frame.name]
         try:
             output = await self.registry.invoke(
@@ -473,7 +480,7 @@ class _ConnHandler:
         try:
             while self.buffer and not conn.closing:
                 try:
-                    gen = await self.registry._admit(entry, WorkKind.HIBERNATABLE_MESSAGE)
+                    gen = await self.registry.admit_entry(entry, WorkKind.HIBERNATABLE_MESSAGE)
                 except ActorError as exc:
                     self.close(closecodes.for_error(exc))
                     self.buffer.clear()
@@ -507,7 +514,7 @@ class _ConnHandler:
         self, entry: ActorEntry, conn: Conn, code: int, reason: str
     ) -> None:
         try:
-            gen = await self.registry._admit(entry, WorkKind.HIBERNATABLE_MESSAGE)
+            gen = await self.registry.admit_entry(entry, WorkKind.HIBERNATABLE_MESSAGE)
         except (ActorDestroyed, RuntimeShutdown, ActorReadyTimeout) as exc:
             log.info(
                 "actor %s id=%s: disconnect hooks skipped (%s)",

@@ -1,0 +1,277 @@
+"""The ``actorcore`` command line: ``actorcore serve MODULE:REGISTRY``.
+
+``MODULE:REGISTRY`` names a module-level :class:`~actorcore.Registry` (or a zero-argument
+factory returning one), imported with the current directory first on ``sys.path``. The
+registry is served over WebSockets until SIGINT (Ctrl-C) or SIGTERM; the first signal drains
+(connections get 1012 ``runtime.shutdown``, awake actors sleep with their state saved), a
+second one exits at once without draining.
+
+Store: ``--store PATH`` picks an SQLite file (``:memory:`` for an in-process store). Without
+it, a registry the module built with a store of its own keeps it; otherwise actors persist in
+``./actorcore.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+import trio
+
+from .errors import ActorError, StoreError
+from .registry import Registry
+from .store import MemoryStore, SQLiteStore, Store
+
+__all__ = ["DEFAULT_STORE", "LoadError", "load_registry", "main"]
+
+log = logging.getLogger("actorcore.cli")
+
+DEFAULT_STORE: Final = "./actorcore.db"
+"""The SQLite file used when neither ``--store`` nor the module chose a store."""
+
+MEMORY: Final = ":memory:"
+
+LOG_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+
+
+class LoadError(Exception):
+    """``MODULE:REGISTRY`` could not be resolved to a Registry (the message says why)."""
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="actorcore",
+        description="Stateful actors on trio, served over WebSockets.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve a registry over WebSockets",
+        description=(
+            "Serve the actors of a Registry over WebSockets until Ctrl-C or SIGTERM. "
+            "The first signal drains (connections close with 1012, actors sleep with their "
+            "state saved); a second one exits at once."
+        ),
+    )
+    serve.add_argument(
+        "target",
+        metavar="MODULE:REGISTRY",
+        help="a module-level Registry (or zero-argument factory), e.g. examples.chat:registry",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default %(default)s)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=8080,
+        help="port to bind, 0 for any free one (default %(default)s)",
+    )
+    serve.add_argument(
+        "--store",
+        metavar="PATH",
+        default=None,
+        help=(
+            f"SQLite file actors persist in, or {MEMORY} for an in-process store "
+            f"(default: the module's own store if it set one, else {DEFAULT_STORE})"
+        ),
+    )
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="logging level (default %(default)s)",
+    )
+    serve.set_defaults(run=_cmd_serve, subparser=serve)
+    return parser
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_registry(target: str) -> Registry:
+    """Import ``MODULE:ATTR`` (``ATTR`` may be dotted) and return the Registry it names.
+
+    ``ATTR`` is a Registry or a zero-argument callable returning one. The current directory is
+    put first on ``sys.path``, as ``python -m`` would. Raises :class:`LoadError`; an exception
+    raised by the module's own code is chained as its ``__cause__``.
+    """
+    module_name, sep, attr_path = target.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise LoadError(f"expected MODULE:REGISTRY (e.g. examples.chat:registry), got {target!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only a missing target module is a usage error; a missing dependency of it is a bug
+        # in that module and keeps its traceback.
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise LoadError(
+                f"could not import module {module_name!r} (from {cwd}): no module named {missing!r}"
+            ) from None
+        raise LoadError(f"importing module {module_name!r} failed: {exc}") from exc
+    except Exception as exc:
+        raise LoadError(f"importing module {module_name!r} failed: {exc}") from exc
+    obj: Any = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise LoadError(f"module {module_name!r} has no attribute {attr_path!r}") from None
+    if isinstance(obj, Registry):
+        return obj
+    if not callable(obj):
+        raise LoadError(
+            f"{target} is a {type(obj).__name__}, not an actorcore.Registry "
+            "or a zero-argument factory returning one"
+        )
+    try:
+        made = obj()
+    except Exception as exc:
+        raise LoadError(f"calling the factory {target}() failed: {exc}") from exc
+    if not isinstance(made, Registry):
+        raise LoadError(f"{target}() returned a {type(made).__name__}, not an actorcore.Registry")
+    return made
+
+
+def _choose_store(registry: Registry, store_arg: str | None) -> tuple[Store | None, str]:
+    """The store to install (None: keep the registry's own) and how to describe it."""
+    if store_arg is None:
+        if not registry.store_is_default:
+            return None, f"{type(registry.store).__name__} set by the module"
+        store_arg = DEFAULT_STORE
+    if store_arg == MEMORY:
+        return MemoryStore(), MEMORY
+    return SQLiteStore(store_arg), store_arg
+
+
+# ---------------------------------------------------------------- serving
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _bound_port(server: Any, requested: int) -> int:
+    try:
+        return int(server.port)
+    except RuntimeError:  # several listeners (e.g. IPv4 and IPv6): report the first
+        for listener in server.listeners:
+            port = getattr(listener, "port", None)
+            if isinstance(port, int):
+                return port
+        return requested
+
+
+async def _watch_signals(signals: AsyncIterator[int], registry: Registry, target: str) -> None:
+    """First SIGINT/SIGTERM: drain. Second: exit at once."""
+    first = True
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if first:
+            first = False
+            log.info("%s: draining %s (send it again to exit at once)", name, target)
+            registry.request_shutdown()
+        else:
+            log.warning("%s again: exiting without draining", name)
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(128 + signum)
+
+
+async def _serve(registry: Registry, target: str, host: str, port: int, store_desc: str) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as signal_nursery:
+            signal_nursery.start_soon(_watch_signals, signals, registry, target)
+            async with trio.open_nursery() as serve_nursery:
+                server = await serve_nursery.start(registry.serve, host, port)
+                bound = _bound_port(server, port)
+                print(
+                    f"actorcore: serving {target} on ws://{_url_host(host)}:{bound} "
+                    f"(store: {store_desc})",
+                    flush=True,
+                )
+            # serve() returned: the registry drained and stopped.
+            signal_nursery.cancel_scope.cancel()
+    log.info("drained and stopped")
+
+
+def _lone_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _error(message: str) -> None:
+    print(f"actorcore: error: {message}", file=sys.stderr, flush=True)
+
+
+def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        registry = load_registry(args.target)
+    except LoadError as exc:
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, ActorError):
+            traceback.print_exception(cause, file=sys.stderr)
+        parser.print_usage(sys.stderr)
+        _error(str(exc))
+        return EXIT_USAGE
+    if registry.running:
+        _error(f"{args.target} is already running")
+        return EXIT_USAGE
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    store, store_desc = _choose_store(registry, args.store)
+    if store is not None:
+        if not registry.store_is_default:
+            log.warning(
+                "--store %s replaces the %s set by %s",
+                store_desc,
+                type(registry.store).__name__,
+                args.target,
+            )
+        registry.use_store(store)
+    try:
+        trio.run(_serve, registry, args.target, args.host, args.port, store_desc)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
+        return 128 + signal.SIGINT
+    except Exception as group:
+        error = _lone_error(group)
+        if isinstance(error, OSError):
+            _error(f"could not listen on {args.host}:{args.port}: {error}")
+        elif isinstance(error, StoreError):
+            _error(f"store {store_desc}: {error}")
+        elif isinstance(error, ActorError):
+            _error(f"{type(error).__name__}: {error}")
+        else:
+            log.critical("the server crashed", exc_info=group)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line (``argv`` defaults to ``sys.argv[1:]``); return the exit code.
+
+    ``--help`` and argument errors exit through :class:`SystemExit` (codes 0 and 2), as
+    argparse does.
+    """
+    args = _parser().parse_args(argv)
+    code: int = args.run(args, args.subparser)
+    return code
