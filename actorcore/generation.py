@@ -168,7 +168,7 @@ class WorkScope:
             del gen._work[self.scope]
             if self._blocks_idle:
                 gen._busy_dec()
-            gen._dirty.set()
+            gen.mark_dirty()
             if not gen._work:
                 gen._poke.set()
 
@@ -188,18 +188,25 @@ class Generation:
     _work: dict[trio.CancelScope, str] = attrs.field(factory=dict[trio.CancelScope, str])
     _background: dict[trio.CancelScope, str] = attrs.field(factory=dict[trio.CancelScope, str])
     _busy: int = 0
-    _idle_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _timer_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _idle_at: float = math.inf
+    """When the idle timer fires (inf: busy, in grace, or no_sleep)."""
+    _save_at: float = math.inf
+    """When the next interval save is due (inf: nothing changed since the last one)."""
+    _last_save: float = 0.0
     _grace_begun: trio.Event = attrs.field(factory=trio.Event)
     _poke: trio.Event = attrs.field(factory=trio.Event)
-    _dirty: trio.Event = attrs.field(factory=trio.Event)
+    _dirty: bool = False
     _save_lock: trio.Lock = attrs.field(factory=trio.Lock)
     _saved: bytes | None = None
+    _no_sleep: bool = attrs.field(default=False, init=False)
     _finalizing: bool = False
     finished: trio.Event = attrs.field(factory=trio.Event)
     """Set when the generation has ended (finalized, failed to start, or was cancelled)."""
 
     def __attrs_post_init__(self) -> None:
         self.ctx = ActorContext(self)
+        self._no_sleep = self.entry.definition.options.no_sleep
 
     # ---------------------------------------------------------------- identity
 
@@ -238,7 +245,7 @@ class Generation:
         if new in _GRACE_STATES:
             self.abort_signal.set()
             self._grace_begun.set()
-            self._idle_scope.deadline = math.inf
+            self._idle_at = math.inf
         self._poke.set()
 
     # ---------------------------------------------------------------- work tracking
@@ -253,15 +260,23 @@ class Generation:
         """
         return WorkScope(self, name, blocks_idle)
 
+    # The idle timer and the save interval share one deadline, kept on the cancel scope the
+    # generation's own task waits in (see _serve): no extra task per awake actor.
+
+    def _rearm(self) -> None:
+        self._timer_scope.deadline = min(self._idle_at, self._save_at)
+
     def _busy_inc(self) -> None:
+        # Nothing to re-arm: a timer that fires while the actor is busy is ignored (see _serve).
         self._busy += 1
-        if self._busy == 1:
-            self._idle_scope.deadline = math.inf
 
     def _busy_dec(self) -> None:
         self._busy -= 1
-        if self._busy == 0 and self.lifecycle.state is S.STARTED:
-            self._idle_scope.deadline = trio.current_time() + self.definition.options.sleep_timeout
+        if self._busy == 0 and self.lifecycle.state is S.STARTED and not self._no_sleep:
+            self._idle_at = trio.current_time() + self.definition.options.sleep_timeout
+            # Only move the timer earlier: one that fires too early re-arms itself.
+            if self._timer_scope.deadline > self._idle_at:
+                self._timer_scope.deadline = self._idle_at
 
     def conn_attached(self, conn: Conn) -> None:
         """A connection went live: a non-hibernatable one keeps the actor awake."""
@@ -275,8 +290,11 @@ class Generation:
             self._busy_dec()
 
     def mark_dirty(self) -> None:
-        """The state may have changed: the saver will compare and save."""
-        self._dirty.set()
+        """The state may have changed: it is compared and saved at the next save interval."""
+        if not self._dirty:
+            self._dirty = True
+            self._save_at = self._last_save + self.definition.options.state_save_interval
+            self._rearm()
 
     def wait_until(self, async_fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         """Start background work that finalize waits for (see ``ActorContext.wait_until``)."""
@@ -301,7 +319,7 @@ class Generation:
             log.exception("actor %s id=%s: %s raised", self.entry.name, self.actor_id, name)
         finally:
             del self._background[scope]
-            self._dirty.set()
+            self.mark_dirty()
             if not self._background:
                 self._poke.set()
 
@@ -344,19 +362,26 @@ class Generation:
                 reason,
             )
 
-    async def _saver(self) -> None:
-        interval = self.definition.options.state_save_interval
-        last = trio.current_time()
-        while True:
-            await self._dirty.wait()
-            await trio.sleep_until(last + interval)
-            self._dirty = trio.Event()
-            last = trio.current_time()
-            try:
-                await self.save_state(reason="interval")
-            except ActorError as exc:
-                self.host.note_save_error(self.entry, exc)
-                self._dirty.set()  # try again at the next interval
+    async def _serve(self) -> None:
+        """Wait for grace; meanwhile fire the idle timer and the interval saves."""
+        while not self._grace_begun.is_set():
+            self._timer_scope = trio.CancelScope(deadline=min(self._idle_at, self._save_at))
+            with self._timer_scope:
+                await self._grace_begun.wait()
+            now = trio.current_time()
+            if self._dirty and now >= self._save_at:
+                self._dirty = False
+                self._save_at = math.inf
+                self._last_save = now
+                try:
+                    await self.save_state(reason="interval")
+                except ActorError as exc:
+                    self.host.note_save_error(self.entry, exc)
+                    self.mark_dirty()  # try again at the next interval
+            if now >= self._idle_at:
+                self._idle_at = math.inf  # re-armed when the actor is next idle
+                if self._busy == 0 and self.lifecycle.state is S.STARTED:
+                    self.request_sleep("idle")
 
     # ---------------------------------------------------------------- run
 
@@ -378,10 +403,10 @@ class Generation:
         return True
 
     async def _serve_and_finalize(self, nursery: trio.Nursery) -> None:
-        if not self.definition.options.no_sleep:
-            nursery.start_soon(self._idle_timer)
-        nursery.start_soon(self._saver)
-        await self._grace_begun.wait()
+        self._last_save = trio.current_time()
+        if self._busy == 0 and not self._no_sleep:
+            self._idle_at = self._last_save + self.definition.options.sleep_timeout
+        await self._serve()
         await self._grace()
         destroying = self.lifecycle.state is S.DESTROY_GRACE
         self.entry.process(E.GRACE_ENDED, "grace ended")
@@ -444,22 +469,6 @@ class Generation:
                 f"start of actor {self.actor_id} failed: {type(exc).__name__}: {exc}"
             ) from exc
 
-    async def _idle_timer(self) -> None:
-        options = self.definition.options
-        while True:
-            self._idle_scope = trio.CancelScope()
-            if self._busy == 0:
-                self._idle_scope.deadline = trio.current_time() + options.sleep_timeout
-            else:
-                self._idle_scope.deadline = math.inf
-            with self._idle_scope:
-                await trio.sleep_forever()
-            if self.lifecycle.state is not S.STARTED:
-                return
-            if self._busy == 0:
-                self.request_sleep("idle")
-                return
-
     async def _run_hook(self, scope: trio.CancelScope, hook: str) -> None:
         assert self.instance is not None
         fn: Callable[[ActorContext], Awaitable[None]] = getattr(self.instance, hook)
@@ -470,7 +479,7 @@ class Generation:
             log.exception("actor %s id=%s: %s raised", self.entry.name, self.actor_id, hook)
         finally:
             del self._work[scope]
-            self._dirty.set()
+            self.mark_dirty()
             if not self._work:
                 self._poke.set()
 
