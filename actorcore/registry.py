@@ -55,6 +55,12 @@ log = logging.getLogger("actorcore.registry")
 S = LifecycleState
 E = LifecycleEvent
 
+#: Bound on the last-chance save of a drain that ran out of time.
+LAST_SAVE_TIMEOUT = 5.0
+
+#: States whose generation holds a loaded state that a drain may save.
+_SAVEABLE = frozenset({S.STARTED, S.SLEEP_GRACE, S.SLEEP_FINALIZE})
+
 #: Destroyed ids remembered so ``lifecycle()`` can answer DESTROYED (oldest forgotten first).
 TOMBSTONES = 10_000
 
@@ -295,11 +301,15 @@ class Registry:
 
     async def _drain(self) -> None:
         self._draining = True
-        for step in self._drain_steps:
-            try:
-                await step()
-            except Exception:
-                log.exception("drain step %r failed", step)
+        async with trio.open_nursery() as nursery:
+            # Save what is awake now, while the connections close: a drain that runs out of
+            # time later still finds every state persisted (finalize saves again if it changed).
+            nursery.start_soon(self._save_awake, "drain")
+            for step in self._drain_steps:
+                try:
+                    await step()
+                except Exception:
+                    log.exception("drain step %r failed", step)
         for entry in list(self._by_id.values()):
             if entry.lifecycle.state in (S.LOADING, S.STARTED):
                 self.request(entry, E.SLEEP, "drain")
@@ -309,22 +319,43 @@ class Registry:
                 await self._generations_done.wait()
             # State whose final save failed is only in memory: persist it now (fenced by the
             # generation it belongs to) or it is lost with the process.
-            for entry in list(self._by_id.values()):
-                if entry.pending_state is not None and entry.generation is None:
-                    try:
-                        await self._store.save(
-                            entry.actor_id, entry.last_generation, entry.pending_state
-                        )
-                    except ActorError as exc:
-                        self.note_save_error(entry, exc)
-                    else:
-                        entry.pending_state = None
+            async with trio.open_nursery() as nursery:
+                for entry in list(self._by_id.values()):
+                    if entry.pending_state is not None and entry.generation is None:
+                        nursery.start_soon(self._save_pending, entry)
         if scope.cancelled_caught:
             log.error(
-                "drain: %d generations still running after %.1fs; cancelling them",
+                "drain: %d generations still running after %.1fs; saving their state and "
+                "cancelling them",
                 self._running_generations,
                 self._drain_budget(),
             )
+            with trio.move_on_after(LAST_SAVE_TIMEOUT):
+                await self._save_awake("drain deadline")
+
+    async def _save_awake(self, reason: str) -> None:
+        """Save the state of every running generation that has one, concurrently (the store
+        group-commits them)."""
+        async with trio.open_nursery() as nursery:
+            for entry in list(self._by_id.values()):
+                gen = entry.generation
+                if gen is not None and entry.lifecycle.state in _SAVEABLE:
+                    nursery.start_soon(self._save_one, entry, gen, reason)
+
+    async def _save_one(self, entry: ActorEntry, gen: Generation, reason: str) -> None:
+        try:
+            await gen.save_state(reason=reason)
+        except ActorError as exc:
+            self.note_save_error(entry, exc)
+
+    async def _save_pending(self, entry: ActorEntry) -> None:
+        assert entry.pending_state is not None
+        try:
+            await self._store.save(entry.actor_id, entry.last_generation, entry.pending_state)
+        except ActorError as exc:
+            self.note_save_error(entry, exc)
+        else:
+            entry.pending_state = None
 
     # ---------------------------------------------------------------- lookup
 
