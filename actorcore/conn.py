@@ -11,9 +11,11 @@ order. Closing also goes through the outbox, after the frames queued before it.
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import enum
 import json
+import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -101,19 +103,22 @@ class Conn:
     """Events this (protocol) connection subscribed to."""
     close_timeout: float = 2.0
     """Bound on flushing queued frames plus the close handshake once a close is queued."""
-    _outbox_send: trio.MemorySendChannel[str | bytes | _Close] = attrs.field(init=False)
-    _outbox_receive: trio.MemoryReceiveChannel[str | bytes | _Close] = attrs.field(init=False)
+    _outbox: collections.deque[str | bytes | _Close] | None = attrs.field(default=None, init=False)
+    """Frames waiting for the writer (made on first use; None once closed)."""
     _closing: _Close | None = attrs.field(default=None, init=False)
     _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
-    _flush_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _transport: Transport | None = attrs.field(default=None, init=False)
-    _pending: int = attrs.field(default=0, init=False)
-    """Frames queued in the outbox and not yet fully sent by the writer."""
+    _start_writer: Callable[[], None] | None = attrs.field(default=None, init=False)
+    _writer_running: bool = attrs.field(default=False, init=False)
+    _flush_deadline: float = attrs.field(default=math.inf, init=False)
+    _flush_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
+    _room: trio.Event | None = attrs.field(default=None, init=False)
 
-    def __attrs_post_init__(self) -> None:
-        self._outbox_send, self._outbox_receive = trio.open_memory_channel[str | bytes | _Close](
-            OUTBOX_SIZE
-        )
+    def bind(self, transport: Transport, start_writer: Callable[[], None]) -> None:
+        """Attach the transport and the dispatcher's way to start a writer task (a writer
+        runs only while frames are queued: an idle connection has none)."""
+        self._transport = transport
+        self._start_writer = start_writer
 
     # ---------------------------------------------------------------- public API
 
@@ -153,14 +158,10 @@ class Conn:
         self._closing = _Close(code, reason)
         # A peer that does not read must not hold the close back: flushing what is queued gets
         # close_timeout, then the close handshake gets its own bounded attempt.
-        self._flush_scope.deadline = trio.current_time() + self.close_timeout
-        try:
-            self._outbox_send.send_nowait(self._closing)
-        except trio.WouldBlock:
-            # The outbox is full: the writer checks ``_closing`` after each frame.
-            pass
-        except trio.ClosedResourceError:
-            pass
+        self._flush_deadline = trio.current_time() + self.close_timeout
+        if self._flush_scope is not None:
+            self._flush_scope.deadline = self._flush_deadline
+        self._enqueue(self._closing)
 
     async def wait_closed(self) -> None:
         """Wait until the connection has ended (close handshake done or transport gone)."""
@@ -168,39 +169,31 @@ class Conn:
 
     # ---------------------------------------------------------------- dispatcher side
 
-    def emit(self, event: str, args: list[Any]) -> None:
-        """Queue an event frame (protocol connections subscribed to ``event`` only)."""
-        if event in self.subscriptions:
-            self.queue_frame(json.dumps({"type": "event", "name": event, "args": args}))
-
     def queue_frame(self, frame: str | bytes) -> None:
         """Queue an encoded frame; close with 1013 ``actor.overloaded`` if the outbox is full."""
         if self.closing:
             return
-        try:
-            self._outbox_send.send_nowait(frame)
-        except trio.WouldBlock:
+        if not self._enqueue(frame):
             self._overloaded()
-        else:
-            self._pending += 1
 
     async def send_frame(self, frame: str | bytes) -> None:
         """Send an encoded frame after those already queued.
 
         When nothing is queued the frame goes straight to the transport from the caller's task
-        (one task switch less on the per-message path); the transport's own send lock keeps
-        frames in call order. That send is shielded, so a caller's cancellation can never cut a
-        frame in half, and bounded by ``close_timeout``: a peer too slow to take one frame gets
-        1013 ``actor.overloaded``.
+        (no task switch on the per-message path); the transport's own send lock keeps frames
+        in call order. That send is shielded, so a caller's cancellation can never cut a frame
+        in half, and bounded by ``close_timeout``: a peer too slow to take one frame gets 1013
+        ``actor.overloaded``. Otherwise the frame is queued, waiting for room if needed.
         """
         if self.closing:
             return
         transport = self._transport
-        if transport is None or self._pending:
-            self._pending += 1
-            # If the connection ends while we wait for room, the frame is dropped, like above.
-            with contextlib.suppress(trio.ClosedResourceError):
-                await self._outbox_send.send(frame)
+        if transport is None or self._outbox:
+            while self._outbox is not None and len(self._outbox) >= OUTBOX_SIZE:
+                room = self._room = self._room or trio.Event()
+                await room.wait()
+            if not self.closing:
+                self._enqueue(frame)
             return
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.close_timeout
@@ -210,6 +203,20 @@ class Conn:
                 return
         if scope.cancelled_caught:
             self._overloaded()
+
+    def _enqueue(self, item: str | bytes | _Close) -> bool:
+        outbox = self._outbox
+        if outbox is None:
+            if self._closed.is_set():
+                return True  # ended: dropped, like every frame after the end
+            outbox = self._outbox = collections.deque()
+        if len(outbox) >= OUTBOX_SIZE and not isinstance(item, _Close):
+            return False
+        outbox.append(item)
+        if not self._writer_running and self._start_writer is not None:
+            self._writer_running = True
+            self._start_writer()
+        return True
 
     def _overloaded(self) -> None:
         err = ActorOverloaded("connection outbox is full")
@@ -225,27 +232,30 @@ class Conn:
     async def run_writer(
         self, transport: Transport, close_timeout: float
     ) -> tuple[int, str] | None:
-        """Drain the outbox into ``transport`` until a close is queued; then close, bounded by
-        ``close_timeout``. Returns the code and reason sent, or None when the connection ended
-        without a close of ours (the peer closed first). Run by the dispatcher."""
+        """Send what is queued, in order. Returns None when the outbox is empty (the writer
+        ends; the next queued frame starts another), or, once a close is queued, the close
+        code and reason after a close handshake bounded by ``close_timeout``."""
         close: _Close | None = None
-        self._transport = transport
-        with self._flush_scope:
-            async for item in self._outbox_receive:
+        outbox = self._outbox
+        with trio.CancelScope(deadline=self._flush_deadline) as scope:
+            self._flush_scope = scope
+            while outbox:
+                item = outbox[0]
                 if isinstance(item, _Close):
                     close = item
                     break
                 await transport.send(item)
-                self._pending -= 1
-                if (
-                    self._closing is not None
-                    and not self._outbox_receive.statistics().current_buffer_used
-                ):
-                    close = self._closing
-                    break
+                # Popped after the send, so a direct send sees a non-empty outbox and queues.
+                outbox.popleft()
+                room = self._room
+                if room is not None:
+                    self._room = None
+                    room.set()
+        self._flush_scope = None
         if close is None:
             close = self._closing  # the flush deadline passed with frames still queued
         if close is None:
+            self._writer_running = False  # no checkpoint since the outbox was seen empty
             return None
         with trio.move_on_after(close_timeout) as scope:
             scope.shield = True
@@ -255,5 +265,10 @@ class Conn:
     def mark_closed(self) -> None:
         """The connection has ended; wake :meth:`wait_closed` and drop queued frames."""
         self._transport = None
+        self._start_writer = None
+        self._outbox = None
         self._closed.set()
-        self._outbox_send.close()
+        room = self._room
+        if room is not None:
+            self._room = None
+            room.set()

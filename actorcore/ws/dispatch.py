@@ -206,6 +206,8 @@ class _ConnHandler:
             # no-op if a close frame already went out).
             await self.close_direct(closecodes.INTERNAL_ERROR)
         finally:
+            if self.conn is not None:
+                self.conn.mark_closed()  # nothing may start a writer once the nursery is gone
             self.done.set()
 
     async def _run(self) -> None:
@@ -231,7 +233,9 @@ class _ConnHandler:
         )
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            nursery.start_soon(self._write, conn, options.close_timeout)
+            conn.bind(
+                self.transport, lambda: nursery.start_soon(self._write, conn, options.close_timeout)
+            )
             live = await self._open(entry, conn)
             if live is not None:
                 close_code, close_reason = await self._serve(entry, conn, live)
@@ -251,12 +255,16 @@ class _ConnHandler:
         return await registry.find_entry_by_key(route.name, route.key, create=True, input=None)
 
     async def _write(self, conn: Conn, close_timeout: float) -> None:
+        """A writer task: runs while frames are queued (see ``Conn.bind``)."""
+        ended = True
         try:
-            await conn.run_writer(self.transport, close_timeout)
+            # None: the outbox is empty and the connection open; a later frame starts a writer.
+            ended = await conn.run_writer(self.transport, close_timeout) is not None
         except TransportClosed:
             pass
         finally:
-            conn.mark_closed()
+            if ended:
+                conn.mark_closed()
 
     # ---------------------------------------------------------------- check points 1 and 2
 
