@@ -1,0 +1,846 @@
+"""The driver: ``python -m benchmarks [NAME ...] [--quick] [--reps N] [--update-doc]``.
+
+Each workload starts a fresh server process (:mod:`benchmarks.server`, pinned to CPU 0) and a
+load-generator process (:mod:`benchmarks.client`, pinned to CPU 1) per repetition; actorcore
+and its baseline alternate within each repetition. Results: a table on stdout,
+``benchmarks/results/latest.json`` and ``latest.md``; ``--update-doc`` pastes the Markdown into
+``docs/benchmarks.md`` between its result markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+import psutil
+
+from .common import CLIENT_CPU, HARD_TIMEOUT, SERVER_CPU
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN = "<!-- BEGIN RESULTS (written by python -m benchmarks --update-doc) -->"
+END = "<!-- END RESULTS -->"
+
+
+@attrs.frozen
+class Sizes:
+    echo_n: int
+    echo_warmup: int
+    pipe_n: int
+    action_n: int
+    action_warmup: int
+    connect_n: int
+    tail_conns: int
+    tail_actors: int
+    tail_duration: float
+    tail_warmup: float
+    finalize_ns: tuple[int, ...]
+    drain_actors: int
+    awake_n: int
+    asleep_n: int
+    conns_n: int
+
+
+FULL = Sizes(
+    echo_n=5_000,
+    echo_warmup=500,
+    pipe_n=30_000,
+    action_n=3_000,
+    action_warmup=300,
+    connect_n=300,
+    tail_conns=5_000,
+    tail_actors=500,
+    tail_duration=5.0,
+    tail_warmup=1.0,
+    finalize_ns=(1_000, 10_000),
+    drain_actors=1_000,
+    awake_n=10_000,
+    asleep_n=1_000_000,
+    conns_n=5_000,
+)
+"""The issue's N for every workload that names one; message counts sized for this machine."""
+
+QUICK = Sizes(
+    echo_n=1_000,
+    echo_warmup=200,
+    pipe_n=5_000,
+    action_n=500,
+    action_warmup=100,
+    connect_n=50,
+    tail_conns=200,
+    tail_actors=20,
+    tail_duration=2.0,
+    tail_warmup=0.5,
+    finalize_ns=(100, 500),
+    drain_actors=30,
+    awake_n=500,
+    asleep_n=50_000,
+    conns_n=300,
+)
+
+WORKLOADS = (
+    "echo",
+    "oneway",
+    "action",
+    "connect",
+    "tail",
+    "finalize",
+    "drain",
+    "mem_awake",
+    "mem_asleep",
+    "mem_conn",
+)
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def _pinned(cpu: int, argv: list[str]) -> list[str]:
+    if shutil.which("taskset") and cpu < (os.cpu_count() or 1):
+        return ["taskset", "-c", str(cpu), *argv]
+    return argv
+
+
+def _reader(stream: IO[str], out: queue.Queue[str | None]) -> None:
+    for line in stream:
+        out.put(line.rstrip("\n"))
+    out.put(None)
+
+
+class Proc:
+    """A child process with its stdout lines on a queue and stderr in a log file."""
+
+    def __init__(self, argv: list[str], cpu: int, log: Path) -> None:
+        self.log = log.open("w")
+        self.p = subprocess.Popen(
+            _pinned(cpu, [sys.executable, *argv]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=ROOT,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        assert self.p.stdout is not None
+        threading.Thread(target=_reader, args=(self.p.stdout, self.lines), daemon=True).start()
+
+    def line(self, timeout: float) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"no output within {timeout}s; see {self.log.name}") from None
+        if line is None:
+            self.p.wait(5)
+            raise RuntimeError(f"process exited ({self.p.returncode}); see {self.log.name}")
+        return line
+
+    def send(self, text: str) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(text)
+        self.p.stdin.flush()
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        self.log.close()
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, reps: int, logdir: Path, *, shared: bool) -> None:
+        self.shared = shared
+        """Quick mode: one server per workload and side, reused by every run (a fresh load
+        generator per run); the full run starts a fresh server for every run."""
+        self.sizes = sizes
+        self.reps = reps
+        self.logdir = logdir
+        self.count = 0
+
+    def _log(self, what: str) -> Path:
+        self.count += 1
+        return self.logdir / f"{self.count:03d}-{what}.log"
+
+    @contextlib.contextmanager
+    def server(self, kind: str, *extra: str) -> Iterator[tuple[int, int, Proc]]:
+        proc = Proc(
+            ["-m", "benchmarks.server", kind, "--port", "0", *extra],
+            SERVER_CPU,
+            self._log(f"server-{kind}"),
+        )
+        try:
+            info = json.loads(proc.line(30))
+            yield info["port"], info["pid"], proc
+        finally:
+            proc.stop()
+
+    def client(
+        self,
+        workload: str,
+        port: int,
+        *args: Any,
+        on_ready: Callable[[str], None] | None = None,
+        timeout: float = HARD_TIMEOUT,
+    ) -> dict[str, Any]:
+        argv = ["-m", "benchmarks.client", workload, "--port", str(port), *map(str, args)]
+        proc = Proc(argv, CLIENT_CPU, self._log(f"client-{workload}"))
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                line = proc.line(max(1.0, deadline - time.monotonic()))
+                if line.startswith("READY "):
+                    if on_ready is not None:
+                        on_ready(line[6:])
+                    proc.send("\n")
+                elif line.startswith("{"):
+                    result: dict[str, Any] = json.loads(line)["result"]
+                    proc.p.wait(30)
+                    return result
+        finally:
+            proc.stop()
+
+    def runs(
+        self, kinds: tuple[str, ...], fn: Callable[[str, int, int], Any]
+    ) -> dict[str, list[Any]]:
+        """``fn(kind, port, rep)`` for every run of every side, sides alternating per run."""
+        res: dict[str, list[Any]] = {k: [] for k in kinds}
+        if self.shared:
+            for kind in kinds:
+                with self.server(kind) as (port, _, _):
+                    for rep in range(self.reps):
+                        res[kind].append(fn(kind, port, rep))
+        else:
+            for rep in range(self.reps):
+                for kind in kinds:
+                    with self.server(kind) as (port, _, _):
+                        res[kind].append(fn(kind, port, rep))
+        return res
+
+
+BOTH = ("actorcore", "baseline")
+
+
+def rss(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "runs": values}
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "runs": values,
+    }
+
+
+def row(
+    workload: str,
+    metric: str,
+    unit: str,
+    ours: list[float],
+    base: list[float] | None,
+    target: str,
+    check: Callable[[float, float | None], bool] | None,
+    *,
+    extra: dict[str, Any] | None = None,
+    ratio_kind: str = "x",
+) -> dict[str, Any]:
+    a = summary(ours)
+    b = summary(base) if base is not None else None
+    ratio = None
+    if b is not None and a["median"] is not None and b["median"]:
+        ratio = a["median"] / b["median"]
+    met = None
+    if check is not None and a["median"] is not None:
+        met = bool(check(a["median"], b["median"] if b is not None else None))
+    return {
+        "workload": workload,
+        "metric": metric,
+        "unit": unit,
+        "actorcore": a,
+        "baseline": b,
+        "ratio": ratio,
+        "target": target,
+        "met": met,
+        "extra": extra or {},
+    }
+
+
+# ---------------------------------------------------------------------------- workloads
+
+
+def w_echo(b: Bench) -> list[dict[str, Any]]:
+    s = b.sizes
+    res = b.runs(
+        BOTH,
+        lambda kind, port, rep: b.client("rtt", port, "--n", s.echo_n, "--warmup", s.echo_warmup)[
+            "msgs_per_s"
+        ],
+    )
+    return [
+        row(
+            "echo round trip, 32 B, one connection",
+            "msgs/s",
+            "msgs/s",
+            res["actorcore"],
+            res["baseline"],
+            ">= 0.95 x baseline",
+            lambda a, base: base is not None and a >= 0.95 * base,
+        )
+    ]
+
+
+def w_oneway(b: Bench) -> list[dict[str, Any]]:
+    s = b.sizes
+    res = b.runs(
+        BOTH,
+        lambda kind, port, rep: b.client(
+            "pipe", port, "--path", "/actors/sink/s/ws", "--n", s.pipe_n
+        )["msgs_per_s"],
+    )
+    return [
+        row(
+            "one-way throughput, 32 B, pipelined",
+            "msgs/s",
+            "msgs/s",
+            res["actorcore"],
+            res["baseline"],
+            ">= 0.95 x baseline",
+            lambda a, base: base is not None and a >= 0.95 * base,
+        )
+    ]
+
+
+def w_action(b: Bench) -> list[dict[str, Any]]:
+    s = b.sizes
+    res = b.runs(
+        BOTH,
+        lambda kind, port, rep: b.client(
+            "action",
+            port,
+            "--path",
+            "/actors/counter/c/connect",
+            "--n",
+            s.action_n,
+            "--warmup",
+            s.action_warmup,
+            *(["--baseline"] if kind == "baseline" else []),
+        )["msgs_per_s"],
+    )
+    return [
+        row(
+            "action round trip over /connect (increment)",
+            "round trips/s",
+            "rt/s",
+            res["actorcore"],
+            res["baseline"],
+            ">= 0.90 x plain echo",
+            lambda a, base: base is not None and a >= 0.90 * base,
+        )
+    ]
+
+
+def w_connect(b: Bench) -> list[dict[str, Any]]:
+    s = b.sizes
+    ours: dict[str, dict[str, list[float]]] = {
+        k: {"p50": [], "p99": []} for k in ("awake", "new", "asleep")
+    }
+    base: dict[str, list[float]] = {"p50": [], "p99": []}
+
+    def one(kind: str, port: int, rep: int) -> None:
+        if kind == "baseline":
+            r = b.client("connect", port, "--n", s.connect_n, "--baseline")
+            for q in ("p50", "p99"):
+                base[q].append(r["baseline"][q])
+            return
+        r = b.client("connect", port, "--n", s.connect_n, "--tag", rep)
+        for k in ours:
+            for q in ("p50", "p99"):
+                ours[k][q].append(r[k][q])
+
+    b.runs(BOTH, one)
+    rows = []
+    labels = {
+        "awake": ("connect + first reply, awake actor", "p50 <= 1.1 x baseline p50"),
+        "new": ("connect + first reply, new actor (create, SQLite)", "p50 <= baseline + 0.5 ms"),
+        "asleep": (
+            "connect + first reply, asleep actor (wake from SQLite)",
+            "p50 <= baseline + 0.5 ms",
+        ),
+    }
+    for k, (label, target) in labels.items():
+        check: Callable[[float, float | None], bool]
+        if k == "awake":
+            check = lambda a, bb: bb is not None and a <= 1.1 * bb  # noqa: E731
+        else:
+            check = lambda a, bb: bb is not None and a <= bb + 0.5  # noqa: E731
+        rows.append(row(label, "p50", "ms", ours[k]["p50"], base["p50"], target, check))
+        rows.append(row(label, "p99", "ms", ours[k]["p99"], base["p99"], "-", None))
+    return rows
+
+
+def w_tail(b: Bench) -> list[dict[str, Any]]:
+    s = b.sizes
+    res: dict[str, dict[str, list[float]]] = {
+        k: {"p50": [], "p99": [], "max": [], "skipped_late": [], "sent": []}
+        for k in ("actorcore", "baseline")
+    }
+
+    def one(kind: str, port: int, rep: int) -> None:
+        r = b.client(
+            "tail",
+            port,
+            "--n",
+            s.tail_conns,
+            "--actors",
+            s.tail_actors,
+            "--rate",
+            2,
+            "--duration",
+            s.tail_duration,
+            "--warmup",
+            s.tail_warmup,
+        )
+        for q in res[kind]:
+            res[kind][q].append(r[q])
+
+    b.runs(BOTH, one)
+    label = f"tail latency: {s.tail_conns:,} conns on {s.tail_actors:,} actors, 2 msgs/s each"
+    rows = []
+    for q in ("p50", "p99", "max"):
+        check = None
+        target = "-"
+        if q == "p99":
+            target = "p99 <= 1.2 x baseline p99"
+            check = lambda a, bb: bb is not None and a <= 1.2 * bb  # noqa: E731
+        extra = {}
+        if q == "p50":
+            extra = {
+                "sent": {k: res[k]["sent"] for k in res},
+                "skipped_late": {k: res[k]["skipped_late"] for k in res},
+            }
+        rows.append(
+            row(label, q, "ms", res["actorcore"][q], res["baseline"][q], target, check, extra=extra)
+        )
+    return rows
+
+
+def w_finalize(b: Bench) -> list[dict[str, Any]]:
+    rows = []
+    for n in b.sizes.finalize_ns:
+        secs: list[float] = []
+        abnormal: list[float] = []
+        extra: dict[str, Any] = {"server_seconds": [], "actor_after": [], "codes": []}
+        for _ in range(b.reps):
+            with b.server("actorcore") as (port, _, _):
+                r = b.client("finalize", port, "--n", n, "--timeout", 30)
+                secs.append(r["seconds"])
+                abnormal.append(r["abnormal"])
+                extra["server_seconds"].append(r["server_seconds"])
+                extra["actor_after"].append(r["actor_after"])
+                extra["codes"].append(r["codes"])
+                if r.get("sleep_error"):
+                    extra.setdefault("sleep_errors", []).append(r["sleep_error"])
+        label = f"finalize: sleep an actor holding {n:,} connections"
+        if n >= 10_000:
+            target = "<= 1 s, 0 abnormal"
+            total_abnormal = sum(abnormal)
+            check = lambda a, _b, t=total_abnormal: a <= 1.0 and t == 0  # noqa: E731
+        else:
+            target = "0 abnormal (time: no target)"
+            total_abnormal = sum(abnormal)
+            check = lambda a, _b, t=total_abnormal: t == 0  # noqa: E731
+        extra["abnormal_closes"] = abnormal
+        rows.append(
+            row(label, "s until every client has 1001", "s", secs, None, target, check, extra=extra)
+        )
+    return rows
+
+
+def w_drain(b: Bench) -> list[dict[str, Any]]:
+    actors = b.sizes.drain_actors
+    secs: list[float] = []
+    extra: dict[str, Any] = {"server_drain_s": [], "not_1012": [], "lost": [], "codes": []}
+    for _ in range(b.reps):
+        with b.server("actorcore") as (port, _, proc):
+            r = b.client("drain", port, "--actors", actors, "--per", 10, "--timeout", 30)
+            stopped = json.loads(proc.line(60))["stopped"]
+            secs.append(r["seconds"])
+            saved_ok = stopped["drainers"]["saved_n"].get("10", 0)
+            extra["lost"].append(actors - saved_ok)
+            extra["not_1012"].append(r["not_1012"])
+            extra["codes"].append(r["codes"])
+            extra["server_drain_s"].append(stopped["drain_s"])
+    bad = sum(extra["lost"]) + sum(extra["not_1012"])
+    extra["client_last_close_s"] = secs
+    total = [max(c, srv) for c, srv in zip(secs, extra["server_drain_s"], strict=True)]
+    return [
+        row(
+            f"drain: registry shutdown, {actors:,} awake actors x 10 connections",
+            "s until all closed (1012) and state saved",
+            "s",
+            total,
+            None,
+            "<= 2 s, 0 lost",
+            lambda a, _b: a <= 2.0 and bad == 0,
+            extra=extra,
+        )
+    ]
+
+
+def w_mem_awake(b: Bench) -> list[dict[str, Any]]:
+    n = b.sizes.awake_n
+    per: list[float] = []
+    extra: dict[str, Any] = {"rss_before_mb": [], "rss_after_mb": [], "wake_s": []}
+    for _ in range(b.reps):
+        with b.server("actorcore") as (port, pid, _):
+            seen: dict[str, int] = {}
+
+            def on_ready(tag: str, pid: int = pid, seen: dict[str, int] = seen) -> None:
+                time.sleep(0.5)
+                seen[tag] = rss(pid)
+
+            r = b.client("awake_mem", port, "--n", n, on_ready=on_ready)
+            per.append((seen["after"] - seen["before"]) / n)
+            extra["rss_before_mb"].append(seen["before"] / 2**20)
+            extra["rss_after_mb"].append(seen["after"] / 2**20)
+            extra["wake_s"].append(r["wake_s"])
+    return [
+        row(
+            f"memory per awake idle actor ({n:,} actors)",
+            "RSS delta / actor",
+            "B",
+            per,
+            None,
+            "<= 2 KiB",
+            lambda a, _b: a <= 2048,
+            extra=extra,
+        )
+    ]
+
+
+def w_mem_asleep(b: Bench) -> list[dict[str, Any]]:
+    n = b.sizes.asleep_n
+    with tempfile.TemporaryDirectory(prefix="actorcore-bench-") as tmp:
+        db = os.path.join(tmp, "asleep.db")
+        pop = Proc(
+            ["-m", "benchmarks.server", "populate", "--db", db, "--n", str(n)],
+            SERVER_CPU,
+            b._log("populate"),
+        )
+        try:
+            info = json.loads(pop.line(600))
+        finally:
+            pop.stop()
+        db_mb = os.path.getsize(db) / 2**20
+        full: list[float] = []
+        empty: list[float] = []
+        for rep in range(b.reps):
+            for kind, dest in (("populated", full), ("empty", empty)):
+                path = db if kind == "populated" else os.path.join(tmp, f"empty-{rep}.db")
+                with b.server("actorcore", "--db", path) as (port, pid, _):
+                    b.client("rtt", port, "--n", 200, "--warmup", 0)
+                    time.sleep(0.5)
+                    dest.append(rss(pid))
+    per = [(f - e) / n for f, e in zip(full, empty, strict=True)]
+    return [
+        row(
+            f"memory per asleep actor ({n:,} actors in SQLite)",
+            "RSS delta / actor (vs. empty store)",
+            "B",
+            per,
+            None,
+            "<= 100 B",
+            lambda a, _b: a <= 100,
+            extra={
+                "rss_populated_mb": [x / 2**20 for x in full],
+                "rss_empty_mb": [x / 2**20 for x in empty],
+                "db_mb": db_mb,
+                "populate_s": info["seconds"],
+            },
+        )
+    ]
+
+
+def w_mem_conn(b: Bench) -> list[dict[str, Any]]:
+    n = b.sizes.conns_n
+    res: dict[str, list[float]] = {"actorcore": [], "baseline": []}
+    for _ in range(b.reps):
+        for kind in res:
+            with b.server(kind) as (port, pid, _):
+                path = "/actors/echo/idle/ws"
+                b.client("rtt", port, "--path", path, "--n", 200, "--warmup", 0)
+                time.sleep(0.3)
+                before = rss(pid)
+                seen: dict[str, int] = {}
+
+                def on_ready(tag: str, pid: int = pid, seen: dict[str, int] = seen) -> None:
+                    time.sleep(1.0)
+                    seen[tag] = rss(pid)
+
+                b.client("hold", port, "--path", path, "--n", n, on_ready=on_ready)
+                res[kind].append((seen["held"] - before) / n)
+    return [
+        row(
+            f"memory per idle connection ({n:,} connections)",
+            "RSS delta / connection",
+            "B",
+            res["actorcore"],
+            res["baseline"],
+            "<= 1.1 x baseline",
+            lambda a, base: base is not None and a <= 1.1 * base,
+        )
+    ]
+
+
+RUNNERS: dict[str, Callable[[Bench], list[dict[str, Any]]]] = {
+    "echo": w_echo,
+    "oneway": w_oneway,
+    "action": w_action,
+    "connect": w_connect,
+    "tail": w_tail,
+    "finalize": w_finalize,
+    "drain": w_drain,
+    "mem_awake": w_mem_awake,
+    "mem_asleep": w_mem_asleep,
+    "mem_conn": w_mem_conn,
+}
+
+
+# ---------------------------------------------------------------------------- reporting
+
+
+def machine() -> dict[str, Any]:
+    import trio
+    import trio_websocket
+    import wsproto
+
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "trio": trio.__version__,
+        "trio_websocket": trio_websocket.__version__,
+        "wsproto": wsproto.__version__,
+        "kernel": platform.release(),
+        "taskset": shutil.which("taskset") is not None,
+    }
+
+
+def fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit in ("msgs/s", "rt/s"):
+        return f"{v:,.0f}"
+    if unit == "B":
+        return f"{v:,.0f} B"
+    if unit == "ms":
+        return f"{v:.2f} ms"
+    if unit == "s":
+        return f"{v:.3f} s"
+    return f"{v:.3g}"
+
+
+def cell(s: dict[str, Any] | None, unit: str) -> str:
+    if s is None or s["median"] is None:
+        return "-"
+    return f"{fmt(s['median'], unit)} [{fmt(s['min'], unit)} - {fmt(s['max'], unit)}]"
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    m = meta["machine"]
+    lines = [
+        f"Command: `{meta['command']}` ({meta['mode']}, {meta['reps']} runs per cell, "
+        f"median [min - max]); {meta['started']}, {meta['elapsed_s']:.0f} s"
+        f"{'' if meta.get('complete', True) else ' (INCOMPLETE: still running or cut short)'}.",
+        *(
+            [
+                f"Rows of other workloads are from `{meta['merged_from']['command']}` "
+                f"({meta['merged_from']['started']}, {meta['merged_from']['elapsed_s']:.0f} s).",
+            ]
+            if meta.get("merged_from")
+            else []
+        ),
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, "
+        f"Python {m['python']}, trio {m['trio']}, trio-websocket {m['trio_websocket']}, "
+        f"wsproto {m['wsproto']}; server pinned to CPU {SERVER_CPU}, load generator to "
+        f"CPU {CLIENT_CPU} (taskset: {'yes' if m['taskset'] else 'no'}); load average "
+        f"before/after: {meta['loadavg_before']} / {meta['loadavg_after']}.",
+        "",
+        "| workload | metric | actorcore | baseline (same run) | ratio | target | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['ratio']:.2f} x" if r["ratio"] is not None else "-"
+        result = {True: "**met**", False: "**missed**", None: "-"}[r["met"]]
+        if r.get("not_run"):
+            result = "not run"
+        lines.append(
+            f"| {r['workload']} | {r['metric']} | {cell(r['actorcore'], r['unit'])} | "
+            f"{cell(r['baseline'], r['unit'])} | {ratio} | {r['target']} | {result} |"
+        )
+    notes = [r for r in rows if r["extra"]]
+    if notes:
+        lines += ["", "Details per run:", ""]
+        for r in notes:
+            lines.append(f"- {r['workload']} ({r['metric']}): `{json.dumps(_short(r['extra']))}`")
+    return "\n".join(lines) + "\n"
+
+
+def _short(x: Any) -> Any:
+    if isinstance(x, float):
+        return round(x, 4)
+    if isinstance(x, dict):
+        return {k: _short(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_short(v) for v in x]
+    return x
+
+
+def update_doc(md: str) -> None:
+    text = DOC.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{DOC} has no result markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    DOC.write_text(f"{head}{BEGIN}\n\n{md}\n{END}{tail}")
+
+
+def write_results(
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+    failures: dict[str, str],
+    elapsed: float,
+    *,
+    done: bool,
+) -> str:
+    """Write latest.json and latest.md (after every workload, so a cut-short run keeps what
+    it measured); returns the Markdown."""
+    meta = {**meta, "elapsed_s": elapsed, "complete": done, "failures": failures}
+    meta["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows = list(rows)
+    for name, err in failures.items():
+        rows.append(
+            {
+                "workload": name,
+                "metric": "not run (failed)",
+                "unit": "",
+                "actorcore": None,
+                "baseline": None,
+                "ratio": None,
+                "target": "-",
+                "met": None,
+                "not_run": True,
+                "extra": {"error": err},
+            }
+        )
+    md = markdown(rows, meta)
+    (RESULTS / "latest.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (RESULTS / "latest.md").write_text(md)
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(WORKLOADS)}")
+    parser.add_argument("--quick", action="store_true", help="smaller N, shorter runs")
+    parser.add_argument("--reps", type=int, default=3, help="runs per cell (>= 3)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other workloads' rows of the previous latest.json (re-run some only)",
+    )
+    parser.add_argument(
+        "--update-doc", action="store_true", help="paste the table into docs/benchmarks.md"
+    )
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in RUNNERS]
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")
+    names = args.names or list(WORKLOADS)
+    sizes = QUICK if args.quick else FULL
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    logdir = RESULTS / "logs" / time.strftime("%Y%m%d-%H%M%S")
+    logdir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(sizes, max(1, args.reps), logdir, shared=args.quick)
+    meta: dict[str, Any] = {
+        "command": "python -m benchmarks" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
+        "mode": "quick" if args.quick else "full",
+        "reps": bench.reps,
+        "sizes": attrs.asdict(sizes),
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    if args.merge and (RESULTS / "latest.json").exists():
+        previous = json.loads((RESULTS / "latest.json").read_text())
+        rows = [r for r in previous["rows"] if r.get("key") not in names and not r.get("not_run")]
+        meta["merged_from"] = previous["meta"].get("merged_from") or {
+            k: previous["meta"][k] for k in ("command", "started", "elapsed_s")
+        }
+    failures: dict[str, str] = {}
+    for name in names:
+        t = time.perf_counter()
+        print(f"== {name} ...", flush=True)
+        try:
+            new = RUNNERS[name](bench)
+        except Exception as exc:  # one broken workload must not lose the others
+            failures[name] = repr(exc)
+            print(f"   FAILED: {exc!r}", flush=True)
+            continue
+        for r in new:
+            r["key"] = name
+        rows += new
+        for r in new:
+            ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-"
+            met = {True: "met", False: "MISSED", None: "-"}[r["met"]]
+            print(
+                f"   {r['workload'][:60]:60s} {r['metric'][:14]:14s} "
+                f"{cell(r['actorcore'], r['unit']):40s} base {cell(r['baseline'], r['unit']):40s}"
+                f" {ratio:7s} {met}",
+                flush=True,
+            )
+        print(f"   ({time.perf_counter() - t:.1f} s)", flush=True)
+        write_results(rows, meta, failures, time.perf_counter() - t0, done=False)
+    md = write_results(rows, meta, failures, time.perf_counter() - t0, done=True)
+    print()
+    print(md)
+    print(f"wrote {RESULTS / 'latest.json'} and {RESULTS / 'latest.md'}")
+    if args.update_doc:
+        update_doc(md)
+        print(f"updated {DOC}")
+    return 1 if failures else 0

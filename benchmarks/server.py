@@ -1,0 +1,338 @@
+"""Benchmark server process.
+
+``python -m benchmarks.server actorcore --port 0 [--db PATH]``
+    an actorcore registry on a SQLiteStore (a temporary file unless ``--db``) serving the
+    benchmark actors: ``echo`` (raw echo), ``sink`` (raw counter, replies ``done`` after
+    ``params.n`` messages), ``counter`` (``increment`` action), ``drainer`` (raw echo that counts
+    messages in its persisted state) and ``control`` (actions the load generator uses to wake,
+    sleep and shut down actors).
+``python -m benchmarks.server baseline --port 0``
+    a plain trio-websocket server with the same settings: echo on every path, except raw
+    ``/actors/sink/...`` paths, which count like the ``sink`` actor.
+``python -m benchmarks.server populate --db PATH --n N``
+    create N asleep ``echo`` actors in a SQLite file (``SQLiteStore.create_many``) and exit.
+
+The first stdout line is ``{"port": PORT, "pid": PID}``. The actorcore server prints a second
+line ``{"stopped": {...}}`` once its registry has drained (after the ``control.shutdown``
+action), with the drain time and the states the ``drainer`` actors saved, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import gc
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+
+from .common import CLOSE_TIMEOUT, HARD_TIMEOUT, HOST, raise_fd_limit, ws_options
+
+# ---------------------------------------------------------------------------- actorcore side
+
+
+def _actors() -> list[type[Any]]:
+    import actorcore
+    from actorcore import Actor, ActorContext, ActorOptions, Conn, action
+
+    long = ActorOptions(
+        sleep_timeout=3600.0,
+        sleep_grace_period=5.0,
+        state_save_interval=3600.0,  # only the finalize save (the drain benchmark checks it)
+        action_timeout=600.0,
+        ready_timeout=60.0,
+        max_held_work=100_000,
+    )
+
+    class Echo(Actor):
+        name = "echo"
+        options = long
+
+        async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
+            await conn.send(message)
+
+        async def on_wake(self, ctx: ActorContext) -> None:
+            if ctx.key.startswith("fin-"):
+                HOOKS[f"on_wake:{ctx.key}"] += 1
+
+        async def on_ws_close(self, ctx: ActorContext, conn: Conn, code: int, reason: str) -> None:
+            if ctx.key.startswith("fin-"):
+                HOOKS[f"on_ws_close:{ctx.key}"] += 1
+
+        async def on_disconnect(self, ctx: ActorContext, conn: Conn) -> None:
+            if ctx.key.startswith("fin-"):
+                HOOKS[f"on_disconnect:{ctx.key}"] += 1
+
+    class Sink(Actor):
+        name = "sink"
+        options = long
+
+        async def create_conn_state(self, ctx: ActorContext, params: Any) -> Any:
+            expect = params.get("n", 0) if isinstance(params, dict) else 0
+            return [0, expect]
+
+        async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
+            st = conn.state
+            st[0] += 1
+            if st[0] == st[1]:
+                await conn.send("done")
+
+    class Counter(Actor):
+        name = "counter"
+        options = long
+
+        def create_state(self, ctx: ActorContext, input: Any) -> Any:
+            return {"count": 0}
+
+        @action
+        async def increment(self, ctx: ActorContext, by: int = 1) -> int:
+            ctx.state["count"] += by
+            return int(ctx.state["count"])
+
+    class Drainer(Actor):
+        name = "drainer"
+        options = long
+
+        def create_state(self, ctx: ActorContext, input: Any) -> Any:
+            return {"n": 0}
+
+        async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
+            ctx.state["n"] += 1
+            await conn.send(message)
+
+    class Control(Actor):
+        name = "control"
+        options = long
+
+        @action
+        async def wake_many(self, ctx: ActorContext, name: str, prefix: str, n: int) -> float:
+            """get_or_create ``name``/``prefix{i}`` for i < n, 256 at a time; seconds taken."""
+            t0 = time.perf_counter()
+            limiter = trio.CapacityLimiter(256)
+
+            async def one(i: int) -> None:
+                async with limiter:
+                    await REGISTRY.get_or_create(name, f"{prefix}{i}")
+
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(one, i)
+            return time.perf_counter() - t0
+
+        @action
+        async def sleep_many(self, ctx: ActorContext, name: str, prefix: str, n: int) -> float:
+            """Sleep ``name``/``prefix{i}`` for i < n (concurrently); seconds taken."""
+            t0 = time.perf_counter()
+            limiter = trio.CapacityLimiter(256)
+
+            async def one(i: int) -> None:
+                async with limiter:
+                    handle = await REGISTRY.get(name, f"{prefix}{i}")
+                    await REGISTRY.sleep(handle.actor_id)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    nursery.start_soon(one, i)
+            return time.perf_counter() - t0
+
+        @action
+        async def precreate(self, ctx: ActorContext, name: str, prefix: str, n: int) -> float:
+            """Insert asleep actors ``name``/``prefix{i}`` with ``create_many`` and read each
+            back once (so the SQLite page caches are warm); seconds taken."""
+            t0 = time.perf_counter()
+            store = REGISTRY.store
+            rows = [(uuid.uuid4().hex, name, f"{prefix}{i}", None) for i in range(n)]
+            await store.create_many(rows)  # type: ignore[attr-defined]
+            for _, _, key, _ in rows:
+                await store.get_by_key(name, key)
+            return time.perf_counter() - t0
+
+        @action
+        async def sleep_actor(self, ctx: ActorContext, name: str, key: str) -> float:
+            """Sleep one actor and return when its generation has finished; seconds taken."""
+            handle = await REGISTRY.get(name, key)
+            t0 = time.perf_counter()
+            await REGISTRY.sleep(handle.actor_id)
+            return time.perf_counter() - t0
+
+        @action
+        async def lifecycle(self, ctx: ActorContext, name: str, key: str) -> dict[str, Any]:
+            """The actor's lifecycle state and last generation number."""
+            handle = await REGISTRY.get(name, key)
+            entry = REGISTRY.entry(handle.actor_id)
+            return {
+                "state": handle.lifecycle.value if handle.lifecycle else None,
+                "generation": entry.last_generation if entry is not None else None,
+                "in_memory": entry is not None,
+            }
+
+        @action
+        async def shutdown(self, ctx: ActorContext) -> None:
+            """Begin the registry drain (returns at once)."""
+            SHUTDOWN_AT[0] = time.perf_counter()
+            REGISTRY.request_shutdown()
+
+        @action
+        async def collect(self, ctx: ActorContext) -> int:
+            """``gc.collect()``; returns this process's RSS in bytes."""
+            gc.collect()
+            return _rss()
+
+        @action
+        async def stats(self, ctx: ActorContext) -> dict[str, Any]:
+            s = REGISTRY.statistics()
+            return {
+                "actors_by_state": s.actors_by_state,
+                "connections": s.connections,
+                "closes_by_code": {str(k): v for k, v in s.closes_by_code.items()},
+                "messages_in": s.messages_in,
+                "messages_out": s.messages_out,
+                "hooks": dict(HOOKS),
+            }
+
+    del actorcore
+    return [Echo, Sink, Counter, Drainer, Control]
+
+
+REGISTRY: Any = None
+HOOKS: collections.Counter[str] = collections.Counter()
+"""Hook calls of the finalize benchmark's ``echo`` actors (keys ``fin-*``) by ``hook:key``."""
+SHUTDOWN_AT = [0.0]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _drainer_states(db: str) -> dict[str, Any]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT state FROM actors WHERE name = 'drainer'").fetchall()
+    finally:
+        conn.close()
+    counts: dict[str, int] = {}
+    for (state,) in rows:
+        n = json.loads(state)["n"] if state is not None else None
+        counts[str(n)] = counts.get(str(n), 0) + 1
+    return {"actors": len(rows), "saved_n": counts}
+
+
+async def run_actorcore(port: int, db: str, max_connections: int) -> None:
+    global REGISTRY
+    from actorcore import Registry, SQLiteStore
+
+    registry = REGISTRY = Registry(_actors(), SQLiteStore(db))
+    with trio.move_on_after(HARD_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                functools.partial(registry.serve, max_connections=max_connections), HOST, port
+            )
+            print(json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
+            await registry.wait_stopped()
+            stopped = time.perf_counter()
+            nursery.cancel_scope.cancel()
+    report = {
+        "drain_s": stopped - SHUTDOWN_AT[0] if SHUTDOWN_AT[0] else None,
+        "drainers": _drainer_states(db),
+    }
+    print(json.dumps({"stopped": report}), flush=True)
+
+
+# ---------------------------------------------------------------------------- baseline side
+
+
+async def run_baseline(port: int) -> None:
+    from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        parts = urlsplit(request.path)
+        try:
+            if parts.path.startswith("/actors/sink/"):
+                params = json.loads(parse_qs(parts.query).get("params", ["{}"])[-1])
+                expect = params.get("n", 0)
+                n = 0
+                while True:
+                    await ws.get_message()
+                    n += 1
+                    if n == expect:
+                        await ws.send_message("done")
+            else:
+                while True:
+                    await ws.send_message(await ws.get_message())
+        except ConnectionClosed:
+            pass
+
+    with trio.move_on_after(HARD_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    handler,
+                    HOST,
+                    port,
+                    None,
+                    connect_timeout=10,
+                    disconnect_timeout=CLOSE_TIMEOUT,
+                    task_status=task_status,
+                    **ws_options(),
+                )
+            )
+            print(json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
+            await trio.sleep_forever()
+
+
+# ---------------------------------------------------------------------------- populate
+
+
+async def populate(db: str, n: int) -> None:
+    from actorcore import SQLiteStore
+    from actorcore.store import open_store
+
+    t0 = time.perf_counter()
+    chunk = 100_000
+    async with open_store(SQLiteStore(db)) as store:
+        for start in range(0, n, chunk):
+            rows = [
+                (uuid.uuid4().hex, "echo", f"asleep-{i}", None)
+                for i in range(start, min(n, start + chunk))
+            ]
+            await store.create_many(rows)
+        count = await store.count()
+    print(json.dumps({"populated": count, "seconds": time.perf_counter() - t0}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.server")
+    parser.add_argument("kind", choices=["actorcore", "baseline", "populate"])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--db", default=None)
+    parser.add_argument("--n", type=int, default=0)
+    parser.add_argument("--max-connections", type=int, default=50_000)
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    if args.kind == "baseline":
+        trio.run(run_baseline, args.port)
+        return 0
+    if args.kind == "populate":
+        trio.run(populate, args.db, args.n)
+        return 0
+    if args.db is not None:
+        trio.run(run_actorcore, args.port, args.db, args.max_connections)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="actorcore-bench-") as tmp:
+        trio.run(run_actorcore, args.port, os.path.join(tmp, "actors.db"), args.max_connections)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
