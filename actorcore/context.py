@@ -106,7 +106,7 @@ class ActorContext:
     @property
     def aborted(self) -> bool:
         """Whether :attr:`abort_signal` is set."""
-        return self._gen.abort_signal.is_set()
+        return self._gen.aborted
 
     def sleep(self) -> None:
         """Request sleep. A second request is a no-op. Returns at once."""

@@ -80,8 +80,8 @@ class ActorEntry:
     """The generation running now (LOADING to the end of finalize), else None."""
     last_generation: int = 0
     """Number of the last generation that began."""
-    changed: trio.Event = attrs.field(factory=trio.Event)
-    """Set (and replaced) at every lifecycle transition; holders wait on it."""
+    _changed: trio.Event | None = None
+    """Made on demand (most entries never have a waiter); set and dropped at every transition."""
     held: int = 0
     """Calls and connections waiting for the next generation."""
     conns: set[Conn] = attrs.field(factory=set[Conn])
@@ -101,6 +101,19 @@ class ActorEntry:
     def name(self) -> str:
         """The definition's route name."""
         return self.definition.name
+
+    @property
+    def changed(self) -> trio.Event:
+        """An event set at the next lifecycle transition: ``await entry.changed.wait()``."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        return self._changed
+
+    def notify(self) -> None:
+        """Wake everyone waiting on :attr:`changed`."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def process(self, event: LifecycleEvent, reason: str) -> LifecycleState:
         """Apply ``event`` to the lifecycle, log the transition, wake whoever waits on it."""
@@ -127,8 +140,7 @@ class ActorEntry:
                     "reason": reason,
                 },
             )
-            self.changed.set()
-            self.changed = trio.Event()
+            self.notify()
             if gen is not None:
                 gen.on_transition(new)
         return new
@@ -170,7 +182,7 @@ class WorkScope:
                 gen._busy_dec()
             gen.mark_dirty()
             if not gen._work:
-                gen._poke.set()
+                gen.poke()
 
 
 @attrs.define(eq=False, slots=True)
@@ -183,7 +195,9 @@ class Generation:
     state: Any = None
     instance: Actor | None = None
     ctx: ActorContext = attrs.field(init=False)
-    abort_signal: trio.Event = attrs.field(factory=trio.Event)
+    aborted: bool = False
+    """Grace has begun: long-running work should wrap up (see :attr:`abort_signal`)."""
+    _abort_signal: trio.Event | None = None
     _nursery: trio.Nursery | None = None
     _work: dict[trio.CancelScope, str] = attrs.field(factory=dict[trio.CancelScope, str])
     _background: dict[trio.CancelScope, str] = attrs.field(factory=dict[trio.CancelScope, str])
@@ -195,14 +209,15 @@ class Generation:
     """When the next interval save is due (inf: nothing changed since the last one)."""
     _last_save: float = 0.0
     _grace_begun: trio.Event = attrs.field(factory=trio.Event)
-    _poke: trio.Event = attrs.field(factory=trio.Event)
+    _poke: trio.Event | None = None
     _dirty: bool = False
-    _save_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _save_lock: trio.Lock | None = None
     _saved: bytes | None = None
     _no_sleep: bool = attrs.field(default=False, init=False)
     _finalizing: bool = False
-    finished: trio.Event = attrs.field(factory=trio.Event)
-    """Set when the generation has ended (finalized, failed to start, or was cancelled)."""
+    ended: bool = False
+    """The generation has ended (finalized, failed to start, or was cancelled)."""
+    _finished: trio.Event | None = None
 
     def __attrs_post_init__(self) -> None:
         self.ctx = ActorContext(self)
@@ -214,6 +229,38 @@ class Generation:
     def actor_id(self) -> str:
         """The actor's id."""
         return self.entry.actor_id
+
+    # Events are made on demand: most generations never have anyone waiting on them, and an
+    # awake idle actor should cost as little memory as possible.
+
+    @property
+    def abort_signal(self) -> trio.Event:
+        """Set when grace begins."""
+        if self._abort_signal is None:
+            self._abort_signal = trio.Event()
+            if self.aborted:
+                self._abort_signal.set()
+        return self._abort_signal
+
+    @property
+    def finished(self) -> trio.Event:
+        """Set when the generation has ended."""
+        if self._finished is None:
+            self._finished = trio.Event()
+            if self.ended:
+                self._finished.set()
+        return self._finished
+
+    def end(self) -> None:
+        """Mark the generation ended (called once by the registry)."""
+        self.ended = True
+        if self._finished is not None:
+            self._finished.set()
+
+    def poke(self) -> None:
+        """Wake the grace/finalize loop to re-check what is left."""
+        if self._poke is not None:
+            self._poke.set()
 
     @property
     def key(self) -> str:
@@ -243,10 +290,12 @@ class Generation:
     def on_transition(self, new: LifecycleState) -> None:
         """Called by the entry after every transition of this generation."""
         if new in _GRACE_STATES:
-            self.abort_signal.set()
+            self.aborted = True
+            if self._abort_signal is not None:
+                self._abort_signal.set()
             self._grace_begun.set()
             self._idle_at = math.inf
-        self._poke.set()
+        self.poke()
 
     # ---------------------------------------------------------------- work tracking
 
@@ -321,7 +370,7 @@ class Generation:
             del self._background[scope]
             self.mark_dirty()
             if not self._background:
-                self._poke.set()
+                self.poke()
 
     def _drained(self) -> bool:
         return not self._work and not self._background
@@ -345,6 +394,8 @@ class Generation:
 
     async def save_state(self, *, reason: str) -> None:
         """Save the state if it differs from the last save. Raises StateError / StoreError."""
+        if self._save_lock is None:
+            self._save_lock = trio.Lock()
         async with self._save_lock:
             try:
                 data = json.dumps(self.state, separators=(",", ":")).encode()
@@ -481,7 +532,7 @@ class Generation:
             del self._work[scope]
             self.mark_dirty()
             if not self._work:
-                self._poke.set()
+                self.poke()
 
     def _start_hook(self, hook: str) -> None:
         # Registered synchronously so the drain check below can never miss it.

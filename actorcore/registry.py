@@ -242,8 +242,13 @@ class Registry:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     task_status.started(self)
-                    await self._shutdown_requested.wait()
-                    await self._drain()
+                    try:
+                        await self._shutdown_requested.wait()
+                        await self._drain()
+                    finally:
+                        # Also when cancelled from outside: a generation that ends now must not
+                        # wake another one (they would be cancelled and re-woken forever).
+                        self._draining = True
                     nursery.cancel_scope.cancel()
             finally:
                 self._draining = True
@@ -597,7 +602,7 @@ class Registry:
         finally:
             current_conn.reset(token)
         # Only reached when the scope was cancelled: by the grace deadline or the timeout.
-        if gen.abort_signal.is_set():
+        if gen.aborted:
             raise ActorStopping(
                 f"action {action!r} was cancelled at the end of generation {gen.number}"
             )
@@ -689,9 +694,8 @@ class Registry:
             elif state is not S.ASLEEP:
                 # Cancelled mid-way (hard shutdown): record it as asleep without a save.
                 entry.lifecycle.state = S.ASLEEP
-                entry.changed.set()
-                entry.changed = trio.Event()
-            gen.finished.set()
+                entry.notify()
+            gen.end()
             self._generation_ended(entry)
             if self._running_generations == 0:
                 self._generations_done.set()

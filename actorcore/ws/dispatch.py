@@ -306,7 +306,7 @@ class _ConnHandler:
                     with gen.track_work(f"connect:{conn.id}") as scope:
                         scope.deadline = trio.current_time() + options.hook_timeout
                         await self._setup_hooks(gen, conn)
-                    if scope.cancelled_caught and not gen.abort_signal.is_set():
+                    if scope.cancelled_caught and not gen.aborted:
                         raise InternalError("connection setup hooks exceeded hook_timeout")
                     # Check point 2: the generation may have moved on while setup awaited.
                     admitted = admit(entry.lifecycle, WorkKind.CONNECT) is Admission.ADMIT
@@ -462,7 +462,7 @@ class _ConnHandler:
             with work as scope:
                 scope.deadline = trio.current_time() + options.hook_timeout
                 await hook(gen.ctx, *args)
-            if scope.cancelled_caught and not gen.abort_signal.is_set():
+            if scope.cancelled_caught and not gen.aborted:
                 raise InternalError(f"{hook.__name__} exceeded hook_timeout")
         except Exception:
             log.exception("actor %s id=%s: %s raised", gen.entry.name, gen.actor_id, hook.__name__)
