@@ -66,6 +66,11 @@ class GenerationHost(Protocol):
         """Count and surface a failed state save."""
         ...
 
+    def note_delete_failed(self, entry: ActorEntry, generation: int, error: ActorError) -> None:
+        """The destroy's delete failed: the registry retries it (on reuse of the key, and at
+        drain) so the destroyed actor does not come back."""
+        ...
+
 
 @attrs.define(eq=False, slots=True)
 class ActorEntry:
@@ -598,7 +603,7 @@ class Generation:
                 await self.host.store.delete(self.actor_id, self.number)
             except ActorError as exc:
                 log.error("actor %s id=%s: delete failed: %s", entry.name, self.actor_id, exc)
-                self.host.note_save_error(entry, exc)
+                self.host.note_delete_failed(entry, self.number, exc)
             return
         try:
             await self.save_state(reason="finalize")

@@ -153,6 +153,7 @@ class Registry:
         self._by_key: dict[tuple[str, str], ActorEntry] = {}
         self._key_locks: dict[tuple[str, str], trio.Lock] = {}
         self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._pending_deletes: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._running_generations = 0
         self._generations_done = trio.Event()
@@ -328,6 +329,8 @@ class Registry:
                 for entry in list(self._by_id.values()):
                     if entry.pending_state is not None and entry.generation is None:
                         nursery.start_soon(self._save_pending, entry)
+                for actor_id, generation in list(self._pending_deletes.items()):
+                    nursery.start_soon(self._delete_pending, actor_id, generation)
         if scope.cancelled_caught:
             log.error(
                 "drain: %d generations still running after %.1fs; saving their state and "
@@ -352,6 +355,16 @@ class Registry:
             await gen.save_state(reason=reason)
         except ActorError as exc:
             self.note_save_error(entry, exc)
+
+    async def _delete_pending(self, actor_id: str, generation: int) -> None:
+        try:
+            await self._store.delete(actor_id, generation)
+        except ActorNotFound:
+            pass  # already gone
+        except ActorError as exc:
+            log.error("actor id=%s: destroyed, but its delete failed again: %s", actor_id, exc)
+            return
+        self._pending_deletes.pop(actor_id, None)
 
     async def _save_pending(self, entry: ActorEntry) -> None:
         assert entry.pending_state is not None
@@ -382,6 +395,7 @@ class Registry:
     async def get(self, name: str, key: str) -> ActorHandle:
         """The existing actor ``name``/``key`` (not woken); :class:`ActorNotFound` if none."""
         entry = await self.find_entry_by_key(name, key, create=False, input=None)
+        self._release(entry)
         return self._handle(entry)
 
     async def get_by_id(self, actor_id: str) -> ActorHandle:
@@ -389,6 +403,7 @@ class Registry:
         if actor_id in self._tombstones:
             raise ActorNotFound(f"actor {actor_id} was destroyed")
         entry = await self.find_entry(actor_id)
+        self._release(entry)
         return self._handle(entry)
 
     def lifecycle(self, actor_id: str) -> LifecycleState | None:
@@ -460,6 +475,7 @@ class Registry:
                     # Destroyed, but the store failed to delete it: finish the delete (fenced by
                     # its last generation) rather than bring the destroyed actor back.
                     await self._store.delete(record.actor_id, record.generation)
+                    self._pending_deletes.pop(record.actor_id, None)
                     record = None
                 if record is None:
                     if not create:
@@ -482,6 +498,19 @@ class Registry:
         self._by_id[actor_id] = entry
         self._by_key[(definition.name, key)] = entry
         return entry
+
+    def _release(self, entry: ActorEntry) -> None:
+        """Drop an entry a lookup loaded, if nothing needs it: an asleep actor costs only its
+        row in the store."""
+        if (
+            entry.lifecycle.state is S.ASLEEP
+            and entry.generation is None
+            and not entry.held
+            and not entry.conns
+            and entry.pending_state is None
+            and not entry.lifecycle.destroy_requested
+        ):
+            self._retire(entry)
 
     def _retire(self, entry: ActorEntry) -> None:
         entry.retired = True
@@ -631,6 +660,7 @@ class Registry:
         entry = await self.find_entry(actor_id)
         gen = entry.generation
         if gen is None:
+            self._release(entry)
             return
         self.request(entry, E.SLEEP, "registry.sleep")
         with _bounded(self._stop_budget(entry), f"sleep of actor {actor_id}"):
@@ -713,6 +743,12 @@ class Registry:
             self._wake(entry, "work was waiting")
         elif not (entry.held or entry.conns or entry.pending_state is not None):
             self._retire(entry)
+
+    def note_delete_failed(self, entry: ActorEntry, generation: int, error: ActorError) -> None:
+        """Remember a destroy whose delete failed; the drain retries it (a GenerationHost
+        method). Until then the id stays destroyed in this process (tombstone)."""
+        self.note_save_error(entry, error)
+        self._pending_deletes[entry.actor_id] = generation
 
     def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
         """Count a failed save (a GenerationHost method); the error is logged here."""

@@ -656,3 +656,18 @@ async def test_lifecycle_logged(
     assert ("loading", "started", 1) in transitions
     assert ("started", "sleep_grace", 1) in transitions
     assert ("sleep_finalize", "asleep", 1) in transitions
+
+
+async def test_lookups_of_asleep_actors_leave_nothing_in_memory(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    registry = await make_registry([Counter])
+    handle = await registry.get_or_create("counter", "k")
+    await registry.sleep(handle.actor_id)
+    assert registry.statistics().actors_by_state == {}
+    await registry.get("counter", "k")
+    await registry.get_by_id(handle.actor_id)
+    await registry.sleep(handle.actor_id)  # already asleep: returns at once
+    assert registry.statistics().actors_by_state == {}, "an asleep actor is only a store row"
+    assert registry.lifecycle(handle.actor_id) is S.ASLEEP
+    assert await handle.call("increment") == 1
