@@ -47,6 +47,9 @@ class ActorOptions:
     """Bound on ``on_wake``, ``on_create`` and the connection hooks."""
     max_held_work: int = attrs.field(default=1000, validator=_positive_int)
     """Calls and connections that may wait for the next generation at once."""
+    max_inflight_actions: int = attrs.field(default=256, validator=_positive_int)
+    """Actions one protocol connection may have running at once; a client that sends more
+    without waiting for results is closed with 1013 ``actor.overloaded``."""
     hibernation_buffer: int = attrs.field(default=256, validator=_positive_int)
     """Messages one hibernatable connection may buffer while its actor sleeps; beyond it the
     connection closes with 1013 ``actor.overloaded``."""

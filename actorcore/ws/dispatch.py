@@ -169,6 +169,8 @@ class _ConnHandler:
         self.buffer: collections.deque[Any] = collections.deque()
         self.delivering = False
         self.last_started: trio.Event | None = None
+        self.inflight = 0
+        """Actions of this connection admitted and not yet answered."""
         self.resolve_scope = trio.CancelScope()
         self.setup_scope = trio.CancelScope()
         self.shutdown_close: CloseCode | None = None
@@ -405,6 +407,10 @@ class _ConnHandler:
     async def _deliver(self, gen: Generation, conn: Conn, item: Any) -> None:
         """Deliver one admitted message: reserve its work now (before any checkpoint)."""
         if isinstance(item, ActionRequest):
+            if self.inflight >= gen.definition.options.max_inflight_actions:
+                self.close(closecodes.for_error(ActorOverloaded("too many actions in flight")))
+                return
+            self.inflight += 1
             work = gen.track_work(f"action:{item.name}")
             assert self.nursery is not None
             previous, started = self.last_started, trio.Event()
@@ -417,6 +423,20 @@ class _ConnHandler:
         )
 
     async def _action(
+        self,
+        gen: Generation,
+        work: Any,
+        conn: Conn,
+        frame: ActionRequest,
+        previous: trio.Event | None,
+        started: trio.Event,
+    ) -> None:
+        try:
+            await self._run_action(gen, work, conn, frame, previous, started)
+        finally:
+            self.inflight -= 1
+
+    async def _run_action(
         self,
         gen: Generation,
         work: Any,
