@@ -205,7 +205,6 @@ class Generation:
     _abort_signal: trio.Event | None = None
     _nursery: trio.Nursery | None = None
     _work: dict[trio.CancelScope, str] = attrs.field(factory=dict[trio.CancelScope, str])
-    _background: dict[trio.CancelScope, str] = attrs.field(factory=dict[trio.CancelScope, str])
     _busy: int = 0
     _timer_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _idle_at: float = math.inf
@@ -355,30 +354,32 @@ class Generation:
         if self._nursery is None or self._finalizing:
             raise RuntimeError("wait_until() is only available while the generation runs")
         name = f"wait_until:{getattr(async_fn, '__qualname__', repr(async_fn))}"
-        scope = trio.CancelScope()
-        self._background[scope] = name
-        self._nursery.start_soon(self._run_background, scope, name, async_fn, args, name=name)
+        self._spawn_tracked(name, async_fn, *args)
 
-    async def _run_background(
+    def _spawn_tracked(
+        self, name: str, async_fn: Callable[..., Awaitable[Any]], *args: Any
+    ) -> None:
+        """Run ``async_fn`` in the generation's nursery as work that blocks finalize (not idle
+        sleep); reserved now, so a drain check right after can never miss it."""
+        assert self._nursery is not None
+        work = self.track_work(name, blocks_idle=False)
+        self._nursery.start_soon(self._run_tracked, work, name, async_fn, args, name=name)
+
+    async def _run_tracked(
         self,
-        scope: trio.CancelScope,
+        work: WorkScope,
         name: str,
         async_fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
     ) -> None:
         try:
-            with scope:
+            with work:
                 await async_fn(*args)
         except Exception:
             log.exception("actor %s id=%s: %s raised", self.entry.name, self.actor_id, name)
-        finally:
-            del self._background[scope]
-            self.mark_dirty()
-            if not self._background:
-                self.poke()
 
     def _drained(self) -> bool:
-        return not self._work and not self._background
+        return not self._work
 
     # ---------------------------------------------------------------- connections
 
@@ -525,26 +526,9 @@ class Generation:
                 f"start of actor {self.actor_id} failed: {type(exc).__name__}: {exc}"
             ) from exc
 
-    async def _run_hook(self, scope: trio.CancelScope, hook: str) -> None:
-        assert self.instance is not None
-        fn: Callable[[ActorContext], Awaitable[None]] = getattr(self.instance, hook)
-        try:
-            with scope:
-                await fn(self.ctx)
-        except Exception:
-            log.exception("actor %s id=%s: %s raised", self.entry.name, self.actor_id, hook)
-        finally:
-            del self._work[scope]
-            self.mark_dirty()
-            if not self._work:
-                self.poke()
-
     def _start_hook(self, hook: str) -> None:
-        # Registered synchronously so the drain check below can never miss it.
-        assert self._nursery is not None
-        scope = trio.CancelScope()
-        self._work[scope] = f"hook:{hook}"
-        self._nursery.start_soon(self._run_hook, scope, hook, name=f"{self.entry.name}.{hook}")
+        assert self.instance is not None
+        self._spawn_tracked(f"hook:{hook}", getattr(self.instance, hook), self.ctx)
 
     async def _grace(self) -> None:
         grace = self.definition.options.sleep_grace_period
@@ -566,7 +550,7 @@ class Generation:
             if trio.current_time() >= deadline and not self._drained():
                 if self.lifecycle.state is S.DESTROY_GRACE and "on_destroy" not in hooks_started:
                     continue
-                names = sorted([*self._work.values(), *self._background.values()])
+                names = sorted(self._work.values())
                 log.warning(
                     "actor %s id=%s gen=%d: grace period %.3gs passed; cancelling %s",
                     self.entry.name,
@@ -575,7 +559,7 @@ class Generation:
                     grace,
                     ", ".join(names),
                 )
-                for scope in [*self._work, *self._background]:
+                for scope in list(self._work):
                     scope.cancel()
                 return
 

@@ -531,15 +531,9 @@ class Registry:
     async def admit_entry(self, entry: ActorEntry, kind: WorkKind) -> Generation:
         """Check point for ``kind`` on ``entry``: return the generation to run in now, or hold
         for the next one (waking the actor; bounded by ``ready_timeout``), or raise."""
-        decision = admit(entry.lifecycle, kind)
-        if decision is Admission.ADMIT:
-            gen = entry.generation
-            assert gen is not None
+        gen = _decided(entry, kind)
+        if gen is not None:
             return gen
-        if decision is Admission.DESTROYED:
-            raise ActorDestroyed(f"actor {entry.actor_id} is destroyed")
-        if decision is Admission.STOPPING:
-            raise ActorStopping(f"actor {entry.actor_id} is finalizing")
         return await self._hold(entry, kind)
 
     async def _hold(self, entry: ActorEntry, kind: WorkKind) -> Generation:
@@ -552,15 +546,9 @@ class Registry:
         try:
             with trio.fail_after(options.ready_timeout):
                 while True:
-                    decision = admit(entry.lifecycle, kind)
-                    if decision is Admission.ADMIT:
-                        gen = entry.generation
-                        assert gen is not None
+                    gen = _decided(entry, kind)
+                    if gen is not None:
                         return gen
-                    if decision is Admission.DESTROYED:
-                        raise ActorDestroyed(f"actor {entry.actor_id} is destroyed")
-                    if decision is Admission.STOPPING:
-                        raise ActorStopping(f"actor {entry.actor_id} is finalizing")
                     if entry.lifecycle.state is S.ASLEEP and entry.generation is None:
                         if self._draining:
                             raise RuntimeShutdown("the registry is shutting down")
@@ -572,9 +560,7 @@ class Registry:
                         continue
                     attempt = entry.wakes
                     await entry.changed.wait()
-                    if entry.failed_wake == attempt and entry.start_error is not None:
-                        err = entry.start_error
-                        raise ActorStartFailed(err.message) from err
+                    _raise_if_start_failed(entry, attempt)
         except trio.TooSlowError:
             raise ActorReadyTimeout(
                 f"actor {entry.actor_id} was not ready within {options.ready_timeout}s "
@@ -681,8 +667,7 @@ class Registry:
             while entry.lifecycle.state is not S.DESTROYED:
                 attempt = entry.wakes
                 await entry.changed.wait()
-                if entry.failed_wake == attempt and entry.start_error is not None:
-                    raise ActorStartFailed(entry.start_error.message) from entry.start_error
+                _raise_if_start_failed(entry, attempt)
                 if entry.generation is None and entry.lifecycle.state is S.ASLEEP and self.draining:
                     # Asked while it finalized a sleep: the drain will not wake it again.
                     raise RuntimeShutdown("the registry is shutting down")
@@ -790,6 +775,27 @@ class Registry:
     def entries(self) -> list[ActorEntry]:
         """All in-memory entries."""
         return list(self._by_id.values())
+
+
+def _decided(entry: ActorEntry, kind: WorkKind) -> Generation | None:
+    """Act on :func:`admit`: the generation to run in, None to hold, or the refusal raised."""
+    decision = admit(entry.lifecycle, kind)
+    if decision is Admission.ADMIT:
+        gen = entry.generation
+        assert gen is not None
+        return gen
+    if decision is Admission.DESTROYED:
+        raise ActorDestroyed(f"actor {entry.actor_id} is destroyed")
+    if decision is Admission.STOPPING:
+        raise ActorStopping(f"actor {entry.actor_id} is finalizing")
+    return None
+
+
+def _raise_if_start_failed(entry: ActorEntry, attempt: int) -> None:
+    """Raise ActorStartFailed if the start attempt ``attempt`` (``entry.wakes``) failed."""
+    err = entry.start_error
+    if entry.failed_wake == attempt and err is not None:
+        raise ActorStartFailed(err.message) from err
 
 
 @contextlib.contextmanager
