@@ -33,6 +33,15 @@ its growth after warm-up (must be flat: under ``RSS_GROWTH_LIMIT``). The exit st
 verdict fails.
 
 Every loop is bounded by the run time; the server subprocess is killed if it does not exit.
+
+Memory: "server RSS" is the server process's VmRSS. Every sample also splits it (anonymous and
+file pages), and shows glibc's heap (bytes in use, bytes free inside it) and pymalloc's arenas
+(``memprobe.memory``). ``--probe-interval`` adds probes (live objects by type, tracemalloc
+growth by allocation site with ``--tracemalloc N``, glibc's free chunks by size) and ``--trim``
+calls ``malloc_trim(0)`` in the server and reports the RSS before and after: RSS that comes
+back was free memory the allocator held, not live data. ``--recv-size`` changes the server's
+bytes per socket recv (an experiment on glibc heap
+fragmentation: 64 KiB by default).
 """
 
 from __future__ import annotations
@@ -89,6 +98,20 @@ def kind_of(actor: int) -> str:
     """Actor i's kind: half counters, 30 % hibernatable echoes, 20 % plain echoes."""
     slot = actor % 10
     return "counter" if slot < 5 else "hecho" if slot < 8 else "echo"
+
+
+def db_sizes_mb(db: str) -> dict[str, float]:
+    """Sizes of the SQLite file, its WAL and its shared-memory index."""
+    return {
+        suffix or "db": round(os.path.getsize(db + suffix) / 2**20, 2)
+        for suffix in ("", "-wal", "-shm")
+        if os.path.exists(db + suffix)
+    }
+
+
+def append_json_line(path: str, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 # =========================================================================== server process
@@ -150,6 +173,10 @@ async def drain_on_signal(registry: Any) -> None:
 async def serve(args: argparse.Namespace) -> None:
     import actorcore
     from actorcore import Actor, ActorContext, ActorOptions, Conn, action
+
+    from . import memprobe
+
+    probe = memprobe.Probe()
 
     counter = LifecycleCounter()
     lag = LagMonitor()
@@ -226,7 +253,16 @@ async def serve(args: argparse.Namespace) -> None:
                 # Live Python objects (pymalloc blocks): flat when RSS growth is only the
                 # allocator's high-water mark, growing with a leak.
                 "allocated_blocks": sys.getallocatedblocks(),
+                # Where the RSS is: anonymous/file pages, glibc heap in use and free, pymalloc
+                # arenas (memprobe.memory); and the SQLite files.
+                "memory": memprobe.memory(),
+                "db_mb": db_sizes_mb(args.db),
             }
+
+        @action
+        async def probe(self, ctx: ActorContext, trim: bool) -> dict[str, Any]:
+            # Blocks the event loop for a while (gc.get_objects, tracemalloc snapshots).
+            return probe.run(trim=trim)
 
     async def lifecycle(what: str, kind: str, key: str) -> None:
         try:
@@ -348,6 +384,7 @@ class Load:
         self.counter_max: dict[str, int] = {}
         self.conflicts = 0
         self.samples: list[dict[str, Any]] = []
+        self.probes: list[dict[str, Any]] = []
         self.started = time.monotonic()
         self.control_ready = trio.Event()
         self.final = trio.Event()
@@ -557,6 +594,8 @@ class Load:
                 "answered": self.counts["answered"],
                 "server_loop_lag_max_s": stats.get("loop_lag_max_s"),
                 "server_allocated_blocks": stats.get("allocated_blocks"),
+                **memory_fields(stats.get("memory")),
+                "server_db_mb": stats.get("db_mb"),
                 "errors": sum(self.errors.values()),
                 "stopping": self.stop.is_set(),
             }
@@ -567,6 +606,33 @@ class Load:
                 return
             with trio.move_on_after(self.args.sample_interval):
                 await self.stop.wait()
+
+    async def probe(self, control: Control, *, trim: bool) -> None:
+        """One memory probe of the server (see ``memprobe.Probe``), kept for the report."""
+        record: dict[str, Any] = {"t": self.elapsed(), "trim": trim}
+        for attempt in range(3):  # the control connection may be reconnecting
+            try:
+                with trio.fail_after(120):
+                    record.update(await control.call("probe", trim))
+                record.pop("error", None)
+                break
+            except Exception as exc:  # a failed probe is reported, not fatal
+                record["error"] = repr(exc)
+                await trio.sleep(1.0 + attempt)
+        record["t_done"] = self.elapsed()
+        self.probes.append(record)
+        if self.args.probe_file:
+            append_json_line(self.args.probe_file, record)
+        print(json.dumps(probe_summary(record)), file=sys.stderr, flush=True)
+
+    async def prober(self, control: Control) -> None:
+        """A probe every ``--probe-interval`` seconds while the load runs."""
+        while True:
+            with trio.move_on_after(self.args.probe_interval):
+                await self.stop.wait()
+            if self.stop.is_set():
+                return
+            await self.probe(control, trim=self.args.trim == "probes")
 
     # ------------------------------------------------------------ run
 
@@ -585,8 +651,13 @@ class Load:
                     await trio.sleep(ramp / args.connections)
                 self.counts["ramp seconds"] = int(self.elapsed())
                 load.start_soon(self.cycles, control)
+                if args.probe_interval:
+                    load.start_soon(self.prober, control)
                 with trio.move_on_after(max(0.0, args.minutes * 60 - self.elapsed())):
                     await trio.sleep_forever()
+                if args.probe_interval or args.trim != "none":
+                    # The last probe, under load (trimmed unless --trim none).
+                    await self.probe(control, trim=args.trim != "none")
                 self.stop.set()
             # Every connection closed by the client; the last statistics, then the drain.
             server_stats: dict[str, Any] = {}
@@ -597,6 +668,51 @@ class Load:
             process.send_signal(signal.SIGTERM)  # the server drains: every connection gets 1012
             nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_TIMEOUT
         return server_stats
+
+
+def memory_fields(memory: dict[str, Any] | None) -> dict[str, Any]:
+    """Sample fields from the server's ``memprobe.memory()`` (MB): RSS by kind of page, the
+    glibc heap (in use / free inside it / mmapped), pymalloc arenas and their live blocks."""
+    if not memory:
+        return {}
+    proc = memory.get("proc") or {}
+    malloc = memory.get("malloc") or {}
+    pym = memory.get("pymalloc") or {}
+    return {
+        "server_rss_anon_mb": proc.get("RssAnon"),
+        "server_rss_file_mb": proc.get("RssFile"),
+        "server_rss_shmem_mb": proc.get("RssShmem"),
+        "server_threads": proc.get("Threads"),
+        "server_malloc_in_use_mb": malloc.get("in_use"),
+        "server_malloc_free_mb": malloc.get("free"),
+        "server_malloc_mmapped_mb": malloc.get("mmapped"),
+        "server_pymalloc_arenas_mb": pym.get("arenas_mb"),
+        "server_pymalloc_blocks_mb": pym.get("allocated_blocks_mb"),
+        "server_tracemalloc_mb": memory.get("tracemalloc_mb"),
+    }
+
+
+def probe_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The short form of a probe for the report and the progress log."""
+    out: dict[str, Any] = {"probe_t": record.get("t")}
+    if "error" in record:
+        out["error"] = record["error"]
+        return out
+    out.update(memory_fields(record.get("before")))
+    out["malloc_info"] = record.get("malloc_info")
+    gc_info = record.get("gc") or {}
+    out["gc_objects"] = gc_info.get("objects")
+    out["gc_growth_since_first"] = gc_info.get("growth_since_first")
+    tm = record.get("tracemalloc")
+    if tm:
+        out["tracemalloc_traced_mb"] = tm.get("traced_mb")
+        out["tracemalloc_growth_since_first"] = tm.get("since_first_by_lineno", [])[:8]
+    if "trim_rss_mb" in record:
+        out["malloc_trim_rss_mb"] = record["trim_rss_mb"]
+        after = record.get("after_trim") or {}
+        out["after_trim"] = memory_fields(after)
+        out["after_trim"]["malloc_info"] = after.get("malloc_info")
+    return out
 
 
 def _mean(values: Any) -> float | None:
@@ -686,6 +802,18 @@ def report(load: Load, server_stats: dict[str, Any], stopped: dict[str, Any] | N
                 }
                 for s in samples
             ],
+            "measures": "server_mb is the server process's VmRSS (psutil rss): anonymous + "
+            "file-backed + shared pages; samples_detail splits it and shows glibc's heap "
+            "(in use / free inside it) and pymalloc's arenas",
+            "samples_detail": [
+                {
+                    k: v
+                    for k, v in s.items()
+                    if k == "t" or (k.startswith("server_") and k.endswith("_mb"))
+                }
+                for s in samples
+            ],
+            "probes": [probe_summary(p) for p in load.probes],
         },
         "cpu": {
             "server_percent_mean": _mean(s["server_cpu_percent"] for s in warm),
@@ -712,6 +840,10 @@ async def drive(
         str(args.sleep_timeout),
         "--max-connections",
         str(args.connections + 100),
+        "--tracemalloc",
+        str(args.tracemalloc),
+        "--recv-size",
+        str(args.recv_size),
     ]
     process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=server_log)
     try:
@@ -783,9 +915,49 @@ def main() -> None:
     parser.add_argument("--server-log", default=None)
     parser.add_argument("--db", default=None, help="(serve) SQLite file")
     parser.add_argument("--max-connections", type=int, default=10_000, help="(serve)")
+    parser.add_argument(
+        "--probe-interval",
+        type=float,
+        default=0.0,
+        help="seconds between memory probes of the server (gc types, tracemalloc diffs, "
+        "malloc_trim); 0: none. Each probe stalls the server's loop for a moment",
+    )
+    parser.add_argument(
+        "--trim",
+        choices=["none", "probes", "end"],
+        default="none",
+        help="malloc_trim(0) in the server at every probe, or only at the last one (taken "
+        "just before the load stops); the probe reports the RSS before and after",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        help="trace the server's allocations with this many frames (0: off; slows it down)",
+    )
+    parser.add_argument("--probe-file", default=None, help="JSON lines, one per probe")
+    parser.add_argument(
+        "--recv-size",
+        type=int,
+        default=0,
+        help="experiment: the server's bytes per socket recv when trio-websocket asks for "
+        "its default (trio's DEFAULT_RECEIVE_SIZE, 64 KiB); 0: unchanged",
+    )
     args = parser.parse_args()
     if args.mode == "serve":
         raise_fd_limit()
+        if args.tracemalloc:
+            import tracemalloc
+
+            tracemalloc.start(args.tracemalloc)
+        if args.recv_size:
+            # Experiment: the server asks trio-websocket for receive_some(None), i.e. trio's
+            # DEFAULT_RECEIVE_SIZE (64 KiB) per recv; each idle connection then pins its last
+            # recv's bytes (a 64 KiB malloc shrunk in place) in glibc's heap.
+            import importlib
+
+            highlevel_socket = importlib.import_module("trio._highlevel_socket")
+            highlevel_socket.DEFAULT_RECEIVE_SIZE = args.recv_size  # type: ignore[attr-defined]
         trio.run(serve, args)
         return
     soft = raise_fd_limit()
