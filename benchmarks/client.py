@@ -1,8 +1,19 @@
-"""Load generator process: ``python -m benchmarks.client WORKLOAD --port P [options]``.
+"""Load generator process.
 
-Prints ``READY <tag>`` lines (then waits for a line on stdin) where the runner measures the
-server between phases, and one final line ``{"result": {...}}``. Every loop is bounded in
-count, and the whole process by ``HARD_TIMEOUT``.
+``python -m benchmarks.client WORKLOAD --port P [options]``
+    one run: prints ``READY <tag>`` lines (then waits for a line on stdin) where the runner
+    measures the server between phases, and one final line ``{"result": {...}}``.
+``python -m benchmarks.client serve``
+    many runs in one process (the runner keeps one per workload, so that a run does not pay
+    for a Python start-up and the imports): reads one JSON list of arguments (the argv of the
+    form above) per line from stdin, runs it in a fresh ``trio.run`` and answers with the same
+    lines, ``{"error": "..."}`` instead of a result if the run raised; ``gc.collect()`` between
+    runs. Exits at end of input, after ``HARD_TIMEOUT`` without a command, or right after the
+    result of a run with ``--abort`` (see ``exit_with``).
+
+Result lines carry ``cpu_s``, the load generator's CPU seconds for the run.
+
+Every loop is bounded in count, and every run by ``HARD_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -10,17 +21,25 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import gc
 import itertools
 import json
+import os
 import random
+import select
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    open_websocket,
+    wrap_client_stream,
+)
 
 from .common import HARD_TIMEOUT, HOST, MSG32, raise_fd_limit, ws_options
 
@@ -28,6 +47,24 @@ OPEN_CONCURRENCY = 64
 """Connections being opened at once (the listen backlog is never the limit)."""
 
 OPEN_TIMEOUT = 30.0
+
+CLOSE_WAIT = 30.0
+"""Bound on a client-initiated close handshake of a connection from ``open_many``."""
+
+LIVE_TIMEOUT = 30.0
+"""Bound on waiting for the server to report every opened connection live (set up on its
+actor) before a finalize / drain / memory measurement."""
+
+START_DELAY = 0.1
+"""tail: the schedule starts this long after the last connection is open."""
+
+LOAD_GRACE = 60.0
+"""tail: bound on the load phase beyond its schedule (a connection still waiting for an echo
+then is cancelled and counted as unfinished)."""
+
+SETTLE = 0.25
+"""finalize: wait after the last close before reading the actor's lifecycle and hook counts
+(a re-wake by the teardown, as once happened, shows up within this)."""
 
 
 @asynccontextmanager
@@ -40,6 +77,33 @@ async def ready(tag: str) -> None:
     """Tell the runner a phase is done and wait for its go."""
     print(f"READY {tag}", flush=True)
     await trio.to_thread.run_sync(sys.stdin.readline)
+
+
+RUN_CPU = [0.0]
+"""``time.process_time()`` at the start of the current run (its CPU seconds go with the
+result, as ``cpu_s``)."""
+
+
+def exit_with(result: dict[str, Any]) -> NoReturn:
+    """``--abort``: print the run's result and end the process at once, closing nothing (the
+    kernel drops the connections). Used where the server is stopped right after the run: a
+    load generator tearing down 10,000 connections costs seconds of CPU that measure nothing;
+    the runner starts a new load generator (while it starts the next server)."""
+    print(json.dumps({"result": result, "cpu_s": time.process_time() - RUN_CPU[0]}), flush=True)
+    os._exit(0)
+
+
+class Phases:
+    """Seconds spent in each phase of a run (where a run's wall time goes)."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.out[phase] = round(now - self._last, 4)
+        self._last = now
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -174,34 +238,58 @@ async def connect(port: int, n: int, baseline: bool, tag: str) -> dict[str, Any]
 # ---------------------------------------------------------------------------- many connections
 
 
+async def connect_lean(readers: trio.Nursery, port: int, path: str) -> WebSocketConnection:
+    """A trio-websocket client connection over a plain TCP socket, its reader task in
+    ``readers``: the same ``WebSocketConnection``, handshake and reader as ``open_websocket``
+    without its per-connection costs (host resolution, happy eyeballs, a nursery), which
+    made the load generator, not the server, the bottleneck when opening thousands of
+    connections. The caller closes it."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    try:
+        await sock.connect((HOST, port))
+    except BaseException:
+        sock.close()
+        raise
+    stream = trio.SocketStream(sock)
+    try:
+        return await wrap_client_stream(readers, stream, f"{HOST}:{port}", path, **ws_options())
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
 async def open_many(
     nursery: trio.Nursery,
     port: int,
     paths: list[str],
     on_open: Any,
 ) -> None:
-    """Open one task per path (OPEN_CONCURRENCY at a time); each runs ``on_open(i, ws)`` on
-    its connection, then closes it. Returns when every connection is open."""
+    """Open one connection per path (OPEN_CONCURRENCY at a time, see ``connect_lean``; the
+    tasks and readers run in ``nursery``); each runs ``on_open(i, ws)`` on its connection,
+    then closes it (close handshake, bounded; none if ``nursery`` is cancelled). Returns when
+    every connection is open."""
     gate = trio.Semaphore(OPEN_CONCURRENCY)
     opened = trio.Semaphore(0)
     failures: list[BaseException] = []
 
     async def one(i: int, path: str) -> None:
         await gate.acquire()
-        pending = True
         try:
-            async with ws_connect(port, path) as ws:
-                gate.release()
-                opened.release()
-                pending = False
-                await on_open(i, ws)
+            with trio.fail_after(OPEN_TIMEOUT):
+                ws = await connect_lean(nursery, port, path)
         except Exception as exc:
-            if pending:
-                failures.append(exc)
+            failures.append(exc)
+            return
         finally:
-            if pending:
-                gate.release()
-                opened.release()
+            gate.release()
+            opened.release()
+        try:
+            await on_open(i, ws)
+        except Exception:  # e.g. ConnectionClosed: the workload counts what it needs
+            pass
+        finally:
+            with trio.move_on_after(CLOSE_WAIT):
+                await ws.aclose()
 
     for i, path in enumerate(paths):
         nursery.start_soon(one, i, path)
@@ -212,17 +300,45 @@ async def open_many(
         raise RuntimeError(f"{len(failures)} connections failed to open: {failures[0]!r}")
 
 
-async def hold(port: int, n: int, path: str) -> dict[str, Any]:
+def _target(path: str) -> tuple[str, str]:
+    """``(name, key)`` of an ``/actors/NAME/KEY/...`` path."""
+    parts = path.split("?", 1)[0].split("/")
+    return parts[2], parts[3]
+
+
+async def wait_live(ctl: Protocol, name: str, key: str | None, n: int) -> dict[str, Any]:
+    """Ask the server to wait (bounded) until ``n`` connections to ``name``/``key`` (every key
+    if None) are live on their actor; returns ``{"live": count, "waited_s": seconds}``."""
+    with trio.fail_after(LIVE_TIMEOUT + 10):
+        out: dict[str, Any] = await ctl.call("wait_live", name, key, n, LIVE_TIMEOUT)
+    return out
+
+
+async def hold(port: int, n: int, path: str, warmup: int, abort: bool) -> dict[str, Any]:
+    """``warmup`` round trips on one connection (closed again), ``READY before``; ``n`` idle
+    connections to ``path``, ``READY held`` once the server reports all of them live; then
+    close them (``abort``: see ``exit_with``)."""
     release = trio.Event()
 
     async def idle(i: int, ws: WebSocketConnection) -> None:
         await release.wait()
 
-    async with trio.open_nursery() as nursery:
-        await open_many(nursery, port, [path] * n, idle)
-        await ready("held")
-        release.set()
-    return {"held": n}
+    name, key = _target(path)
+    async with control(port) as ctl:
+        if warmup:
+            await rtt(port, path, warmup, 0)
+        await ready("before")
+        async with trio.open_nursery() as nursery:
+            t0 = time.perf_counter()
+            await open_many(nursery, port, [path] * n, idle)
+            open_s = time.perf_counter() - t0
+            live = await wait_live(ctl, name, key, n)
+            await ready("held")
+            result = {"held": n, "open_s": open_s, "live": live}
+            if abort:
+                exit_with(result)
+            release.set()
+    return result
 
 
 async def await_close(ws: WebSocketConnection) -> tuple[float, int]:
@@ -235,59 +351,84 @@ async def await_close(ws: WebSocketConnection) -> tuple[float, int]:
         return time.perf_counter(), code
 
 
-async def finalize(port: int, n: int, close_wait: float) -> dict[str, Any]:
-    """One echo actor with ``n`` raw (non-hibernatable) connections; sleep it; time until
-    every client has its close frame."""
-    key = f"fin-{n}"
+async def finalize(
+    port: int, n: int, close_wait: float, baseline: bool, tag: str, abort: bool
+) -> dict[str, Any]:
+    """One echo actor with ``n`` raw (non-hibernatable) connections; once the server reports
+    all ``n`` live on it, sleep it (``control.sleep_actor``); time until every client has its
+    close frame. The baseline server closes its ``n`` connections of that path with 1001.
+    ``abort``: see ``exit_with``."""
+    key = f"fin-{n}{tag}"
     closed: list[tuple[float, int]] = []
     all_closed = trio.Event()
+    probed = trio.Event()
 
     async def watch(i: int, ws: WebSocketConnection) -> None:
         if i == 0:  # prove the actor is live end to end before the trigger
             with contextlib.suppress(ConnectionClosed):  # counted below via its close code
                 await ws.send_message(MSG32)
                 await ws.get_message()
+            probed.set()
         closed.append(await await_close(ws))
         if len(closed) == n:
             all_closed.set()
 
-    async with control(port) as ctl:
-        async with trio.open_nursery() as nursery:
-            await open_many(nursery, port, [f"/actors/echo/{key}/ws"] * n, watch)
-            stats = await ctl.call("stats")
-            t0 = time.perf_counter()
-            sleep_error = None
-            try:
-                server_s = await ctl.call("sleep_actor", "echo", key)
-            except RuntimeError as exc:  # e.g. actor.stopping: the sleep outran its budget
-                server_s = None
-                sleep_error = str(exc)[:300]
-            with trio.move_on_after(close_wait):
-                await all_closed.wait()
-            nursery.cancel_scope.cancel()
-        await trio.sleep(0.5)
-        after = await ctl.call("lifecycle", "echo", key)
-        after["hooks"] = {
-            k: v for k, v in (await ctl.call("stats"))["hooks"].items() if k.endswith(key)
+    after: dict[str, Any] | None = None
+    phases = Phases()
+    async with control(port) as ctl, trio.open_nursery() as nursery:
+        t_open = time.perf_counter()
+        await open_many(nursery, port, [f"/actors/echo/{key}/ws"] * n, watch)
+        open_s = time.perf_counter() - t_open
+        phases.mark("open")
+        live = await wait_live(ctl, "echo", key, n)
+        phases.mark("live")
+        with trio.move_on_after(LIVE_TIMEOUT):
+            await probed.wait()
+        stats = await ctl.call("stats")
+        t0 = time.perf_counter()
+        sleep_error = None
+        try:
+            server_s = await ctl.call("sleep_actor", "echo", key)
+        except RuntimeError as exc:  # e.g. actor.stopping: the sleep outran its budget
+            server_s = None
+            sleep_error = str(exc)[:300]
+        phases.mark("sleep_actor")
+        with trio.move_on_after(close_wait):
+            await all_closed.wait()
+        phases.mark("all_closed")
+        if not baseline:
+            await trio.sleep(SETTLE)
+            after = await ctl.call("lifecycle", "echo", key)
+            hooks = (await ctl.call("stats"))["hooks"]
+            after["hooks"] = {k: v for k, v in hooks.items() if k.split(":", 1)[1] == key}
+        phases.mark("after")
+        codes = collections.Counter(code for _, code in closed)
+        last = max((t for t, _ in closed), default=float("nan"))
+        result = {
+            "n": n,
+            "open_s": open_s,
+            "live_before": live,
+            "connections_before": stats["connections"],
+            "seconds": last - t0,
+            "server_seconds": server_s,
+            "codes": {str(k): v for k, v in codes.items()},
+            "abnormal": n - codes.get(1001, 0),
+            "closed": len(closed),
+            "sleep_error": sleep_error,
+            "actor_after": after,
+            "phases": phases.out,
         }
-    codes = collections.Counter(code for _, code in closed)
-    last = max((t for t, _ in closed), default=float("nan"))
-    return {
-        "n": n,
-        "connections_before": stats["connections"],
-        "seconds": last - t0,
-        "server_seconds": server_s,
-        "codes": {str(k): v for k, v in codes.items()},
-        "abnormal": n - codes.get(1001, 0),
-        "closed": len(closed),
-        "sleep_error": sleep_error,
-        "actor_after": after,
-    }
+        if abort:
+            exit_with(result)
+        nursery.cancel_scope.cancel()
+    return result
 
 
-async def drain(port: int, actors: int, per: int, close_wait: float) -> dict[str, Any]:
+async def drain(port: int, actors: int, per: int, close_wait: float, abort: bool) -> dict[str, Any]:
     """``actors`` drainer actors with ``per`` raw connections each, one message per
-    connection (state n = per); shut the registry down; time until all are closed."""
+    connection (state n = per); once the server reports all of them live, shut the registry
+    down (the baseline server: close every connection with 1012); time until all are
+    closed. ``abort``: see ``exit_with``."""
     n = actors * per
     closed: list[tuple[float, int]] = []
     all_closed = trio.Event()
@@ -306,11 +447,18 @@ async def drain(port: int, actors: int, per: int, close_wait: float) -> dict[str
             all_closed.set()
 
     paths = [f"/actors/drainer/d{i % actors}/ws" for i in range(n)]
+    phases = Phases()
     async with control(port) as ctl, trio.open_nursery() as nursery:
+        t_open = time.perf_counter()
         await open_many(nursery, port, paths, watch)
+        open_s = time.perf_counter() - t_open
+        phases.mark("open")
         # Every connection's message must be echoed (counted in state) before the trigger.
         with trio.fail_after(OPEN_TIMEOUT):
             await all_echoed.wait()
+        phases.mark("echoed")
+        live = await wait_live(ctl, "drainer", None, n)
+        phases.mark("live")
         t0 = time.perf_counter()
 
         async def ctl_watch() -> None:
@@ -323,15 +471,22 @@ async def drain(port: int, actors: int, per: int, close_wait: float) -> dict[str
         nursery.start_soon(ctl_watch)
         with trio.move_on_after(close_wait):
             await all_closed.wait()
+        phases.mark("all_closed")
+        codes = collections.Counter(code for _, code in closed)
+        last = max((t for t, _ in closed), default=float("nan"))
+        result = {
+            "connections": n,
+            "open_s": open_s,
+            "live_before": live,
+            "phases": phases.out,
+            "seconds": last - t0,
+            "codes": {str(k): v for k, v in codes.items()},
+            "not_1012": n + 1 - codes.get(1012, 0),
+        }
+        if abort:
+            exit_with(result)
         nursery.cancel_scope.cancel()
-    codes = collections.Counter(code for _, code in closed)
-    last = max((t for t, _ in closed), default=float("nan"))
-    return {
-        "connections": n,
-        "seconds": last - t0,
-        "codes": {str(k): v for k, v in codes.items()},
-        "not_1012": n + 1 - codes.get(1012, 0),
-    }
+    return result
 
 
 async def awake_mem(port: int, n: int) -> dict[str, Any]:
@@ -355,19 +510,29 @@ async def awake_mem(port: int, n: int) -> dict[str, Any]:
 
 
 async def tail(
-    port: int, conns: int, actors: int, rate: float, duration: float, warmup: float
+    port: int,
+    conns: int,
+    actors: int,
+    rate: float,
+    duration: float,
+    warmup: float,
+    abort: bool,
 ) -> dict[str, Any]:
     """``conns`` raw echo connections over ``actors`` actors, each sending a 32 B message
     every 1/rate s on a fixed schedule (random phase) and waiting for its echo; round-trip
-    times of messages sent after ``warmup`` s are recorded."""
+    times of messages sent after ``warmup`` s are recorded. Then the connections are closed
+    (``abort``: see ``exit_with``)."""
     latencies: list[float] = []
     late: list[int] = [0]
     period = 1.0 / rate
     box = {"start": 0.0}
     go = trio.Event()
     sent = [0]
+    finished = [0]
+    all_finished = trio.Event()
+    release = trio.Event()
 
-    async def load(i: int, ws: WebSocketConnection) -> None:
+    async def schedule(ws: WebSocketConnection) -> None:
         await go.wait()
         begin = box["start"] + random.random() * period
         end = box["start"] + warmup + duration
@@ -390,39 +555,49 @@ async def tail(
             sent[0] += 1
             k += 1
 
+    async def load(i: int, ws: WebSocketConnection) -> None:
+        try:
+            await schedule(ws)
+        finally:
+            finished[0] += 1
+            if finished[0] == conns:
+                all_finished.set()
+        await release.wait()
+
     paths = [f"/actors/echo/t{i % actors}/ws" for i in range(conns)]
     async with trio.open_nursery() as nursery:
         await open_many(nursery, port, paths, load)
-        box["start"] = trio.current_time() + 0.5
+        # Every task is past ``go`` well within this; the warm-up absorbs the rest.
+        box["start"] = trio.current_time() + START_DELAY
         go.set()
-    return {
-        "connections": conns,
-        "actors": actors,
-        "rate_per_conn": rate,
-        "duration_s": duration,
-        "sent": sent[0],
-        "skipped_late": late[0],
-        **percentiles(latencies),
-    }
+        with trio.move_on_after(START_DELAY + warmup + duration + LOAD_GRACE):
+            await all_finished.wait()
+        result = {
+            "connections": conns,
+            "actors": actors,
+            "rate_per_conn": rate,
+            "duration_s": duration,
+            "sent": sent[0],
+            "skipped_late": late[0],
+            "unfinished": conns - finished[0],
+            **percentiles(latencies),
+        }
+        if abort:
+            exit_with(result)
+        if finished[0] < conns:
+            nursery.cancel_scope.cancel()
+        else:
+            release.set()  # close handshakes (bounded by CLOSE_WAIT)
+    return result
 
 
-def main(argv: list[str] | None = None) -> int:
+WORKLOADS = ("rtt", "pipe", "action", "connect", "hold", "finalize", "drain", "tail", "awake_mem")
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.client")
-    p.add_argument(
-        "workload",
-        choices=[
-            "rtt",
-            "pipe",
-            "action",
-            "connect",
-            "hold",
-            "finalize",
-            "drain",
-            "tail",
-            "awake_mem",
-        ],
-    )
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("workload", choices=[*WORKLOADS, "serve"])
+    p.add_argument("--port", type=int, default=0)
     p.add_argument("--path", default="/actors/echo/a/ws")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--warmup", type=float, default=1000)
@@ -433,32 +608,69 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--tag", default="", help="makes actor keys unique per run")
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--abort",
+        action="store_true",
+        help="hold, tail, finalize, drain: exit the process right after the result, closing "
+        "nothing (the server is stopped next)",
+    )
+    return p
+
+
+async def run_one(a: argparse.Namespace) -> dict[str, Any]:
+    with trio.fail_after(HARD_TIMEOUT):
+        w = a.workload
+        if w == "rtt":
+            return await rtt(a.port, a.path, a.n, int(a.warmup))
+        if w == "pipe":
+            return await pipe(a.port, a.path, a.n)
+        if w == "action":
+            return await action(a.port, a.path, a.n, int(a.warmup), a.baseline)
+        if w == "connect":
+            return await connect(a.port, a.n, a.baseline, a.tag)
+        if w == "hold":
+            return await hold(a.port, a.n, a.path, int(a.warmup), a.abort)
+        if w == "finalize":
+            return await finalize(a.port, a.n, a.timeout, a.baseline, a.tag, a.abort)
+        if w == "drain":
+            return await drain(a.port, a.actors, a.per, a.timeout, a.abort)
+        if w == "awake_mem":
+            return await awake_mem(a.port, a.n)
+        return await tail(a.port, a.n, a.actors, a.rate, a.duration, a.warmup, a.abort)
+
+
+def serve() -> int:
+    """Run one command line after another (see the module docstring)."""
+    while True:
+        readable, _, _ = select.select([sys.stdin], [], [], HARD_TIMEOUT)
+        if not readable:
+            return 1
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        if not line.strip():
+            continue
+        try:
+            args = parser().parse_args(json.loads(line))
+            if args.workload == "serve":
+                raise ValueError("serve inside serve")
+            RUN_CPU[0] = time.process_time()
+            out: dict[str, Any] = {"result": trio.run(run_one, args)}
+            out["cpu_s"] = time.process_time() - RUN_CPU[0]
+        except (Exception, SystemExit) as exc:  # report it; the next command gets a clean run
+            out = {"error": repr(exc)[:2000]}
+        print(json.dumps(out), flush=True)
+        gc.collect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
     raise_fd_limit()
-
-    async def run() -> dict[str, Any]:
-        with trio.fail_after(HARD_TIMEOUT):
-            w = a.workload
-            if w == "rtt":
-                return await rtt(a.port, a.path, a.n, int(a.warmup))
-            if w == "pipe":
-                return await pipe(a.port, a.path, a.n)
-            if w == "action":
-                return await action(a.port, a.path, a.n, int(a.warmup), a.baseline)
-            if w == "connect":
-                return await connect(a.port, a.n, a.baseline, a.tag)
-            if w == "hold":
-                return await hold(a.port, a.n, a.path)
-            if w == "finalize":
-                return await finalize(a.port, a.n, a.timeout)
-            if w == "drain":
-                return await drain(a.port, a.actors, a.per, a.timeout)
-            if w == "awake_mem":
-                return await awake_mem(a.port, a.n)
-            return await tail(a.port, a.n, a.actors, a.rate, a.duration, a.warmup)
-
-    result = trio.run(run)
-    print(json.dumps({"result": result}), flush=True)
+    if a.workload == "serve":
+        return serve()
+    RUN_CPU[0] = time.process_time()
+    result = trio.run(run_one, a)
+    print(json.dumps({"result": result, "cpu_s": time.process_time() - RUN_CPU[0]}), flush=True)
     return 0
 
 

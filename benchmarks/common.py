@@ -16,9 +16,10 @@ MAX_MESSAGE_SIZE: Final = 16 * 2**20
 """trio-websocket ``max_message_size`` on every server and client (actorcore's server uses
 16 MiB for its library limit; the baseline server is given the same)."""
 
-RECEIVE_BUFFER_SIZE: Final = None
-"""trio-websocket ``receive_buffer_size`` on every server and client (actorcore's server uses
-None, i.e. trio's 64 KiB default; the baseline server and all clients use the same)."""
+RECEIVE_BUFFER_SIZE: Final = 4096
+"""trio-websocket ``receive_buffer_size`` on every server and client: actorcore's server reads
+4 KiB at a time (``actorcore.ws.server.RECEIVE_BUFFER``, which keeps the heap from fragmenting
+under thousands of idle connections); the baseline server and all clients use the same."""
 
 CLOSE_TIMEOUT: Final = 2.0
 """``disconnect_timeout`` of the baseline server (actorcore's server derives 2 s too)."""

@@ -1,15 +1,17 @@
 """The driver: ``python -m benchmarks [NAME ...] [--quick] [--reps N] [--update-doc]``.
 
-Each workload starts a fresh server process (:mod:`benchmarks.server`, pinned to CPU 0) and a
-load-generator process (:mod:`benchmarks.client`, pinned to CPU 1) per repetition; actorcore
-and its baseline alternate within each repetition. Results: a table on stdout,
-``benchmarks/results/latest.json`` and ``latest.md``; ``--update-doc`` pastes the Markdown into
-``docs/benchmarks.md`` between its result markers.
+Each run of a workload gets a fresh server process (:mod:`benchmarks.server`, pinned to CPU 0;
+``--quick``: one server per side for all runs of a workload, except where the run ends the
+server); every workload has one load-generator process (:mod:`benchmarks.client` ``serve``,
+pinned to CPU 1) that does all its runs. actorcore and its baseline alternate within each
+repetition. Results: a table on stdout, ``benchmarks/results/latest.json`` and ``latest.md``;
+``--update-doc`` pastes the Markdown into ``docs/benchmarks.md`` between its result markers.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -156,6 +158,9 @@ class Proc:
         self.p.stdin.flush()
 
     def stop(self) -> None:
+        if self.p.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.p.stdin.close()  # a load generator in serve mode exits at end of input
         if self.p.poll() is None:
             self.p.terminate()
             try:
@@ -169,16 +174,57 @@ class Proc:
 class Bench:
     def __init__(self, sizes: Sizes, reps: int, logdir: Path, *, shared: bool) -> None:
         self.shared = shared
-        """Quick mode: one server per workload and side, reused by every run (a fresh load
-        generator per run); the full run starts a fresh server for every run."""
+        """Quick mode: one server per workload and side, reused by every run (where the run
+        does not end it); the full run starts a fresh server for every run."""
         self.sizes = sizes
         self.reps = reps
         self.logdir = logdir
         self.count = 0
+        self.workload = "client"
+        self.loadgen: Proc | None = None
+        """The load generator of the current workload (``benchmarks.client serve``)."""
+        self.t0 = time.perf_counter()
+        self.timeline = (logdir / "timeline.log").open("a")
+        """One line per server start and load-generator run: where the wall time goes, and
+        for a run the CPU seconds of its server and load generator (on a busy machine the
+        larger of the two is about what the run's wall time would be on a quiet one)."""
+        self.pids: dict[int, int] = {}
+        """Server pid by port."""
+
+    def mark(self, what: str, since: float) -> None:
+        now = time.perf_counter()
+        self.timeline.write(f"{since - self.t0:8.2f} {now - since:7.2f} s  {what}\n")
+        self.timeline.flush()
 
     def _log(self, what: str) -> Path:
         self.count += 1
         return self.logdir / f"{self.count:03d}-{what}.log"
+
+    @contextlib.contextmanager
+    def session(self, workload: str) -> Iterator[None]:
+        """One workload: its load generator lives until the end of it."""
+        self.workload = workload
+        try:
+            yield
+        finally:
+            self.stop_loadgen()
+
+    def start_loadgen(self) -> Proc:
+        """The workload's load generator, started if it is not running (it starts while a
+        server starts: they are on different CPUs)."""
+        if self.loadgen is None or self.loadgen.p.poll() is not None:
+            self.stop_loadgen()
+            self.loadgen = Proc(
+                ["-m", "benchmarks.client", "serve"],
+                CLIENT_CPU,
+                self._log(f"client-{self.workload}"),
+            )
+        return self.loadgen
+
+    def stop_loadgen(self) -> None:
+        if self.loadgen is not None:
+            self.loadgen.stop()
+            self.loadgen = None
 
     @contextlib.contextmanager
     def server(self, kind: str, *extra: str) -> Iterator[tuple[int, int, Proc]]:
@@ -188,7 +234,11 @@ class Bench:
             self._log(f"server-{kind}"),
         )
         try:
+            t = time.perf_counter()
+            self.start_loadgen()
             info = json.loads(proc.line(30))
+            self.mark(f"{self.workload}: server {kind} {' '.join(extra)} up", t)
+            self.pids[info["port"]] = info["pid"]
             yield info["port"], info["pid"], proc
         finally:
             proc.stop()
@@ -201,9 +251,16 @@ class Bench:
         on_ready: Callable[[str], None] | None = None,
         timeout: float = HARD_TIMEOUT,
     ) -> dict[str, Any]:
-        argv = ["-m", "benchmarks.client", workload, "--port", str(port), *map(str, args)]
-        proc = Proc(argv, CLIENT_CPU, self._log(f"client-{workload}"))
+        """One run of ``workload`` on the load generator; its result. A run that does not
+        answer within ``timeout`` takes the load generator down (the next run starts one)."""
+        argv = [workload, "--port", str(port), *map(str, args)]
+        proc = self.start_loadgen()
+        ok = False
+        t = time.perf_counter()
+        server_cpu0 = _cpu(self.pids.get(port))
+        client_cpu: float | None = None
         try:
+            proc.send(json.dumps(argv) + "\n")
             deadline = time.monotonic() + timeout
             while True:
                 line = proc.line(max(1.0, deadline - time.monotonic()))
@@ -212,11 +269,26 @@ class Bench:
                         on_ready(line[6:])
                     proc.send("\n")
                 elif line.startswith("{"):
-                    result: dict[str, Any] = json.loads(line)["result"]
-                    proc.p.wait(30)
+                    answer = json.loads(line)
+                    ok = True
+                    client_cpu = answer.get("cpu_s")
+                    if "error" in answer:
+                        raise RuntimeError(f"{workload} failed: {answer['error']}")
+                    result: dict[str, Any] = answer["result"]
                     return result
         finally:
-            proc.stop()
+            server_cpu1 = _cpu(self.pids.get(port))
+            server_cpu = None
+            if server_cpu0 is not None and server_cpu1 is not None:
+                server_cpu = server_cpu1 - server_cpu0
+            cpu = ["?" if x is None else f"{x:.2f}" for x in (server_cpu, client_cpu)]
+            self.mark(
+                f"{self.workload}: client {' '.join(argv[:1] + argv[3:])}"
+                f"  [cpu: server {cpu[0]} s, load generator {cpu[1]} s]",
+                t,
+            )
+            if not ok or "--abort" in argv:  # an --abort run ends its load generator
+                self.stop_loadgen()
 
     def runs(
         self, kinds: tuple[str, ...], fn: Callable[[str, int, int], Any]
@@ -224,10 +296,11 @@ class Bench:
         """``fn(kind, port, rep)`` for every run of every side, sides alternating per run."""
         res: dict[str, list[Any]] = {k: [] for k in kinds}
         if self.shared:
-            for kind in kinds:
-                with self.server(kind) as (port, _, _):
-                    for rep in range(self.reps):
-                        res[kind].append(fn(kind, port, rep))
+            with contextlib.ExitStack() as stack:
+                ports = {k: stack.enter_context(self.server(k))[0] for k in kinds}
+                for rep in range(self.reps):
+                    for kind in kinds:
+                        res[kind].append(fn(kind, ports[kind], rep))
         else:
             for rep in range(self.reps):
                 for kind in kinds:
@@ -241,6 +314,36 @@ BOTH = ("actorcore", "baseline")
 
 def rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
+
+
+def _cpu(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process so far (None if it is gone)."""
+    if pid is None:
+        return None
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(t.user + t.system)
+
+
+RSS_POLL = 0.05
+RSS_SETTLE_MAX = 2.0
+
+
+def settled_rss(pid: int) -> int:
+    """The server's RSS once two reads RSS_POLL s apart agree (at most RSS_SETTLE_MAX s):
+    the load generator only says READY when the server reports its work done, so this
+    replaces a fixed sleep before the read."""
+    deadline = time.monotonic() + RSS_SETTLE_MAX
+    last = rss(pid)
+    while time.monotonic() < deadline:
+        time.sleep(RSS_POLL)
+        now = rss(pid)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -407,7 +510,7 @@ def w_connect(b: Bench) -> list[dict[str, Any]]:
 def w_tail(b: Bench) -> list[dict[str, Any]]:
     s = b.sizes
     res: dict[str, dict[str, list[float]]] = {
-        k: {"p50": [], "p99": [], "max": [], "skipped_late": [], "sent": []}
+        k: {"p50": [], "p99": [], "max": [], "skipped_late": [], "sent": [], "unfinished": []}
         for k in ("actorcore", "baseline")
     }
 
@@ -425,6 +528,7 @@ def w_tail(b: Bench) -> list[dict[str, Any]]:
             s.tail_duration,
             "--warmup",
             s.tail_warmup,
+            *([] if b.shared else ["--abort"]),  # the server is stopped after the run
         )
         for q in res[kind]:
             res[kind][q].append(r[q])
@@ -443,6 +547,7 @@ def w_tail(b: Bench) -> list[dict[str, Any]]:
             extra = {
                 "sent": {k: res[k]["sent"] for k in res},
                 "skipped_late": {k: res[k]["skipped_late"] for k in res},
+                "unfinished": {k: res[k]["unfinished"] for k in res},
             }
         rows.append(
             row(label, q, "ms", res["actorcore"][q], res["baseline"][q], target, check, extra=extra)
@@ -451,61 +556,146 @@ def w_tail(b: Bench) -> list[dict[str, Any]]:
 
 
 def w_finalize(b: Bench) -> list[dict[str, Any]]:
+    res: dict[tuple[str, int], dict[str, list[Any]]] = {
+        (kind, n): collections.defaultdict(list) for kind in BOTH for n in b.sizes.finalize_ns
+    }
+    fields = ("seconds", "abnormal", "server_seconds", "codes", "open_s", "live_before", "phases")
+
+    def one(kind: str, port: int, n: int, rep: int) -> None:
+        r = b.client(
+            "finalize",
+            port,
+            "--n",
+            n,
+            "--timeout",
+            30,
+            "--tag",
+            f"-{rep}",
+            *(["--baseline"] if kind == "baseline" else []),
+            *([] if b.shared else ["--abort"]),  # the server is stopped after the run
+        )
+        out = res[(kind, n)]
+        for f in fields:
+            out[f].append(r[f])
+        if kind == "actorcore":
+            out["actor_after"].append(r["actor_after"])
+        if r.get("sleep_error"):
+            out["sleep_errors"].append(r["sleep_error"])
+
+    if b.shared:  # one server per side for every run (a new actor key per run)
+        with contextlib.ExitStack() as stack:
+            ports = {k: stack.enter_context(b.server(k))[0] for k in BOTH}
+            for n in b.sizes.finalize_ns:
+                for rep in range(b.reps):
+                    for kind in BOTH:
+                        one(kind, ports[kind], n, rep)
+    else:
+        for n in b.sizes.finalize_ns:
+            for rep in range(b.reps):
+                for kind in BOTH:
+                    with b.server(kind) as (port, _, _):
+                        one(kind, port, n, rep)
     rows = []
     for n in b.sizes.finalize_ns:
-        secs: list[float] = []
-        abnormal: list[float] = []
-        extra: dict[str, Any] = {"server_seconds": [], "actor_after": [], "codes": []}
-        for _ in range(b.reps):
-            with b.server("actorcore") as (port, _, _):
-                r = b.client("finalize", port, "--n", n, "--timeout", 30)
-                secs.append(r["seconds"])
-                abnormal.append(r["abnormal"])
-                extra["server_seconds"].append(r["server_seconds"])
-                extra["actor_after"].append(r["actor_after"])
-                extra["codes"].append(r["codes"])
-                if r.get("sleep_error"):
-                    extra.setdefault("sleep_errors", []).append(r["sleep_error"])
+        ours, base = res[("actorcore", n)], res[("baseline", n)]
         label = f"finalize: sleep an actor holding {n:,} connections"
+        total_abnormal = sum(ours["abnormal"])
         if n >= 10_000:
             target = "<= 1 s, 0 abnormal"
-            total_abnormal = sum(abnormal)
             check = lambda a, _b, t=total_abnormal: a <= 1.0 and t == 0  # noqa: E731
         else:
             target = "0 abnormal (time: no target)"
-            total_abnormal = sum(abnormal)
             check = lambda a, _b, t=total_abnormal: t == 0  # noqa: E731
-        extra["abnormal_closes"] = abnormal
+        extra: dict[str, Any] = {
+            "server_seconds": ours["server_seconds"],
+            "actor_after": ours["actor_after"],
+            "codes": ours["codes"],
+            "abnormal_closes": ours["abnormal"],
+            "live_before": [x["live"] for x in ours["live_before"]],
+            "open_s": ours["open_s"],
+            "baseline_server_seconds": base["server_seconds"],
+            "baseline_codes": base["codes"],
+            "baseline_abnormal": base["abnormal"],
+            "baseline_live_before": [x["live"] for x in base["live_before"]],
+            "baseline_open_s": base["open_s"],
+            "phases_s": ours["phases"],
+            "baseline_phases_s": base["phases"],
+        }
+        if ours.get("sleep_errors"):
+            extra["sleep_errors"] = ours["sleep_errors"]
         rows.append(
-            row(label, "s until every client has 1001", "s", secs, None, target, check, extra=extra)
+            row(
+                label,
+                "s until every client has 1001",
+                "s",
+                ours["seconds"],
+                base["seconds"],
+                target,
+                check,
+                extra=extra,
+            )
         )
     return rows
 
 
 def w_drain(b: Bench) -> list[dict[str, Any]]:
     actors = b.sizes.drain_actors
-    secs: list[float] = []
-    extra: dict[str, Any] = {"server_drain_s": [], "not_1012": [], "lost": [], "codes": []}
+    res: dict[str, dict[str, list[Any]]] = {k: collections.defaultdict(list) for k in BOTH}
     for _ in range(b.reps):
-        with b.server("actorcore") as (port, _, proc):
-            r = b.client("drain", port, "--actors", actors, "--per", 10, "--timeout", 30)
-            stopped = json.loads(proc.line(60))["stopped"]
-            secs.append(r["seconds"])
-            saved_ok = stopped["drainers"]["saved_n"].get("10", 0)
-            extra["lost"].append(actors - saved_ok)
-            extra["not_1012"].append(r["not_1012"])
-            extra["codes"].append(r["codes"])
-            extra["server_drain_s"].append(stopped["drain_s"])
-    bad = sum(extra["lost"]) + sum(extra["not_1012"])
-    extra["client_last_close_s"] = secs
-    total = [max(c, srv) for c, srv in zip(secs, extra["server_drain_s"], strict=True)]
+        for kind in BOTH:  # the run ends the server: always a fresh one
+            with b.server(kind) as (port, _, proc):
+                r = b.client(
+                    "drain", port, "--actors", actors, "--per", 10, "--timeout", 30, "--abort"
+                )
+                stopped = json.loads(proc.line(60))["stopped"]
+                out = res[kind]
+                out["client_last_close_s"].append(r["seconds"])
+                out["server_drain_s"].append(stopped["drain_s"])
+                out["total"].append(max(r["seconds"], stopped["drain_s"]))
+                out["not_1012"].append(r["not_1012"])
+                out["codes"].append(r["codes"])
+                out["live_before"].append(r["live_before"]["live"])
+                out["open_s"].append(r["open_s"])
+                out["phases_s"].append(r["phases"])
+                if stopped["drainers"] is not None:
+                    saved_ok = stopped["drainers"]["saved_n"].get("10", 0)
+                    out["lost"].append(actors - saved_ok)
+    ours, base = res["actorcore"], res["baseline"]
+    bad = sum(ours["lost"]) + sum(ours["not_1012"])
+    extra: dict[str, Any] = {
+        k: ours[k]
+        for k in (
+            "server_drain_s",
+            "client_last_close_s",
+            "not_1012",
+            "lost",
+            "codes",
+            "live_before",
+            "open_s",
+            "phases_s",
+        )
+    }
+    extra.update(
+        {
+            f"baseline_{k}": base[k]
+            for k in (
+                "server_drain_s",
+                "client_last_close_s",
+                "not_1012",
+                "codes",
+                "live_before",
+                "open_s",
+                "phases_s",
+            )
+        }
+    )
     return [
         row(
             f"drain: registry shutdown, {actors:,} awake actors x 10 connections",
             "s until all closed (1012) and state saved",
             "s",
-            total,
-            None,
+            ours["total"],
+            base["total"],
             "<= 2 s, 0 lost",
             lambda a, _b: a <= 2.0 and bad == 0,
             extra=extra,
@@ -522,8 +712,7 @@ def w_mem_awake(b: Bench) -> list[dict[str, Any]]:
             seen: dict[str, int] = {}
 
             def on_ready(tag: str, pid: int = pid, seen: dict[str, int] = seen) -> None:
-                time.sleep(0.5)
-                seen[tag] = rss(pid)
+                seen[tag] = settled_rss(pid)
 
             r = b.client("awake_mem", port, "--n", n, on_ready=on_ready)
             per.append((seen["after"] - seen["before"]) / n)
@@ -548,6 +737,7 @@ def w_mem_asleep(b: Bench) -> list[dict[str, Any]]:
     n = b.sizes.asleep_n
     with tempfile.TemporaryDirectory(prefix="actorcore-bench-") as tmp:
         db = os.path.join(tmp, "asleep.db")
+        t = time.perf_counter()
         pop = Proc(
             ["-m", "benchmarks.server", "populate", "--db", db, "--n", str(n)],
             SERVER_CPU,
@@ -557,6 +747,7 @@ def w_mem_asleep(b: Bench) -> list[dict[str, Any]]:
             info = json.loads(pop.line(600))
         finally:
             pop.stop()
+        b.mark(f"mem_asleep: populate {n}", t)
         db_mb = os.path.getsize(db) / 2**20
         full: list[float] = []
         empty: list[float] = []
@@ -565,8 +756,7 @@ def w_mem_asleep(b: Bench) -> list[dict[str, Any]]:
                 path = db if kind == "populated" else os.path.join(tmp, f"empty-{rep}.db")
                 with b.server("actorcore", "--db", path) as (port, pid, _):
                     b.client("rtt", port, "--n", 200, "--warmup", 0)
-                    time.sleep(0.5)
-                    dest.append(rss(pid))
+                    dest.append(settled_rss(pid))
     per = [(f - e) / n for f, e in zip(full, empty, strict=True)]
     return [
         row(
@@ -594,17 +784,20 @@ def w_mem_conn(b: Bench) -> list[dict[str, Any]]:
         for kind in res:
             with b.server(kind) as (port, pid, _):
                 path = "/actors/echo/idle/ws"
-                b.client("rtt", port, "--path", path, "--n", 200, "--warmup", 0)
-                time.sleep(0.3)
-                before = rss(pid)
                 seen: dict[str, int] = {}
 
                 def on_ready(tag: str, pid: int = pid, seen: dict[str, int] = seen) -> None:
-                    time.sleep(1.0)
-                    seen[tag] = rss(pid)
+                    seen[tag] = settled_rss(pid)
 
-                b.client("hold", port, "--path", path, "--n", n, on_ready=on_ready)
-                res[kind].append((seen["held"] - before) / n)
+                # READY before: after 200 warm-up round trips (connection closed again);
+                # READY held: once the server reports all n connections live.
+                b.client(
+                    "hold",
+                    port,
+                    *("--path", path, "--n", n, "--warmup", 200, "--abort"),
+                    on_ready=on_ready,
+                )
+                res[kind].append((seen["held"] - seen["before"]) / n)
     return [
         row(
             f"memory per idle connection ({n:,} connections)",
@@ -698,6 +891,16 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"wsproto {m['wsproto']}; server pinned to CPU {SERVER_CPU}, load generator to "
         f"CPU {CLIENT_CPU} (taskset: {'yes' if m['taskset'] else 'no'}); load average "
         f"before/after: {meta['loadavg_before']} / {meta['loadavg_after']}.",
+        *(
+            [
+                "",
+                "Wall time per workload: "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in meta["workload_s"].items())
+                + ".",
+            ]
+            if meta.get("workload_s")
+            else []
+        ),
         "",
         "| workload | metric | actorcore | baseline (same run) | ratio | target | result |",
         "|---|---|---|---|---|---|---|",
@@ -817,7 +1020,9 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         print(f"== {name} ...", flush=True)
         try:
-            new = RUNNERS[name](bench)
+            with bench.session(name):
+                new = RUNNERS[name](bench)
+            bench.mark(f"{name}: total", t)
         except Exception as exc:  # one broken workload must not lose the others
             failures[name] = repr(exc)
             print(f"   FAILED: {exc!r}", flush=True)
@@ -835,7 +1040,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         print(f"   ({time.perf_counter() - t:.1f} s)", flush=True)
+        meta.setdefault("workload_s", {})[name] = round(time.perf_counter() - t, 1)
         write_results(rows, meta, failures, time.perf_counter() - t0, done=False)
+    bench.timeline.close()
     md = write_results(rows, meta, failures, time.perf_counter() - t0, done=True)
     print()
     print(md)

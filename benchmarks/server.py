@@ -8,7 +8,12 @@
     sleep and shut down actors).
 ``python -m benchmarks.server baseline --port 0``
     a plain trio-websocket server with the same settings: echo on every path, except raw
-    ``/actors/sink/...`` paths, which count like the ``sink`` actor.
+    ``/actors/sink/...`` paths, which count like the ``sink`` actor, and
+    ``/actors/control/...``, which speaks the same JSON action frames as actorcore's
+    ``control`` actor for the actions the finalize, drain and memory workloads use:
+    ``sleep_actor`` closes every open connection of ``/actors/NAME/KEY/...`` concurrently with
+    1001, ``shutdown`` closes every open connection with 1012 and then exits (printing the same
+    ``{"stopped": {...}}`` line), ``wait_live`` / ``stats`` count open connections.
 ``python -m benchmarks.server populate --db PATH --n N``
     create N asleep ``echo`` actors in a SQLite file (``SQLiteStore.create_many``) and exit.
 
@@ -30,12 +35,23 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 
 from .common import CLOSE_TIMEOUT, HARD_TIMEOUT, HOST, raise_fd_limit, ws_options
+
+CLOSABLE = ("/actors/echo/fin-", "/actors/drainer/", "/actors/control/")
+"""Baseline paths whose open connections the baseline keeps, to close them on a control
+action (``sleep_actor``: 1001, ``shutdown``: 1012)."""
+
+CLOSE_ALL_BOUND = 60.0
+"""Baseline: bound on closing every connection at a ``sleep_actor`` / ``shutdown``."""
+
+LIVE_POLL = 0.01
+"""``wait_live`` polls the connection count this often (seconds)."""
 
 # ---------------------------------------------------------------------------- actorcore side
 
@@ -151,7 +167,7 @@ def _actors() -> list[type[Any]]:
             t0 = time.perf_counter()
             store = REGISTRY.store
             rows = [(uuid.uuid4().hex, name, f"{prefix}{i}", None) for i in range(n)]
-            await store.create_many(rows)  # type: ignore[attr-defined]
+            await store.create_many(rows)  # type: ignore[attr-defined, unused-ignore]
             for _, _, key, _ in rows:
                 await store.get_by_key(name, key)
             return time.perf_counter() - t0
@@ -166,14 +182,24 @@ def _actors() -> list[type[Any]]:
 
         @action
         async def lifecycle(self, ctx: ActorContext, name: str, key: str) -> dict[str, Any]:
-            """The actor's lifecycle state and last generation number."""
+            """The actor's lifecycle state, last generation number and live connections."""
             handle = await REGISTRY.get(name, key)
             entry = REGISTRY.entry(handle.actor_id)
             return {
                 "state": handle.lifecycle.value if handle.lifecycle else None,
                 "generation": entry.last_generation if entry is not None else None,
                 "in_memory": entry is not None,
+                "connections": _live(name, key),
             }
+
+        @action
+        async def wait_live(
+            self, ctx: ActorContext, name: str, key: str | None, n: int, within: float
+        ) -> dict[str, Any]:
+            """Wait until ``n`` connections are live on actor ``name``/``key`` (on all actors
+            named ``name`` if ``key`` is None), at most ``within`` s; the count and the wait."""
+            waited = await _poll_until(lambda: _live(name, key) >= n, within)
+            return {"live": _live(name, key), "waited_s": waited}
 
         @action
         async def shutdown(self, ctx: ActorContext) -> None:
@@ -207,6 +233,27 @@ REGISTRY: Any = None
 HOOKS: collections.Counter[str] = collections.Counter()
 """Hook calls of the finalize benchmark's ``echo`` actors (keys ``fin-*``) by ``hook:key``."""
 SHUTDOWN_AT = [0.0]
+
+
+async def _poll_until(done: Callable[[], bool], within: float) -> float:
+    """Poll ``done()`` every LIVE_POLL s until it is true, at most ``within`` s (neither server
+    has an event for "a connection became live", so this polls); seconds waited."""
+    t0 = time.perf_counter()
+    with trio.move_on_after(within):
+        while not done():  # noqa: ASYNC110 - no event to wait on (see above)
+            await trio.sleep(LIVE_POLL)
+    return time.perf_counter() - t0
+
+
+def _live(name: str, key: str | None) -> int:
+    """Connections live on in-memory actors ``name``/``key`` (every key if None): attached
+    to the actor's generation (``entry.conns``) and not closing. A connection the client
+    has opened may still be in setup here (not yet counted)."""
+    n = 0
+    for entry in REGISTRY.entries():
+        if entry.name == name and (key is None or entry.key == key):
+            n += sum(1 for c in entry.conns if not c.closing)
+    return n
 
 
 def _rss() -> int:
@@ -252,29 +299,115 @@ async def run_actorcore(port: int, db: str, max_connections: int) -> None:
 
 
 async def run_baseline(port: int) -> None:
-    from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+    from trio_websocket import (
+        ConnectionClosed,
+        WebSocketConnection,
+        WebSocketRequest,
+        serve_websocket,
+    )
 
-    async def handler(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        parts = urlsplit(request.path)
-        try:
-            if parts.path.startswith("/actors/sink/"):
-                params = json.loads(parse_qs(parts.query).get("params", ["{}"])[-1])
-                expect = params.get("n", 0)
-                n = 0
-                while True:
-                    await ws.get_message()
-                    n += 1
-                    if n == expect:
-                        await ws.send_message("done")
+    # What the baseline keeps per connection: a count of open connections by path (no
+    # allocation per connection), and the connection itself only on the paths whose
+    # connections a control action closes (finalize's ``fin-*`` keys, the drainers, control).
+    counts: collections.Counter[str] = collections.Counter()
+    closable: dict[str, set[WebSocketConnection]] = collections.defaultdict(set)
+    shutdown_at = [0.0]
+
+    def prefix(name: str, key: str | None) -> str:
+        return f"/actors/{name}/" if key is None else f"/actors/{name}/{key}/"
+
+    def count(name: str, key: str | None) -> int:
+        start = prefix(name, key)
+        return sum(v for path, v in counts.items() if path.startswith(start))
+
+    def closable_conns(name: str | None, key: str | None) -> list[WebSocketConnection]:
+        start = "/" if name is None else prefix(name, key)
+        return [ws for path, g in closable.items() if path.startswith(start) for ws in g]
+
+    async def close_all(conns: list[WebSocketConnection], code: int, reason: str) -> float:
+        """Close ``conns`` concurrently, a task per connection, each waiting for the peer's
+        close frame (no per-connection timeout: this measures how fast trio-websocket can
+        close them, not a close policy); bounded as a whole by CLOSE_ALL_BOUND. Seconds until
+        all are done."""
+        t0 = time.perf_counter()
+        with trio.move_on_after(CLOSE_ALL_BOUND):
+            async with trio.open_nursery() as nursery:
+                for ws in conns:
+                    nursery.start_soon(ws.aclose, code, reason)
+        return time.perf_counter() - t0
+
+    async def drain(server_scope: trio.CancelScope) -> None:
+        await close_all(closable_conns(None, None), 1012, "runtime.shutdown")
+        report = {"drain_s": time.perf_counter() - shutdown_at[0], "drainers": None}
+        print(json.dumps({"stopped": report}), flush=True)
+        server_scope.cancel()
+
+    async def control(ws: WebSocketConnection, nursery: trio.Nursery) -> None:
+        """The subset of the ``control`` actor's actions the workloads call on a baseline."""
+        init = {"type": "init", "actor_id": "control", "conn_id": "", "generation": 1}
+        await ws.send_message(json.dumps(init))
+        while True:
+            frame = json.loads(await ws.get_message())
+            name, args = frame["name"], frame.get("args", [])
+            output: Any = None
+            if name == "stats":
+                total = sum(counts.values())
+                output = {"connections": total, "actors_by_state": {}, "hooks": {}}
+            elif name == "wait_live":
+                what, key, n, within = args
+                enough = functools.partial(lambda w, k, m: count(w, k) >= m, what, key, n)
+                waited = await _poll_until(enough, within)
+                output = {"live": count(what, key), "waited_s": waited}
+            elif name == "sleep_actor":
+                output = await close_all(closable_conns(*args), 1001, "actor.sleeping")
+            elif name == "shutdown":
+                shutdown_at[0] = time.perf_counter()
+                nursery.start_soon(drain, nursery.cancel_scope)
+            elif name == "collect":
+                gc.collect()
+                output = _rss()
             else:
-                while True:
-                    await ws.send_message(await ws.get_message())
-        except ConnectionClosed:
-            pass
+                error = {"type": "error", "id": frame["id"], "code": "action.not_found"}
+                await ws.send_message(json.dumps(error))
+                continue
+            result = {"type": "action_result", "id": frame["id"], "output": output}
+            await ws.send_message(json.dumps(result))
 
     with trio.move_on_after(HARD_TIMEOUT):
         async with trio.open_nursery() as nursery:
+
+            async def handler(request: WebSocketRequest) -> None:
+                ws = await request.accept()
+                path = request.path
+                counts[path] += 1
+                group = closable[path] if path.startswith(CLOSABLE) else None
+                if group is not None:
+                    group.add(ws)
+                try:
+                    if path.startswith("/actors/sink/"):
+                        query = urlsplit(path).query
+                        params = json.loads(parse_qs(query).get("params", ["{}"])[-1])
+                        expect = params.get("n", 0)
+                        n = 0
+                        while True:
+                            await ws.get_message()
+                            n += 1
+                            if n == expect:
+                                await ws.send_message("done")
+                    elif path.startswith("/actors/control/"):
+                        await control(ws, nursery)
+                    else:
+                        while True:
+                            await ws.send_message(await ws.get_message())
+                except ConnectionClosed:
+                    pass
+                finally:
+                    counts[path] -= 1
+                    if not counts[path]:
+                        del counts[path]
+                    if group is not None:
+                        group.discard(ws)
+
             server = await nursery.start(
                 lambda task_status: serve_websocket(
                     handler,
@@ -302,7 +435,7 @@ async def populate(db: str, n: int) -> None:
     chunk = 100_000
     async with open_store(SQLiteStore(db)) as store:
         for start in range(0, n, chunk):
-            rows = [
+            rows: list[tuple[str, str, str, bytes | None]] = [
                 (uuid.uuid4().hex, "echo", f"asleep-{i}", None)
                 for i in range(start, min(n, start + chunk))
             ]
