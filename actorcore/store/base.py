@@ -91,6 +91,28 @@ class Store(abc.ABC):
         generation. Raises :class:`actorcore.ActorNotFound` if the actor does not exist.
         """
 
+    async def begin_or_create(
+        self, name: str, key: str, actor_id: str, input: bytes | None
+    ) -> ActorRecord:
+        """Begin the next generation of the actor ``(name, key)``, creating it first if needed.
+
+        If the actor exists, its generation is incremented exactly as by
+        :meth:`begin_generation` and the updated record returned (``actor_id`` and ``input``
+        are ignored). Otherwise a new actor with id ``actor_id`` and creation ``input`` is
+        inserted already at generation 1 (created, not initialized) and returned. Either way
+        the returned ``generation`` is the fencing token of a generation that has begun.
+
+        This is the connect path's one write for an actor that is not in memory: a store
+        should make it one atomic operation (MemoryStore and SQLiteStore do: one transaction).
+        The default composes :meth:`get_by_key`, :meth:`create` and :meth:`begin_generation`,
+        which is correct for a single registry (it serializes calls per key) but not atomic.
+        Raises StoreError if the actor had to be created and could not be.
+        """
+        record = await self.get_by_key(name, key)
+        if record is None:
+            record = await self.create(actor_id, name, key, input)
+        return await self.begin_generation(record.actor_id)
+
     @abc.abstractmethod
     async def save(self, actor_id: str, generation: int, state: bytes) -> None:
         """Store ``state`` and mark the actor initialized.

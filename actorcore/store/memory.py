@@ -126,6 +126,29 @@ class MemoryStore(Store):
         self._writes += 1
         return record
 
+    async def begin_or_create(
+        self, name: str, key: str, actor_id: str, input: bytes | None
+    ) -> ActorRecord:
+        """Begin the next generation of ``(name, key)``, inserting it (as ``actor_id``, at
+        generation 1) if it does not exist. One write."""
+        await self._before_write("begin_or_create")
+        existing = self._by_key.get((name, key))
+        if existing is not None:
+            record = self._by_id[existing]
+            record = attrs.evolve(record, generation=record.generation + 1)
+            self._by_id[existing] = record
+        elif actor_id in self._by_id:
+            self._write_errors += 1
+            raise StoreError(
+                f"begin_or_create failed: actor name={name!r} key={key!r} could not be created "
+                f"as id {actor_id!r}: that id already exists"
+            )
+        else:
+            record = ActorRecord(actor_id, name, key, 1, False, None, input)
+            self._insert(record)
+        self._writes += 1
+        return record
+
     async def save(self, actor_id: str, generation: int, state: bytes) -> None:
         """Store ``state``, mark the actor initialized and drop its creation input. Fenced."""
         await self._before_write("save")

@@ -2,16 +2,26 @@
 
 Three connections, each used by one thread at a time:
 
-* the **writer**, used only by the task running :meth:`SQLiteStore.run`. Writes are queued on a
+* the **writer**, used by the task running :meth:`SQLiteStore.run`. Writes are queued on a
   bounded trio memory channel; the writer takes every request currently queued and applies them
-  in ONE worker-thread call and ONE transaction (group commit), so many concurrent saves cost
-  one thread hop and one fsync-free WAL commit (``synchronous=NORMAL``). Each request runs in
-  its own savepoint and gets its own result or error; only a failed COMMIT fails the whole
-  batch (it is rolled back and the next batch starts clean).
+  in ONE transaction (group commit), so many concurrent saves cost one fsync-free WAL commit
+  (``synchronous=NORMAL``). Opt-in (``inline_max_bytes > 0``): a small batch is applied
+  right in the writer task, on the event loop: it costs SQLite tens of microseconds, where a
+  thread hop costs several times that, but it blocks the loop for as long as the disk takes.
+  Then a lone small write that finds the writer idle skips even the writer task: its caller
+  applies it directly (at most the first write of a burst; the rest queue for the writer and
+  share its commits). A bigger batch, or one that finds another process holding the write
+  lock, runs in ONE worker-thread call: the event loop never busy-waits (``busy_timeout``
+  applies only in the thread). SQLite's
+  automatic WAL checkpoint is off (it would run inside a commit, on the event loop); the writer
+  checkpoints in a worker thread instead, after about 4 MiB of writes. Each request of a batch
+  runs in its own savepoint and gets its own result or error; only a failed COMMIT fails the
+  whole batch (it is rolled back and the next batch starts clean). The connection is used by
+  one party at a time, serialized by the writer's ``trio.CapacityLimiter(1)``.
 * the **reader** (``query_only``), for :meth:`~SQLiteStore.get_by_key`,
-  :meth:`~SQLiteStore.get_by_id` and :meth:`~SQLiteStore.count`, serialized by its own
-  ``trio.CapacityLimiter(1)``. In WAL mode it never blocks the writer and sees every committed
-  write.
+  :meth:`~SQLiteStore.get_by_id` and :meth:`~SQLiteStore.count`, in a worker thread serialized
+  by its own ``trio.CapacityLimiter(1)``. In WAL mode it never blocks the writer and sees every
+  committed write.
 * the **probe** (``query_only``), for the synchronous :meth:`~SQLiteStore.exists_nowait`,
   guarded by a ``threading.Lock``.
 
@@ -21,6 +31,7 @@ Every ``sqlite3.Error`` becomes :class:`~actorcore.errors.StoreError` naming the
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -29,6 +40,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, cast
 
 import attrs
+import outcome
 import trio
 
 from actorcore.errors import ActorError, ActorNotFound, StaleGeneration, StoreError
@@ -61,6 +73,20 @@ CREATE TABLE IF NOT EXISTS actors (
 
 _COLUMNS = "actor_id, name, key, generation, initialized, state, input"
 
+_PAGE = 4096
+"""Estimated WAL growth of one write besides its payload (a page of the table or an index)."""
+
+_CHECKPOINT_BYTES = 4 * 1024 * 1024
+"""Checkpoint the WAL after about this much was written to it (SQLite's default automatic
+checkpoint is at 1000 pages, 4 MiB; the writer turns that off and checkpoints in a worker
+thread instead, because a checkpoint syncs the database file)."""
+
+_DIRECT_GAP = 50e-6
+"""Seconds after a write applied by its caller (``SQLiteStore._write_directly``) during which
+the next write queues for the writer instead: tasks of one scheduling round follow each other
+much faster than that, so a burst is group-committed, while separate requests (a connect's
+create, then its first save) are further apart."""
+
 _Row = tuple[str, str, str, int, int, bytes | None, bytes | None]
 
 
@@ -85,6 +111,12 @@ def _deny_commit(action: int, arg1: str | None, *_: str | None) -> int:
     return sqlite3.SQLITE_OK
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite answered SQLITE_BUSY (another connection holds a lock)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
 def _current_generation(conn: sqlite3.Connection, operation: str, actor_id: str) -> int:
     row = conn.execute("SELECT generation FROM actors WHERE actor_id = ?", (actor_id,)).fetchone()
     if row is None:
@@ -100,6 +132,37 @@ def _refuse_stale(conn: sqlite3.Connection, operation: str, actor_id: str, gener
     )
 
 
+def _never_abort(_: Any) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
+
+async def _in_worker_thread(fn: Callable[[], _T], limiter: trio.CapacityLimiter) -> _T:
+    """Run ``fn`` in one of trio's cached worker threads while holding ``limiter``.
+
+    The same contract as ``trio.to_thread.run_sync(fn, limiter=limiter)``: a checkpoint before
+    (cancellable while waiting for the limiter), and once ``fn`` started the caller waits for
+    it even if cancelled. It skips what makes ``to_thread`` cost about twice as much per call
+    (a copied context, ``from_thread`` plumbing, the limiter's extra scheduling round); for a
+    point read or a small commit that overhead was most of the store's latency.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        limiter.acquire_nowait()
+    except trio.WouldBlock:
+        await limiter.acquire()
+    try:
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[_T]) -> None:
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        trio.lowlevel.start_thread_soon(fn, deliver, name="actorcore sqlite")
+        return cast(_T, await trio.lowlevel.wait_task_rescheduled(_never_abort))
+    finally:
+        limiter.release()
+
+
 @attrs.define(eq=False)
 class _Request(Generic[_T]):
     """One queued write: a function run on the writer connection inside the batch transaction."""
@@ -108,6 +171,8 @@ class _Request(Generic[_T]):
     apply: Callable[[sqlite3.Connection], _T]
     actor_delta: int = 0
     """Change of the actor count once this write commits."""
+    size: int = 0
+    """Bytes of payload (state or input) the write carries."""
     done: trio.Event = attrs.Factory(trio.Event)
     abandoned: bool = False
     """The caller stopped waiting before the writer took the request: it is skipped."""
@@ -148,6 +213,14 @@ class SQLiteStore(Store):
     )
     """Seconds :meth:`aclose` (or cancellation of :meth:`run`) spends flushing queued writes."""
 
+    _inline_max_bytes: int = attrs.field(default=0, kw_only=True)
+    """Opt-in: batches carrying at most this many payload bytes (and at most
+    ``inline_max_requests`` writes) are applied on the event loop instead of in a worker thread.
+    Off (0) by default: a write on the event loop stalls every connection for as long as the
+    disk takes, so by default every write goes through the writer thread."""
+    _inline_max_requests: int = attrs.field(default=16, kw_only=True)
+    """See ``inline_max_bytes``."""
+
     fail_commits: int = attrs.field(default=0, kw_only=True)
     """Fault hook: the next ``fail_commits`` batches have their COMMIT refused by SQLite (through
     an authorizer), exercising the same rollback path as a disk-full or locked database."""
@@ -168,6 +241,12 @@ class SQLiteStore(Store):
     _closing: bool = attrs.field(default=False, init=False)
     _stopped: trio.Event = attrs.field(factory=trio.Event, init=False)
     _actors: int = attrs.field(default=0, init=False)
+    _busy_wait: bool = attrs.field(default=True, init=False)
+    """Whether the writer connection currently waits ``busy_timeout`` for locks."""
+    _wal_estimate: int = attrs.field(default=0, init=False)
+    """Bytes written to the WAL since the last checkpoint, estimated."""
+    _direct_after: float = attrs.field(default=0.0, init=False)
+    """``time.perf_counter()`` before which no write takes the fast path (``_write_directly``)."""
     _writes: int = attrs.field(default=0, init=False)
     _commits: int = attrs.field(default=0, init=False)
     _write_errors: int = attrs.field(default=0, init=False)
@@ -249,6 +328,8 @@ class SQLiteStore(Store):
                     f"open failed: {os.fspath(self._path)!r} cannot use WAL mode (got {mode!r})"
                 )
             writer.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoints run in a worker thread (see _write_batch), never inside a commit.
+            writer.execute("PRAGMA wal_autocheckpoint=0")
             writer.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _SCHEMA.split(";"):
@@ -326,7 +407,7 @@ class SQLiteStore(Store):
                 ) from exc
             return ActorRecord(actor_id, name, key, 0, False, None, input)
 
-        return await self._submit(_Request("create", apply, actor_delta=1))
+        return await self._submit(_Request("create", apply, actor_delta=1, size=len(input or b"")))
 
     async def create_many(self, rows: list[tuple[str, str, str, bytes | None]]) -> None:
         """Insert ``(actor_id, name, key, input)`` rows at generation 0, all or none."""
@@ -344,7 +425,8 @@ class SQLiteStore(Store):
                     f"create_many failed: an actor already exists ({exc}); no row was inserted"
                 ) from exc
 
-        await self._submit(_Request("create_many", apply, actor_delta=len(rows)))
+        size = sum(len(input or b"") + _PAGE for _, _, _, input in rows)
+        await self._submit(_Request("create_many", apply, actor_delta=len(rows), size=size))
 
     async def begin_generation(self, actor_id: str) -> ActorRecord:
         """Atomically increment the actor's generation and return the updated record."""
@@ -361,6 +443,39 @@ class SQLiteStore(Store):
 
         return await self._submit(_Request("begin_generation", apply))
 
+    async def begin_or_create(
+        self, name: str, key: str, actor_id: str, input: bytes | None
+    ) -> ActorRecord:
+        """Begin the next generation of the actor ``(name, key)``, inserting it first (as
+        ``actor_id`` with ``input``, at generation 1) if there is none: one write request, one
+        transaction (usually applied on the event loop: no thread hop)."""
+
+        def apply(conn: sqlite3.Connection) -> ActorRecord:
+            now = time.time()
+            rows = conn.execute(
+                "UPDATE actors SET generation = generation + 1, updated_at = ? "
+                f"WHERE name = ? AND key = ? RETURNING {_COLUMNS}",
+                (now, name, key),
+            ).fetchall()
+            if rows:
+                return _record(rows[0])
+            try:
+                conn.execute(
+                    "INSERT INTO actors (actor_id, name, key, generation, initialized, state, "
+                    "input, updated_at) VALUES (?, ?, ?, 1, 0, NULL, ?, ?)",
+                    (actor_id, name, key, input, now),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(
+                    f"begin_or_create failed: actor name={name!r} key={key!r} could not be "
+                    f"created as id {actor_id!r} ({exc})"
+                ) from exc
+            request.actor_delta = 1  # read once the batch has committed
+            return ActorRecord(actor_id, name, key, 1, False, None, input)
+
+        request = _Request("begin_or_create", apply, size=len(input or b""))
+        return await self._submit(request)
+
     async def save(self, actor_id: str, generation: int, state: bytes) -> None:
         """Store ``state``, mark the actor initialized and drop its creation input. Fenced."""
 
@@ -373,7 +488,7 @@ class SQLiteStore(Store):
             if cursor.rowcount == 0:
                 _refuse_stale(conn, "save", actor_id, generation)
 
-        await self._submit(_Request("save", apply))
+        await self._submit(_Request("save", apply, size=len(state)))
 
     async def delete(self, actor_id: str, generation: int) -> None:
         """Remove the actor and free its key. Fenced like :meth:`save`."""
@@ -391,8 +506,17 @@ class SQLiteStore(Store):
         send = self._send
         if send is None:
             raise StoreError(f"{request.operation} failed: the store is not running")
+        if time.perf_counter() >= self._direct_after:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._write_directly(request, send):
+                return request.unwrap()
         try:
-            await send.send(request)
+            # Queued at once (no scheduling round) unless the queue is full; the wait below is
+            # the checkpoint: a caller cancelled before the writer takes its request is skipped.
+            try:
+                send.send_nowait(request)
+            except trio.WouldBlock:
+                await send.send(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StoreError(f"{request.operation} failed: the store is closed") from None
         try:
@@ -401,6 +525,46 @@ class SQLiteStore(Store):
             if not request.done.is_set():
                 request.abandoned = True
         return request.unwrap()
+
+    def _write_directly(
+        self, request: _Request[Any], send: trio.MemorySendChannel[_Request[Any]]
+    ) -> bool:
+        """The writer's fast path, taken in the caller's own task: if the writer is idle
+        (nothing queued, no batch in flight, no checkpoint due) and no other write took this
+        path just before (``_DIRECT_GAP``), a small write is applied right here, in a
+        transaction of its own (on the event loop, as ``_write_batch_inline``). That saves the
+        two scheduling rounds of a trip to the writer task and back, a good part of a lone
+        write's latency. In a burst (tasks of one scheduling round, running back to back) the
+        first write may go this way; the next one finds the gap too short and queues, and the
+        rest find the queue non-empty: they are still group-committed by the writer. Returns
+        False if the write was not applied."""
+        if (
+            self.fail_commits  # the fault hook is about the writer's batches
+            or self._wal_estimate >= _CHECKPOINT_BYTES
+            or send.statistics().current_buffer_used
+        ):
+            return False
+        batch = [request]
+        try:
+            committed = self._write_batch_inline(batch, False)
+        except BaseException:
+            self._fail_batch(batch, "the writer failed unexpectedly")
+            self._settle(batch)
+            raise
+        finally:
+            self._direct_after = time.perf_counter() + _DIRECT_GAP
+        if committed is None:
+            return False
+        self._batch_done(batch, committed)
+        return True
+
+    def _batch_done(self, batch: list[_Request[Any]], committed: bool) -> None:
+        """Count a finished batch and wake its callers (no checkpoint: nothing can interrupt
+        it, so no caller is left waiting)."""
+        if committed:
+            self._commits += 1
+            self._wal_estimate += sum(request.size for request in batch) + _PAGE * len(batch)
+        self._settle(batch)
 
     def _take_batch(
         self, first: _Request[Any] | None, receive: trio.MemoryReceiveChannel[_Request[Any]]
@@ -416,7 +580,8 @@ class SQLiteStore(Store):
                 batch.append(request)
 
     async def _write_batch(self, batch: list[_Request[Any]]) -> None:
-        """Apply ``batch`` in one thread hop and one transaction, then wake every caller."""
+        """Apply ``batch`` in one transaction (on the event loop if it is small, else in one
+        thread hop), then wake every caller."""
         if not batch:
             return
         deny_commit = self.fail_commits > 0
@@ -425,33 +590,92 @@ class SQLiteStore(Store):
         # Shielded: once taken from the queue, a batch is always applied and settled (the
         # thread call itself cannot be abandoned; this also covers its entry checkpoint).
         try:
-            with trio.CancelScope(shield=True):
-                committed = await trio.to_thread.run_sync(
-                    self._write_batch_sync, batch, deny_commit, limiter=self._write_limiter
-                )
+            committed = self._write_batch_inline(batch, deny_commit)
+            if committed is None:
+                with trio.CancelScope(shield=True):
+                    committed = await _in_worker_thread(
+                        functools.partial(self._write_batch_sync, batch, deny_commit, False),
+                        self._write_limiter,
+                    )
         except BaseException:
             # A bug in the batch code itself: callers must still be answered, then it surfaces.
             self._fail_batch(batch, "the writer failed unexpectedly")
             self._settle(batch)
             raise
         # No checkpoint from here on: a cancellation cannot leave callers waiting forever.
-        if committed:
-            self._commits += 1
-        self._settle(batch)
+        self._batch_done(batch, committed is True)  # (the thread path never answers None)
+        if self._wal_estimate >= _CHECKPOINT_BYTES:
+            self._wal_estimate = 0
+            with trio.CancelScope(shield=True):
+                await _in_worker_thread(self._checkpoint_sync, self._write_limiter)
 
-    def _write_batch_sync(self, batch: list[_Request[Any]], deny_commit: bool) -> bool:
-        """Runs in a worker thread holding the write limiter. Returns whether it committed."""
+    @trio.lowlevel.enable_ki_protection  # a Ctrl-C must not leave the transaction open
+    def _write_batch_inline(self, batch: list[_Request[Any]], deny_commit: bool) -> bool | None:
+        """Apply a small batch right here, on the event loop; None if it was not applied (too
+        big, the writer connection is lent out, or another process holds the write lock): it
+        then goes to a worker thread.
+
+        A small write costs SQLite some tens of microseconds, a thread hop several times that
+        (most of a write's latency). What could block the loop is kept off it: another
+        process's write lock (no busy wait here, ``busy_timeout=0``), WAL checkpoints (they
+        run in a worker thread, see ``_checkpoint_sync``) and large payloads.
+        """
+        if (
+            self._inline_max_bytes <= 0
+            or len(batch) > self._inline_max_requests
+            or sum(request.size for request in batch) > self._inline_max_bytes
+        ):
+            return None
+        try:
+            self._write_limiter.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        try:
+            return self._write_batch_sync(batch, deny_commit, True)
+        finally:
+            self._write_limiter.release()
+
+    def _checkpoint_sync(self) -> None:
+        """Copy the WAL into the database file (PASSIVE: never waits for readers). Runs in a
+        worker thread: it writes and syncs the database file. Its failure is not an error of
+        any write (SQLite retries at the next checkpoint)."""
+        conn = self._writer
+        if conn is None:
+            return
+        self._set_busy_wait(conn, True)
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _set_busy_wait(self, conn: sqlite3.Connection, wait: bool) -> None:
+        """Let the writer connection wait ``busy_timeout`` for another process's lock, or not."""
+        if self._busy_wait is not wait:
+            timeout_ms = round(self._busy_timeout * 1000) if wait else 0
+            conn.execute(f"PRAGMA busy_timeout={timeout_ms}")
+            self._busy_wait = wait
+
+    def _write_batch_sync(
+        self, batch: list[_Request[Any]], deny_commit: bool, inline: bool
+    ) -> bool | None:
+        """Apply ``batch`` in one transaction on the writer connection, holding the write
+        limiter: in a worker thread, or ``inline`` on the event loop. Returns whether it
+        committed; None (nothing done) if ``inline`` and another process holds the write lock.
+        """
         conn = self._writer
         if conn is None:
             self._fail_batch(batch, "the store is closed")
             return False
         try:
+            self._set_busy_wait(conn, not inline)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            if inline and _is_busy(exc):
+                return None
             self._fail_batch(batch, f"could not begin a transaction: {exc}", exc)
             return False
+        # A lone request needs no savepoint: if it fails, the whole transaction is rolled back.
+        savepoints = len(batch) > 1
         for request in batch:
-            self._apply_one(conn, request)
+            self._apply_one(conn, request, savepoints)
             if not conn.in_transaction:
                 # SQLite rolled the whole transaction back (SQLITE_FULL, IOERR ...).
                 self._fail_batch(batch, "the transaction was rolled back by SQLite")
@@ -476,19 +700,22 @@ class SQLiteStore(Store):
         return True
 
     @staticmethod
-    def _apply_one(conn: sqlite3.Connection, request: _Request[Any]) -> None:
-        """Run one request in its own savepoint: its failure undoes only its own changes."""
+    def _apply_one(conn: sqlite3.Connection, request: _Request[Any], savepoint: bool) -> None:
+        """Run one request, in its own savepoint if ``savepoint``: its failure undoes only its
+        own changes (without one, the caller rolls the transaction back)."""
         try:
-            conn.execute("SAVEPOINT request")
+            if savepoint:
+                conn.execute("SAVEPOINT request")
             request.value = request.apply(conn)
-            conn.execute("RELEASE request")
+            if savepoint:
+                conn.execute("RELEASE request")
         except Exception as exc:
             if isinstance(exc, ActorError):
                 request.error = exc
             else:
                 request.error = StoreError(f"{request.operation} failed: {exc}")
                 request.error.__cause__ = exc
-            if conn.in_transaction:
+            if savepoint and conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK TO request")
                     conn.execute("RELEASE request")
@@ -571,7 +798,7 @@ class SQLiteStore(Store):
             with _map_sqlite_errors(operation):
                 return query(conn)
 
-        return await trio.to_thread.run_sync(run_query, limiter=self._read_limiter)
+        return await _in_worker_thread(run_query, self._read_limiter)
 
     def statistics(self) -> StoreStatistics:
         """Counters for observability (see the class docstring)."""

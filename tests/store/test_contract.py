@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from actorcore.errors import ActorNotFound, StaleGeneration, StoreError
-from actorcore.store import MemoryStore, SQLiteStore, open_store
+from actorcore.store import ActorRecord, MemoryStore, SQLiteStore, Store, open_store
 
 TIMEOUT = 10.0
 
@@ -19,13 +22,26 @@ AnyStore = MemoryStore | SQLiteStore
 """The stores under test; both add ``count`` and ``create_many`` to the Store contract."""
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+class _ComposedMemoryStore(MemoryStore):
+    """A MemoryStore that keeps the Store base class's composed ``begin_or_create`` (what a
+    store that does not implement the operation gets)."""
+
+    begin_or_create = Store.begin_or_create
+
+
+@pytest.fixture(params=["memory", "memory-composed", "sqlite", "sqlite-threaded"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AnyStore]:
-    """A running store of each kind (SQLite in a fresh file)."""
+    """A running store of each kind (SQLite in a fresh file; ``sqlite-threaded`` applies every
+    batch in a worker thread, ``sqlite`` small batches on the event loop)."""
+    instance: AnyStore
     if request.param == "memory":
-        instance: AnyStore = MemoryStore()
-    else:
+        instance = MemoryStore()
+    elif request.param == "memory-composed":
+        instance = _ComposedMemoryStore()
+    elif request.param == "sqlite":
         instance = SQLiteStore(tmp_path / "actors.db")
+    else:
+        instance = SQLiteStore(tmp_path / "actors.db", inline_max_bytes=0)
     async with open_store(instance):
         yield instance
 
@@ -99,6 +115,92 @@ async def test_concurrent_begin_generation_is_atomic(store: AnyStore) -> None:
             for _ in range(50):
                 nursery.start_soon(begin)
         assert sorted(seen) == list(range(1, 51))
+
+
+async def test_begin_or_create_creates_at_generation_one(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        before = store.statistics()
+        record = await store.begin_or_create("counter", "k1", "a1", b'{"n": 1}')
+        assert (record.actor_id, record.name, record.key) == ("a1", "counter", "k1")
+        assert record.generation == 1, "created and begun"
+        assert not record.initialized
+        assert record.state is None
+        assert record.input == b'{"n": 1}'
+        assert await store.get_by_id("a1") == record
+        assert await store.get_by_key("counter", "k1") == record
+        assert store.exists_nowait("a1")
+        after = store.statistics()
+        assert after.actors == before.actors + 1
+        # The generation it began is the fencing token of that generation.
+        await store.save("a1", record.generation, b'{"n": 2}')
+        saved = await store.get_by_id("a1")
+        assert saved is not None
+        assert (saved.initialized, saved.state, saved.input) == (True, b'{"n": 2}', None)
+
+
+async def test_begin_or_create_begins_an_existing_actor(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        generation = await _started(store)
+        await store.save("a1", generation, b'{"n": 5}')
+        actors = store.statistics().actors
+        # The id and input are only for a creation: an existing actor keeps its own.
+        record = await store.begin_or_create("counter", "k1", "other-id", b"ignored")
+        assert record.actor_id == "a1"
+        assert record.generation == generation + 1
+        assert (record.initialized, record.state, record.input) == (True, b'{"n": 5}', None)
+        assert await store.get_by_id("other-id") is None
+        assert store.statistics().actors == actors
+        # Fenced like begin_generation: the older generation can no longer write.
+        with pytest.raises(StaleGeneration):
+            await store.save("a1", generation, b"late")
+        await store.save("a1", record.generation, b'{"n": 6}')
+        # The same key under another name is another actor.
+        other = await store.begin_or_create("timer", "k1", "t1", None)
+        assert (other.actor_id, other.generation) == ("t1", 1)
+
+
+async def test_begin_or_create_with_a_taken_id_fails(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        await store.create("a1", "counter", "k1", None)
+        before = store.statistics()
+        with pytest.raises(StoreError) as info:
+            await store.begin_or_create("counter", "k2", "a1", None)
+        assert not isinstance(info.value, StaleGeneration)
+        assert await store.get_by_key("counter", "k2") is None
+        after = store.statistics()
+        assert after.actors == before.actors
+        assert after.write_errors == before.write_errors + 1
+
+
+async def test_concurrent_begin_or_create_of_one_key_creates_one_actor(store: AnyStore) -> None:
+    if isinstance(store, _ComposedMemoryStore):
+        pytest.skip("the composed default is not atomic (a registry serializes it per key)")
+    with trio.fail_after(TIMEOUT):
+        seen: list[tuple[str, int]] = []
+
+        async def begin(i: int) -> None:
+            record = await store.begin_or_create("counter", "k1", f"a{i}", None)
+            seen.append((record.actor_id, record.generation))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(begin, i)
+        assert len({actor_id for actor_id, _ in seen}) == 1
+        assert sorted(generation for _, generation in seen) == list(range(1, 31))
+        assert store.statistics().actors == 1
+
+
+async def test_begin_or_create_costs_one_write(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        before = store.statistics()
+        await store.begin_or_create("counter", "k1", "a1", None)  # a create
+        await store.begin_or_create("counter", "k1", "a2", None)  # a wake
+        after = store.statistics()
+    if isinstance(store, _ComposedMemoryStore):
+        assert after.writes - before.writes == 3  # create + 2 x begin_generation
+    else:
+        assert after.writes - before.writes == 2
+        assert after.commits - before.commits == 2
 
 
 async def test_save_with_current_generation(store: AnyStore) -> None:
@@ -347,6 +449,144 @@ async def test_sqlite_commit_failure_fails_the_batch_only(tmp_path: Path) -> Non
         )
 
 
+async def test_sqlite_begin_or_create_is_group_committed(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_store(SQLiteStore(tmp_path / "actors.db")) as store:
+            await store.create("a0", "counter", "k0", None)
+            before = store.statistics()
+            records: list[ActorRecord] = []
+
+            async def begin(i: int) -> None:
+                records.append(await store.begin_or_create("counter", f"k{i}", f"a{i}", None))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(begin, i)
+            after = store.statistics()
+            assert sorted((r.actor_id, r.generation) for r in records) == sorted(
+                (f"a{i}", 1) for i in range(50)
+            )
+            assert after.writes - before.writes == 50
+            assert after.commits - before.commits < 50
+            assert after.actors == 50  # a0 was begun, a1..a49 created
+            assert await store.count() == 50
+
+
+@pytest.fixture
+def write_threads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For every batch the SQLite writer applies: True if it ran on the event loop's thread."""
+    ran_inline: list[bool] = []
+    original = SQLiteStore._write_batch_sync
+    loop_thread = threading.get_ident()
+
+    def spy(self: SQLiteStore, batch: list[Any], deny_commit: bool, inline: bool) -> bool | None:
+        result = original(self, batch, deny_commit, inline)
+        if result is not None:  # None: not applied here (it goes to a thread)
+            ran_inline.append(threading.get_ident() == loop_thread)
+        return result
+
+    monkeypatch.setattr(SQLiteStore, "_write_batch_sync", spy)
+    return ran_inline
+
+
+async def test_sqlite_small_writes_skip_the_thread_hop(
+    tmp_path: Path, write_threads: list[bool]
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        inline = SQLiteStore(tmp_path / "actors.db", inline_max_bytes=64 * 1024)
+        async with open_store(inline) as store:
+            record = await store.begin_or_create("counter", "k1", "a1", None)
+            await store.save("a1", record.generation, b"x" * 1000)
+            assert write_threads == [True, True], "opted in: small writes on the event loop"
+            await store.save("a1", record.generation, b"x" * 100_000)
+            await store.create_many([(f"b{i}", "counter", f"b{i}", None) for i in range(100)])
+            assert write_threads[2:] == [False, False], "big ones in a worker thread"
+        write_threads.clear()
+        async with open_store(SQLiteStore(tmp_path / "actors.db")) as store:
+            await store.begin_or_create("counter", "k1", "a1", None)
+            assert write_threads == [False], "by default every write is in the writer thread"
+
+
+async def test_sqlite_a_burst_is_still_group_committed(tmp_path: Path) -> None:
+    """The first write of a burst may be applied by its caller directly (the writer being
+    idle); the rest of the burst queues for the writer and shares its commits. (A preemption
+    right between the first tasks of the burst can let one more write go directly.)"""
+    with trio.fail_after(TIMEOUT):
+        async with open_store(SQLiteStore(tmp_path / "actors.db")) as store:
+            await store.create_many([(f"a{i}", "counter", f"k{i}", None) for i in range(50)])
+            generations = [
+                (await store.begin_or_create("counter", f"k{i}", "unused", None)).generation
+                for i in range(50)
+            ]
+            before = store.statistics()
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(store.save, f"a{i}", generations[i], b"%d" % i)
+            after = store.statistics()
+            assert after.writes - before.writes == 50
+            assert after.commits - before.commits <= 5
+            for i in (0, 49):
+                record = await store.get_by_id(f"a{i}")
+                assert record is not None and record.state == b"%d" % i
+
+
+async def test_sqlite_locked_database_does_not_block_the_event_loop(
+    tmp_path: Path, write_threads: list[bool]
+) -> None:
+    """Another process holding the write lock: the small write is not attempted on the event
+    loop with a busy wait, it waits (``busy_timeout``) in a worker thread."""
+    path = tmp_path / "actors.db"
+    busy = 1.0
+    with trio.fail_after(TIMEOUT):
+        store_ = SQLiteStore(path, busy_timeout=busy, inline_max_bytes=64 * 1024)
+        async with open_store(store_) as store:
+            record = await store.begin_or_create("counter", "k1", "a1", None)
+            locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            gaps: list[float] = []
+            try:
+                locker.execute("BEGIN IMMEDIATE")
+                async with trio.open_nursery() as nursery:
+
+                    async def tick() -> None:
+                        last = trio.current_time()
+                        while True:
+                            await trio.sleep(0.01)
+                            now = trio.current_time()
+                            gaps.append(now - last)
+                            last = now
+
+                    nursery.start_soon(tick)
+                    started = trio.current_time()
+                    with pytest.raises(StoreError, match="locked"):
+                        await store.save("a1", record.generation, b"{}")
+                    assert trio.current_time() - started >= busy * 0.9, "it waited for the lock"
+                    nursery.cancel_scope.cancel()
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            assert max(gaps) < busy / 2, "the event loop kept running meanwhile"
+            assert write_threads[-1] is False
+            await store.save("a1", record.generation, b"{}")
+            assert write_threads[-1] is True, "back on the event loop once the lock is free"
+
+
+async def test_sqlite_wal_is_checkpointed(tmp_path: Path) -> None:
+    """The writer turns SQLite's automatic checkpoint off (it would run inside a commit, on the
+    event loop) and checkpoints in a worker thread instead: the WAL does not keep growing."""
+    path = tmp_path / "actors.db"
+    with trio.fail_after(TIMEOUT * 3):
+        async with open_store(SQLiteStore(path)) as store:
+            record = await store.begin_or_create("counter", "k1", "a1", None)
+            for i in range(2000):  # about 16 MB into the WAL, one commit each
+                await store.save("a1", record.generation, os.urandom(8000) + b"%d" % i)
+            wal = (await trio.Path(f"{path}-wal").stat()).st_size
+            assert wal < 8 * 1024 * 1024, f"the WAL grew to {wal} bytes"
+            got = await store.get_by_id("a1")
+            assert got is not None
+            assert got.state is not None and got.state.endswith(b"1999")
+        assert await trio.to_thread.run_sync(_sqlite_pragma, path, "integrity_check") == "ok"
+
+
 async def test_sqlite_one_refusal_does_not_fail_its_batch(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with open_store(SQLiteStore(tmp_path / "actors.db")) as store:
@@ -477,13 +717,16 @@ async def test_memory_fail_writes() -> None:
             lambda: store.save("a1", 0, b"{}"),
             lambda: store.delete("a1", 0),
             lambda: store.create_many([("a3", "c", "k3", None)]),
+            lambda: store.begin_or_create("counter", "k1", "a4", None),
+            lambda: store.begin_or_create("counter", "k5", "a5", None),
         ]
         for attempt in attempts:
             with pytest.raises(StoreError) as info:
                 await attempt()
             assert info.value.__cause__ is cause
             assert not isinstance(info.value, StaleGeneration)
-        assert store.statistics().write_errors == 5
+        assert store.statistics().write_errors == 7
+        assert await store.get_by_key("counter", "k5") is None
         record = await store.get_by_id("a1")  # reads still work
         assert record is not None
         assert record.generation == 0
