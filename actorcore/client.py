@@ -918,7 +918,7 @@ class ActorConnection:
             self._host_header,
             self._resource,
             max_message_size=self._max_message_size,
-            receive_buffer_size=None,
+            receive_buffer_size=4096,  # see actorcore.ws.server.RECEIVE_BUFFER
         )
         try:
             first = await ws.get_message()

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import collections
 import enum
-import json
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
+from . import jsoncodec
 from .errors import ActorOverloaded
+
+if TYPE_CHECKING:
+    from .watchdog import Watchdog
 
 __all__ = ["Conn", "ConnKind", "Transport", "TransportClosed"]
 
@@ -55,6 +58,11 @@ class Transport(Protocol):
 
         Must release the underlying stream even when cancelled.
         """
+        ...
+
+    async def abort(self) -> None:
+        """Close the underlying stream at once, without a close handshake: a send blocked on
+        a peer that does not read then fails with ``TransportClosed``."""
         ...
 
 
@@ -109,16 +117,21 @@ class Conn:
     _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
     _transport: Transport | None = attrs.field(default=None, init=False)
     _start_writer: Callable[[], None] | None = attrs.field(default=None, init=False)
+    _watchdog: Watchdog | None = attrs.field(default=None, init=False)
     _writer_running: bool = attrs.field(default=False, init=False)
     _flush_deadline: float = attrs.field(default=math.inf, init=False)
     _flush_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _room: trio.Event | None = attrs.field(default=None, init=False)
 
-    def bind(self, transport: Transport, start_writer: Callable[[], None]) -> None:
-        """Attach the transport and the dispatcher's way to start a writer task (a writer
-        runs only while frames are queued: an idle connection has none)."""
+    def bind(
+        self, transport: Transport, start_writer: Callable[[], None], watchdog: Watchdog
+    ) -> None:
+        """Attach the transport, the dispatcher's way to start a writer task (a writer runs
+        only while frames are queued: an idle connection has none), and the watchdog that
+        bounds direct sends."""
         self._transport = transport
         self._start_writer = start_writer
+        self._watchdog = watchdog
 
     # ---------------------------------------------------------------- public API
 
@@ -181,9 +194,13 @@ class Conn:
 
         When nothing is queued the frame goes straight to the transport from the caller's task
         (no task switch on the per-message path); the transport's own send lock keeps frames
-        in call order. That send is shielded, so a caller's cancellation can never cut a frame
-        in half, and bounded by ``close_timeout``: a peer too slow to take one frame gets 1013
-        ``actor.overloaded``. Otherwise the frame is queued, waiting for room if needed.
+        in call order. That send is registered with the registry's watchdog instead of being
+        wrapped in a shielded, deadlined cancel scope (which would cost as much as the rest of
+        the message): actorcore defers its own cancels (work deadlines, the grace deadline)
+        until the frame is out, and a send blocked longer than ``close_timeout`` by a peer that
+        does not read is cut by aborting the connection (1013 ``actor.overloaded``). A cancel
+        scope of your own around ``send`` can still cut a frame, as with any trio stream.
+        Otherwise the frame is queued, waiting for room if needed.
         """
         if self.closing:
             return
@@ -195,14 +212,25 @@ class Conn:
             if not self.closing:
                 self._enqueue(frame)
             return
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + self.close_timeout
-            try:
-                await transport.send(frame)
-            except TransportClosed:
-                return
-        if scope.cancelled_caught:
-            self._overloaded()
+        watchdog = self._watchdog
+        assert watchdog is not None
+        task = trio.lowlevel.current_task()
+        watchdog.send_started(task, self.close_timeout, self._cut)
+        try:
+            await transport.send(frame)
+        except TransportClosed:
+            pass
+        finally:
+            watchdog.send_ended(task)
+
+    async def _cut(self) -> None:
+        """A direct send outlived ``close_timeout``: the peer does not read. Queue 1013 and
+        abort the stream so the blocked send returns (the close frame cannot get through a
+        full socket buffer; the writer still tries, bounded)."""
+        transport = self._transport
+        self._overloaded()
+        if transport is not None:
+            await transport.abort()
 
     def _enqueue(self, item: str | bytes | _Close) -> bool:
         outbox = self._outbox
@@ -227,7 +255,7 @@ class Conn:
             if not isinstance(message, str | bytes):
                 raise TypeError(f"raw connections send str or bytes, not {type(message).__name__}")
             return message
-        return json.dumps({"type": "message", "data": message})
+        return jsoncodec.dumps({"type": "message", "data": message})
 
     async def run_writer(
         self, transport: Transport, close_timeout: float

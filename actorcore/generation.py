@@ -21,17 +21,17 @@ up other actors.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
-from . import closecodes
+from . import closecodes, jsoncodec
 from .conn import Conn, ConnKind
 from .context import ActorContext
 from .errors import ActorError, ActorStartFailed, StateError, StoreError
@@ -39,7 +39,8 @@ from .lifecycle import Lifecycle, LifecycleEvent, LifecycleState
 
 if TYPE_CHECKING:
     from .actor import Actor, ActorDefinition
-    from .store.base import Store
+    from .store.base import ActorRecord, Store
+    from .watchdog import Watchdog
 
 __all__ = ["ActorEntry", "Generation", "GenerationHost"]
 
@@ -48,6 +49,7 @@ log = logging.getLogger("actorcore.lifecycle")
 S = LifecycleState
 E = LifecycleEvent
 _GRACE_STATES = frozenset({S.SLEEP_GRACE, S.DESTROY_GRACE})
+_NO_CONNS: frozenset[Conn] = frozenset()
 
 
 class GenerationHost(Protocol):
@@ -62,8 +64,26 @@ class GenerationHost(Protocol):
         """Ask the lifecycle authority for a sleep or destroy of ``entry``."""
         ...
 
+    def spawn(self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
+        """Run ``async_fn(*args)`` in a task of the registry's nursery."""
+        ...
+
+    def stop_generation(self, gen: Generation) -> None:
+        """Grace began for a started generation: run :meth:`Generation.stop` in a task."""
+        ...
+
+    def take_begun(self, entry: ActorEntry) -> ActorRecord | None:
+        """The store record of a generation the entry's lookup already began, once, or None
+        (the start then begins one itself)."""
+        ...
+
     def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
         """Count and surface a failed state save."""
+        ...
+
+    @property
+    def watchdog(self) -> Watchdog:
+        """Keeps the deadlines of in-flight work."""
         ...
 
     def note_delete_failed(self, entry: ActorEntry, generation: int, error: ActorError) -> None:
@@ -89,8 +109,10 @@ class ActorEntry:
     """Made on demand (most entries never have a waiter); set and dropped at every transition."""
     held: int = 0
     """Calls and connections waiting for the next generation."""
-    conns: set[Conn] = attrs.field(factory=set[Conn])
-    """Live connections; hibernatable ones stay here while the actor sleeps."""
+    conns: AbstractSet[Conn] = _NO_CONNS
+    """Live connections; hibernatable ones stay here while the actor sleeps. Read-only: use
+    :meth:`add_conn` / :meth:`discard_conn` (an entry without connections shares one empty
+    set, which saves an empty ``set`` per awake actor)."""
     start_error: ActorError | None = None
     """The error of the last failed start."""
     wakes: int = 0
@@ -106,6 +128,22 @@ class ActorEntry:
     def name(self) -> str:
         """The definition's route name."""
         return self.definition.name
+
+    def add_conn(self, conn: Conn) -> None:
+        """A connection went live on this actor."""
+        if self.conns is _NO_CONNS:
+            self.conns = set()
+        assert isinstance(self.conns, set)
+        self.conns.add(conn)
+
+    def discard_conn(self, conn: Conn) -> None:
+        """A connection left this actor (a no-op if it was not here)."""
+        conns = self.conns
+        if conn in conns:
+            assert isinstance(conns, set)
+            conns.discard(conn)
+            if not conns:
+                self.conns = _NO_CONNS
 
     @property
     def changed(self) -> trio.Event:
@@ -151,26 +189,43 @@ class ActorEntry:
         return new
 
 
+class Work(Protocol):
+    """In-flight work a generation tracks: cancelled when its grace deadline passes."""
+
+    def cancel(self) -> None:
+        """Cancel the work (a frame it is sending goes out first)."""
+        ...
+
+
 class WorkScope:
     """One unit of in-flight work (see :meth:`Generation.track_work`).
 
     It is counted from the moment it is made, so a reader can reserve work for a generation
     synchronously right after admission and enter the scope later in another task. A plain
-    class because it is on the per-message path.
+    class because it is on the per-message path: its deadline, if any, is kept by the
+    registry's :class:`~actorcore.watchdog.Watchdog`, not by a cancel-scope deadline.
     """
 
-    __slots__ = ("_blocks_idle", "_gen", "scope")
+    __slots__ = ("_blocks_idle", "_gen", "_task", "_timeout", "scope", "timed_out")
 
-    def __init__(self, gen: Generation, name: str, blocks_idle: bool) -> None:
+    def __init__(
+        self, gen: Generation, name: str, blocks_idle: bool, timeout: float | None
+    ) -> None:
         self._gen = gen
         self._blocks_idle = blocks_idle
-        self.scope = scope = trio.CancelScope()
-        gen._work[scope] = name
-        if blocks_idle:
-            gen._busy_inc()
+        self._timeout = timeout
+        self._task: trio.lowlevel.Task | None = None
+        self.scope = trio.CancelScope()
+        self.timed_out = False
+        """The work outlived its timeout and was cancelled."""
+        gen.work_began(self, name, blocks_idle=blocks_idle)
 
     def __enter__(self) -> trio.CancelScope:
-        return self.scope.__enter__()
+        scope = self.scope.__enter__()
+        self._task = trio.lowlevel.current_task()
+        if self._timeout is not None:
+            self._gen.host.watchdog.arm(self, trio.current_time() + self._timeout, self._expire)
+        return scope
 
     def __exit__(
         self,
@@ -179,20 +234,32 @@ class WorkScope:
         tb: TracebackType | None,
     ) -> bool:
         gen = self._gen
+        if self._timeout is not None:
+            gen.host.watchdog.disarm(self)
         try:
             return self.scope.__exit__(exc_type, exc, tb)
         finally:
-            del gen._work[self.scope]
-            if self._blocks_idle:
-                gen._busy_dec()
-            gen.mark_dirty()
-            if not gen._work:
-                gen.poke()
+            self._task = None
+            gen.work_ended(self, blocks_idle=self._blocks_idle)
+
+    def cancel(self) -> None:
+        """Cancel the work; a frame it is sending right now goes out first."""
+        self._gen.host.watchdog.cancel(self._task, self.scope.cancel)
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        self.cancel()
 
 
 @attrs.define(eq=False, slots=True)
 class Generation:
-    """One awake period of an actor. Created by the registry, run by :meth:`run`."""
+    """One awake period of an actor. Created by the registry, started by :meth:`run`, ended
+    by :meth:`stop`.
+
+    While the actor is STARTED the generation has no task: its idle timer and interval saves
+    are watchdog timers, its work runs in its callers' tasks, ``wait_until`` work in tasks of
+    the registry's nursery. An awake idle actor is a few objects, not a task and a nursery.
+    """
 
     entry: ActorEntry
     host: GenerationHost
@@ -203,16 +270,19 @@ class Generation:
     aborted: bool = False
     """Grace has begun: long-running work should wrap up (see :attr:`abort_signal`)."""
     _abort_signal: trio.Event | None = None
-    _nursery: trio.Nursery | None = None
-    _work: dict[trio.CancelScope, str] = attrs.field(factory=dict[trio.CancelScope, str])
+    _work: dict[Work, str] = attrs.field(factory=dict["Work", str])
     _busy: int = 0
-    _timer_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     _idle_at: float = math.inf
     """When the idle timer fires (inf: busy, in grace, or no_sleep)."""
     _save_at: float = math.inf
     """When the next interval save is due (inf: nothing changed since the last one)."""
+    _timer_at: float = math.inf
+    """When the pending watchdog timer of this generation fires (inf: none pending)."""
     _last_save: float = 0.0
-    _grace_begun: trio.Event = attrs.field(factory=trio.Event)
+    _started: bool = False
+    """LOADED: from here the generation has no task of its own until grace begins."""
+    _stopping: bool = False
+    """Grace has begun and :meth:`stop` runs (or is about to)."""
     _poke: trio.Event | None = None
     _dirty: bool = False
     _save_lock: trio.Lock | None = None
@@ -297,39 +367,87 @@ class Generation:
             self.aborted = True
             if self._abort_signal is not None:
                 self._abort_signal.set()
-            self._grace_begun.set()
             self._idle_at = math.inf
+            if self._started and not self._stopping:
+                self._stopping = True
+                self.host.stop_generation(self)
         self.poke()
 
     # ---------------------------------------------------------------- work tracking
 
-    def track_work(self, name: str, *, blocks_idle: bool = True) -> WorkScope:
+    def track_work(
+        self, name: str, *, blocks_idle: bool = True, timeout: float | None = None
+    ) -> WorkScope:
         """Reserve in-flight work of this generation, to be run as a ``with`` block.
 
         The work blocks finalize (and idle sleep unless ``blocks_idle`` is False) from this call
-        until the block exits, and is cancelled if the grace deadline passes. Call it right
-        after admission, before any checkpoint; the block may then be entered later, in
-        another task, but it must be entered.
+        until the block exits, and is cancelled if the grace deadline passes, or ``timeout``
+        seconds after the block is entered (then ``timed_out`` is set). Call it right after
+        admission, before any checkpoint; the block may then be entered later, in another task,
+        but it must be entered.
         """
-        return WorkScope(self, name, blocks_idle)
+        return WorkScope(self, name, blocks_idle, timeout)
 
-    # The idle timer and the save interval share one deadline, kept on the cancel scope the
-    # generation's own task waits in (see _serve): no extra task per awake actor.
+    def work_began(self, work: Work, name: str, *, blocks_idle: bool) -> None:
+        """Count ``work`` as in flight (``track_work`` does this; the dispatcher's read loop
+        calls it directly for its message hooks, which run without a scope of their own)."""
+        self._work[work] = name
+        if blocks_idle:
+            self._busy_inc()
 
-    def _rearm(self) -> None:
-        self._timer_scope.deadline = min(self._idle_at, self._save_at)
+    def work_ended(self, work: Work, *, blocks_idle: bool) -> None:
+        """``work`` is over: the state may have changed, and grace may now be drained."""
+        del self._work[work]
+        if blocks_idle:
+            self._busy_dec()
+        self.mark_dirty()
+        if not self._work:
+            self.poke()
+
+    # The idle timer and the save interval share one pending watchdog timer per generation. It
+    # is only ever moved earlier (a new timer is pushed); one that fires early re-arms itself,
+    # and one that a newer timer replaced finds it is stale and does nothing.
+
+    def _arm(self, when: float) -> None:
+        if when < self._timer_at:
+            self._timer_at = when
+            self.host.watchdog.call_at(when, self)
+
+    def on_timer(self, when: float) -> None:
+        """The watchdog timer set for ``when`` fired (see :meth:`Watchdog.call_at`)."""
+        if when != self._timer_at or self._stopping or self.ended:
+            return  # replaced by an earlier timer, or grace began
+        self._timer_at = math.inf
+        now = trio.current_time()
+        if self._dirty and now >= self._save_at:
+            self._dirty = False
+            self._save_at = math.inf
+            self._last_save = now
+            self.host.spawn(self._interval_save, name=f"save:{self.entry.name}")
+        if now >= self._idle_at:
+            self._idle_at = math.inf  # re-armed when the actor is next idle
+            if self._busy == 0 and self.lifecycle.state is S.STARTED:
+                self.request_sleep("idle")
+        self._arm(min(self._idle_at, self._save_at))
+
+    async def _interval_save(self) -> None:
+        try:
+            await self.save_state(reason="interval")
+        except ActorError as exc:
+            self.host.note_save_error(self.entry, exc)
+            if not self._stopping:
+                self.mark_dirty()  # try again at the next interval (finalize saves anyway)
 
     def _busy_inc(self) -> None:
-        # Nothing to re-arm: a timer that fires while the actor is busy is ignored (see _serve).
+        # Nothing to re-arm: a timer that fires while the actor is busy does nothing.
         self._busy += 1
 
     def _busy_dec(self) -> None:
         self._busy -= 1
         if self._busy == 0 and self.lifecycle.state is S.STARTED and not self._no_sleep:
             self._idle_at = trio.current_time() + self.definition.options.sleep_timeout
-            # Only move the timer earlier: one that fires too early re-arms itself.
-            if self._timer_scope.deadline > self._idle_at:
-                self._timer_scope.deadline = self._idle_at
+            if self._started:
+                self._arm(self._idle_at)
 
     def conn_attached(self, conn: Conn) -> None:
         """A connection went live: a non-hibernatable one keeps the actor awake."""
@@ -347,11 +465,12 @@ class Generation:
         if not self._dirty:
             self._dirty = True
             self._save_at = self._last_save + self.definition.options.state_save_interval
-            self._rearm()
+            if self._started:
+                self._arm(self._save_at)
 
     def wait_until(self, async_fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         """Start background work that finalize waits for (see ``ActorContext.wait_until``)."""
-        if self._nursery is None or self._finalizing:
+        if self._finalizing or self.ended:
             raise RuntimeError("wait_until() is only available while the generation runs")
         name = f"wait_until:{getattr(async_fn, '__qualname__', repr(async_fn))}"
         self._spawn_tracked(name, async_fn, *args)
@@ -359,11 +478,10 @@ class Generation:
     def _spawn_tracked(
         self, name: str, async_fn: Callable[..., Awaitable[Any]], *args: Any
     ) -> None:
-        """Run ``async_fn`` in the generation's nursery as work that blocks finalize (not idle
-        sleep); reserved now, so a drain check right after can never miss it."""
-        assert self._nursery is not None
+        """Run ``async_fn`` in a task of the registry's nursery as work that blocks finalize
+        (not idle sleep); reserved now, so a drain check right after can never miss it."""
         work = self.track_work(name, blocks_idle=False)
-        self._nursery.start_soon(self._run_tracked, work, name, async_fn, args, name=name)
+        self.host.spawn(self._run_tracked, work, name, async_fn, args, name=name)
 
     async def _run_tracked(
         self,
@@ -393,18 +511,27 @@ class Generation:
         for conn in self.entry.conns:
             if conn.kind is ConnKind.PROTOCOL and event in conn.subscriptions:
                 if frame is None:
-                    frame = json.dumps({"type": "event", "name": event, "args": args})
+                    frame = jsoncodec.dumps({"type": "event", "name": event, "args": args})
                 conn.queue_frame(frame)
 
     # ---------------------------------------------------------------- state
 
     async def save_state(self, *, reason: str) -> None:
         """Save the state if it differs from the last save. Raises StateError / StoreError."""
-        if self._save_lock is None:
-            self._save_lock = trio.Lock()
-        async with self._save_lock:
+        lock = self._save_lock
+        if lock is None:
+            lock = self._save_lock = trio.Lock()
+        try:
+            await self._save_locked(lock, reason)
+        finally:
+            # Dropped when nobody holds or waits for it: an awake idle actor keeps no lock.
+            if self._save_lock is lock and not lock.locked():
+                self._save_lock = None
+
+    async def _save_locked(self, lock: trio.Lock, reason: str) -> None:
+        async with lock:
             try:
-                data = json.dumps(self.state, separators=(",", ":")).encode()
+                data = jsoncodec.dumps_compact(self.state).encode()
             except (TypeError, ValueError, RecursionError) as exc:  # too deep: not JSON either
                 raise StateError(f"state of actor {self.actor_id} is not JSON: {exc}") from exc
             if data == self._saved:
@@ -419,56 +546,47 @@ class Generation:
                 reason,
             )
 
-    async def _serve(self) -> None:
-        """Wait for grace; meanwhile fire the idle timer and the interval saves."""
-        while not self._grace_begun.is_set():
-            self._timer_scope = trio.CancelScope(deadline=min(self._idle_at, self._save_at))
-            with self._timer_scope:
-                await self._grace_begun.wait()
-            now = trio.current_time()
-            if self._dirty and now >= self._save_at:
-                self._dirty = False
-                self._save_at = math.inf
-                self._last_save = now
-                try:
-                    await self.save_state(reason="interval")
-                except ActorError as exc:
-                    self.host.note_save_error(self.entry, exc)
-                    self.mark_dirty()  # try again at the next interval
-            if now >= self._idle_at:
-                self._idle_at = math.inf  # re-armed when the actor is next idle
-                if self._busy == 0 and self.lifecycle.state is S.STARTED:
-                    self.request_sleep("idle")
-
     # ---------------------------------------------------------------- run
 
-    async def run(self) -> None:
-        """Run the whole generation: start, serve, grace, finalize. Never raises for user code."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if await self._start_or_fail():
-                await self._serve_and_finalize(nursery)
-            nursery.cancel_scope.cancel()
-
-    async def _start_or_fail(self) -> bool:
+    async def run(self) -> bool:
+        """Start the generation. Returns True once it is STARTED: it then has no task until
+        grace begins and the host runs :meth:`stop`. Returns False when it already ended (the
+        start failed, or a sleep or destroy requested meanwhile was carried out here).
+        Never raises for user code."""
         try:
             await self._start()
         except ActorError as exc:
             self._start_failed(exc)
+            self._cancel_leftovers()
             return False
         self.entry.process(E.LOADED, "started")
+        self._started = True
+        now = self._last_save = trio.current_time()
+        if self.lifecycle.state in _GRACE_STATES:
+            self._stopping = True
+            await self.stop()
+            return False
+        if self._busy == 0 and not self._no_sleep:
+            self._idle_at = now + self.definition.options.sleep_timeout
+        self._arm(min(self._idle_at, self._save_at))
         return True
 
-    async def _serve_and_finalize(self, nursery: trio.Nursery) -> None:
-        self._last_save = trio.current_time()
-        if self._busy == 0 and not self._no_sleep:
-            self._idle_at = self._last_save + self.definition.options.sleep_timeout
-        await self._serve()
-        await self._grace()
-        destroying = self.lifecycle.state is S.DESTROY_GRACE
-        self.entry.process(E.GRACE_ENDED, "grace ended")
-        self._finalizing = True
-        await self._finalize(destroying=destroying)
+    async def stop(self) -> None:
+        """Grace, then finalize (see the module docstring). Run once grace has begun."""
+        try:
+            await self._grace()
+            destroying = self.lifecycle.state is S.DESTROY_GRACE
+            self.entry.process(E.GRACE_ENDED, "grace ended")
+            self._finalizing = True
+            await self._finalize(destroying=destroying)
+        finally:
+            self._cancel_leftovers()
+
+    def _cancel_leftovers(self) -> None:
+        # Work still registered here was already cancelled at the grace deadline (or belongs
+        # to a failed start); whatever still unwinds must not outlive the generation's end.
+        for work in list(self._work):
+            work.cancel()
 
     def _start_failed(self, exc: ActorError) -> None:
         log.warning(
@@ -486,35 +604,67 @@ class Generation:
     async def _start(self) -> None:
         entry = self.entry
         definition = self.definition
-        options = definition.options
-        record = await self.host.store.begin_generation(self.actor_id)
+        timeout = definition.options.hook_timeout
+        # Store I/O and the user's hooks are bounded separately, each by hook_timeout: a slow
+        # store does not eat into the hooks' budget, which create_state, on_create and on_wake
+        # share as before.
+        # The lookup that made the entry may already have begun this generation in the store
+        # (Registry.take_begun, one write on the connect path); otherwise begin one here.
+        begun = self.host.take_begun(entry)
+        if begun is None:
+            try:
+                with trio.fail_after(timeout):
+                    record = await self.host.store.begin_generation(self.actor_id)
+            except trio.TooSlowError:
+                raise ActorStartFailed(
+                    f"start of actor {self.actor_id}: the store did not begin a generation "
+                    f"within hook_timeout={timeout}s"
+                ) from None
+        else:
+            record = begun
         self.number = record.generation
         entry.last_generation = record.generation
         ctx = self.ctx
+        hooks_deadline = trio.current_time() + timeout
+        in_store = False
         try:
             self.instance = definition.cls()
-            with trio.fail_after(options.hook_timeout):
+            with trio.fail_at(hooks_deadline):
                 if entry.pending_state is not None:
-                    self.state = json.loads(entry.pending_state)
+                    self.state = jsoncodec.loads(entry.pending_state)
                 elif record.initialized and record.state is not None:
-                    self.state = json.loads(record.state)
+                    self.state = jsoncodec.loads(record.state)
                     self._saved = record.state
                 else:
-                    input_value = json.loads(record.input) if record.input is not None else None
+                    raw = record.input
+                    input_value = jsoncodec.loads(raw) if raw is not None else None
                     value = self.instance.create_state(ctx, input_value)
                     if inspect.isawaitable(value):
                         value = await value
                     self.state = value
                 if not record.initialized:
                     await self.instance.on_create(ctx)
-                    await self.save_state(reason="created")
-                elif entry.pending_state is not None:
-                    await self.save_state(reason="pending state from a failed save")
-                    entry.pending_state = None
+            if not record.initialized or entry.pending_state is not None:
+                in_store = True
+                saving_since = trio.current_time()
+                with trio.fail_after(timeout):
+                    if not record.initialized:
+                        await self.save_state(reason="created")
+                    else:
+                        await self.save_state(reason="pending state from a failed save")
+                        entry.pending_state = None
+                in_store = False
+                hooks_deadline += trio.current_time() - saving_since
+            with trio.fail_at(hooks_deadline):
                 await self.instance.on_wake(ctx)
         except trio.TooSlowError:
+            if in_store:
+                raise ActorStartFailed(
+                    f"start of actor {self.actor_id}: the store did not save its state within "
+                    f"hook_timeout={timeout}s"
+                ) from None
             raise ActorStartFailed(
-                f"start of actor {self.actor_id} exceeded hook_timeout={options.hook_timeout}s"
+                f"start of actor {self.actor_id} exceeded hook_timeout={timeout}s"
             ) from None
         except ActorError as exc:
             if isinstance(exc, StoreError):
@@ -559,8 +709,8 @@ class Generation:
                     grace,
                     ", ".join(names),
                 )
-                for scope in list(self._work):
-                    scope.cancel()
+                for work in list(self._work):
+                    work.cancel()
                 return
 
     async def _finalize(self, *, destroying: bool) -> None:
@@ -594,7 +744,7 @@ class Generation:
         except ActorError as exc:
             self.host.note_save_error(entry, exc)
             try:
-                entry.pending_state = json.dumps(self.state, separators=(",", ":")).encode()
+                entry.pending_state = jsoncodec.dumps_compact(self.state).encode()
             except (TypeError, ValueError, RecursionError):
                 log.error(
                     "actor %s id=%s: unsaveable state dropped at finalize",
@@ -618,7 +768,7 @@ class Generation:
         # run them again, waking the actor to do so); if it left first, the handler owns them.
         if conn not in entry.conns:
             return
-        entry.conns.discard(conn)
+        entry.discard_conn(conn)
         self.conn_detached(conn)
         conn.close_nowait(code, reason)
         with trio.move_on_after(options.close_timeout + 0.5):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from . import jsoncodec
 from .actor import Actor, ActorDefinition, definition_of
 from .authority import LifecycleAuthority, LocalAuthority
 from .context import current_conn
@@ -42,8 +42,9 @@ from .errors import (
 )
 from .generation import ActorEntry, Generation, WorkScope
 from .lifecycle import Admission, LifecycleEvent, LifecycleState, WorkKind, admit
-from .store.base import Store
+from .store.base import ActorRecord, Store
 from .store.memory import MemoryStore
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .conn import Conn
@@ -153,6 +154,8 @@ class Registry:
         self._by_key: dict[tuple[str, str], ActorEntry] = {}
         self._key_locks: dict[tuple[str, str], trio.Lock] = {}
         self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._begun: dict[str, tuple[ActorEntry, ActorRecord]] = {}
+        """Generations a lookup began in the store for an entry it made (see :meth:`take_begun`)."""
         self._pending_deletes: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._running_generations = 0
@@ -163,6 +166,7 @@ class Registry:
         self._drain_steps: list[Callable[[], Awaitable[None]]] = []
         self._cm: Any = None
         self._cm_nursery: trio.Nursery
+        self._watchdog = Watchdog()
         self.counters = _Counters()
         """Mutable counters; the dispatcher adds its message and close counts here."""
 
@@ -172,6 +176,11 @@ class Registry:
     def store(self) -> Store:
         """The store actors persist to."""
         return self._store
+
+    @property
+    def watchdog(self) -> Watchdog:
+        """Keeps the deadlines of in-flight work and the bounds of direct sends."""
+        return self._watchdog
 
     def use_store(self, store: Store) -> None:
         """Replace the store before the registry runs (the CLI's ``--store``)."""
@@ -242,6 +251,7 @@ class Registry:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    nursery.start_soon(self._watchdog.run, name="actorcore watchdog")
                     task_status.started(self)
                     try:
                         await self._shutdown_requested.wait()
@@ -253,6 +263,7 @@ class Registry:
                     nursery.cancel_scope.cancel()
             finally:
                 self._draining = True
+                self._abandon_generations()
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await self._store.aclose()
                 store_nursery.cancel_scope.cancel()
@@ -448,13 +459,31 @@ class Registry:
         definition = self._definitions.get(record.name)
         if definition is None:
             raise ActorNotFound(f"actor {actor_id} is a {record.name!r}, which is not registered")
+        lock = self._key_locks.get((record.name, record.key))
+        if lock is not None:
+            # A lookup by key of this very actor is under way, and it may begin a generation in
+            # the store: wait for it and use its entry. An entry made here meanwhile could start
+            # a generation that the lookup's later begin would fence out.
+            try:
+                async with lock:
+                    entry = self._by_id.get(actor_id)
+                    if entry is not None:
+                        return entry
+            finally:
+                self._drop_key_lock((record.name, record.key), lock)
         return self._add_entry(record.actor_id, record.key, definition)
 
     async def find_entry_by_key(
         self, name: str, key: str, *, create: bool, input: Any
     ) -> ActorEntry:
         """Like :meth:`find_entry` by name and key; with ``create`` a missing actor is created
-        (with ``input``) in the store. Concurrent calls for one key create one actor."""
+        (with ``input``) in the store. Concurrent calls for one key create one actor.
+
+        With ``create`` (the connect path: the caller wakes the actor next), an actor that is
+        not in memory costs one store write, :meth:`Store.begin_or_create`, which also begins
+        its next generation; the generation's start takes that record (:meth:`take_begun`)
+        instead of beginning one itself.
+        """
         self._require_running()
         if create and self._draining:
             raise RuntimeShutdown("the registry is shutting down")
@@ -466,32 +495,96 @@ class Registry:
             return entry
         lock = self._key_locks.setdefault((name, key), trio.Lock())
         try:
-            async with lock:
+            # A free lock is taken without a scheduling round (the store call checkpoints).
+            try:
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+            try:
                 entry = self._by_key.get((name, key))
                 if entry is not None:
                     return entry
+                if create:
+                    return await self._begin_by_key(definition, key, input)
                 record = await self._store.get_by_key(name, key)
                 if record is not None and record.actor_id in self._tombstones:
-                    # Destroyed, but the store failed to delete it: finish the delete (fenced by
-                    # its last generation) rather than bring the destroyed actor back.
-                    await self._store.delete(record.actor_id, record.generation)
-                    self._pending_deletes.pop(record.actor_id, None)
+                    await self._finish_delete(record)
                     record = None
                 if record is None:
-                    if not create:
-                        raise ActorNotFound(f"no {name!r} actor with key {key!r}")
-                    if self._draining:
-                        raise RuntimeShutdown("the registry is shutting down")
-                    record = await self._store.create(
-                        uuid.uuid4().hex, name, key, _encode_input(input)
-                    )
-                entry = self._by_id.get(record.actor_id)
-                if entry is None:
-                    entry = self._add_entry(record.actor_id, record.key, definition)
-                return entry
+                    raise ActorNotFound(f"no {name!r} actor with key {key!r}")
+                return self._adopt(record, definition, begun=False)
+            finally:
+                lock.release()
         finally:
-            if not lock.statistics().tasks_waiting and not lock.locked():
-                self._key_locks.pop((name, key), None)
+            self._drop_key_lock((name, key), lock)
+
+    async def _begin_by_key(self, definition: ActorDefinition, key: str, input: Any) -> ActorEntry:
+        """Find or create the actor ``definition.name``/``key`` in the store and begin its next
+        generation there, in one write. Called under the key's lock."""
+        name = definition.name
+        while True:
+            if self._draining:
+                raise RuntimeShutdown("the registry is shutting down")
+            # (No await inside the except blocks: a cancel there would drop the error.)
+            bad_input: TypeError | None = None
+            encoded: bytes | None = None
+            try:
+                encoded = _encode_input(input)
+            except TypeError as exc:
+                bad_input = exc
+            if bad_input is not None and await self._store.get_by_key(name, key) is None:
+                raise bad_input  # only a new actor needs its input
+            failed: StoreError | None = None
+            try:
+                record = await self._store.begin_or_create(name, key, uuid.uuid4().hex, encoded)
+            except StoreError as exc:
+                failed = exc
+            if failed is not None:
+                # Tell a failed create from a failed wake: an existing actor is loaded as is
+                # and its start retries the begin (a wake failure is a failed start, as for an
+                # actor found in memory); a create failure is the lookup's error.
+                existing = await self._store.get_by_key(name, key)
+                if existing is None or existing.actor_id in self._tombstones:
+                    raise failed
+                return self._adopt(existing, definition, begun=False)
+            if record.actor_id in self._tombstones:
+                await self._finish_delete(record)
+                continue  # and create a fresh actor for the key
+            return self._adopt(record, definition, begun=True)
+
+    async def _finish_delete(self, record: ActorRecord) -> None:
+        """Destroyed, but the store failed to delete it: finish the delete (fenced by its last
+        generation) rather than bring the destroyed actor back."""
+        await self._store.delete(record.actor_id, record.generation)
+        self._pending_deletes.pop(record.actor_id, None)
+
+    def _adopt(
+        self, record: ActorRecord, definition: ActorDefinition, *, begun: bool
+    ) -> ActorEntry:
+        """The entry for ``record`` (an entry loaded meanwhile wins; a generation ``record``
+        began is then left unused, which only skips its number)."""
+        entry = self._by_id.get(record.actor_id)
+        if entry is None:
+            entry = self._add_entry(record.actor_id, record.key, definition)
+            if begun:
+                self._begun[record.actor_id] = (entry, record)
+        return entry
+
+    def take_begun(self, entry: ActorEntry) -> ActorRecord | None:
+        """The store record of the generation that ``entry``'s lookup began, once; None when
+        there is none (the generation's start then calls :meth:`Store.begin_generation`)."""
+        begun = self._begun.pop(entry.actor_id, None)
+        if begun is None or begun[0] is not entry:
+            return None
+        return begun[1]
+
+    def _drop_key_lock(self, key: tuple[str, str], lock: trio.Lock) -> None:
+        if (
+            not lock.statistics().tasks_waiting
+            and not lock.locked()
+            and self._key_locks.get(key) is lock
+        ):
+            del self._key_locks[key]
 
     def _add_entry(self, actor_id: str, key: str, definition: ActorDefinition) -> ActorEntry:
         entry = ActorEntry(actor_id=actor_id, key=key, definition=definition)
@@ -514,6 +607,9 @@ class Registry:
 
     def _retire(self, entry: ActorEntry) -> None:
         entry.retired = True
+        begun = self._begun.get(entry.actor_id)
+        if begun is not None and begun[0] is entry:
+            del self._begun[entry.actor_id]
         if self._by_id.get(entry.actor_id) is entry:
             del self._by_id[entry.actor_id]
         if self._by_key.get((entry.name, entry.key)) is entry:
@@ -591,7 +687,7 @@ class Registry:
         if fn is None:
             raise ActionNotFound(f"actor {entry.name!r} has no action {action!r}")
         gen = await self.admit_entry(entry, WorkKind.CALL)
-        work = gen.track_work(f"action:{action}")
+        work = gen.track_work(f"action:{action}", timeout=gen.definition.options.action_timeout)
         return await self.invoke(gen, work, action, fn, args, kwargs, conn)
 
     async def invoke(
@@ -604,15 +700,15 @@ class Registry:
         kwargs: dict[str, Any],
         conn: Conn | None,
     ) -> Any:
-        """Run an admitted action inside its reserved ``work``, bounded by ``action_timeout``.
+        """Run an admitted action inside its reserved ``work`` (made with
+        ``timeout=action_timeout``).
 
         The one place actions run, for in-process calls and protocol connections alike.
         """
         self.counters.calls += 1
         token = current_conn.set(conn)
         try:
-            with work as scope:
-                scope.deadline = trio.current_time() + gen.definition.options.action_timeout
+            with work:
                 return await fn(gen.instance, gen.ctx, *args, **kwargs)
         finally:
             current_conn.reset(token)
@@ -695,27 +791,67 @@ class Registry:
         self._nursery.start_soon(self._run_generation, entry, gen, name=f"actor:{entry.name}")
 
     async def _run_generation(self, entry: ActorEntry, gen: Generation) -> None:
+        started = cut = False
         try:
-            await gen.run()
+            started = await gen.run()
         except Exception:
             # A bug in actorcore itself: contain it to this actor and keep serving others.
             log.exception("actor %s id=%s: generation crashed", entry.name, entry.actor_id)
+        except BaseException:
+            cut = True  # cancelled
+            raise
         finally:
-            entry.generation = None
-            self._running_generations -= 1
-            state = entry.lifecycle.state
-            if state in (S.SLEEP_FINALIZE, S.DESTROYING):
-                entry.process(E.FINALIZED, "finalized")
-            elif state is not S.ASLEEP:
-                # Cancelled mid-way (hard shutdown): record it as asleep without a save.
-                entry.lifecycle.state = S.ASLEEP
-                entry.notify()
-            gen.end()
-            self._generation_ended(entry)
-            if self._running_generations == 0:
-                self._generations_done.set()
+            if not started:
+                self._generation_finished(entry, gen, cut=cut)
 
-    def _generation_ended(self, entry: ActorEntry) -> None:
+    def spawn(self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
+        """Run ``async_fn(*args)`` in the registry's nursery (a GenerationHost method: the
+        background work of generations, which have no nursery of their own)."""
+        assert self._nursery is not None, "the registry is not running"
+        self._nursery.start_soon(async_fn, *args, name=name)
+
+    def stop_generation(self, gen: Generation) -> None:
+        """Run a started generation's grace and finalize (a GenerationHost method)."""
+        self.spawn(self._stop_generation, gen.entry, gen, name=f"actor:{gen.entry.name}:stop")
+
+    async def _stop_generation(self, entry: ActorEntry, gen: Generation) -> None:
+        cut = False
+        try:
+            await gen.stop()
+        except Exception:
+            log.exception("actor %s id=%s: generation crashed", entry.name, entry.actor_id)
+        except BaseException:
+            cut = True  # cancelled
+            raise
+        finally:
+            self._generation_finished(entry, gen, cut=cut)
+
+    def _abandon_generations(self) -> None:
+        """The registry's nursery is gone (a drain cut short, or cancelled from outside):
+        generations still awake have no task left to end them; record them as ended."""
+        for entry in list(self._by_id.values()):
+            gen = entry.generation
+            if gen is not None and not gen.ended:
+                self._generation_finished(entry, gen, cut=True)
+
+    def _generation_finished(self, entry: ActorEntry, gen: Generation, *, cut: bool) -> None:
+        if gen.ended:
+            return
+        entry.generation = None
+        self._running_generations -= 1
+        state = entry.lifecycle.state
+        if state in (S.SLEEP_FINALIZE, S.DESTROYING):
+            entry.process(E.FINALIZED, "finalized")
+        elif state is not S.ASLEEP:
+            # Cancelled mid-way (hard shutdown): record it as asleep without a save.
+            entry.lifecycle.state = S.ASLEEP
+            entry.notify()
+        gen.end()
+        self._generation_ended(entry, cut=cut)
+        if self._running_generations == 0:
+            self._generations_done.set()
+
+    def _generation_ended(self, entry: ActorEntry, *, cut: bool) -> None:
         state = entry.lifecycle.state
         if state is S.DESTROYED:
             self._retire(entry)
@@ -724,7 +860,9 @@ class Registry:
                 self._tombstones.popitem(last=False)
             return
         wanted = entry.held > 0 or entry.lifecycle.destroy_requested
-        if wanted and not self._draining and entry.failed_wake != entry.wakes:
+        # A generation cut off by cancellation (the registry is being cancelled from outside)
+        # wakes nothing: the new one would be cancelled in turn, and woken again, forever.
+        if wanted and not (self._draining or cut) and entry.failed_wake != entry.wakes:
             self._wake(entry, "work was waiting")
         elif not (entry.held or entry.conns or entry.pending_state is not None):
             self._retire(entry)
@@ -812,6 +950,6 @@ def _encode_input(value: Any) -> bytes | None:
     if value is None:
         return None
     try:
-        return json.dumps(value, separators=(",", ":")).encode()
+        return jsoncodec.dumps_compact(value).encode()
     except (TypeError, ValueError) as exc:
         raise TypeError(f"actor input must be JSON-serialisable: {exc}") from exc

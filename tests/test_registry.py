@@ -671,3 +671,160 @@ async def test_lookups_of_asleep_actors_leave_nothing_in_memory(
     assert registry.statistics().actors_by_state == {}, "an asleep actor is only a store row"
     assert registry.lifecycle(handle.actor_id) is S.ASLEEP
     assert await handle.call("increment") == 1
+
+
+# ---------------------------------------------------------------- the connect path's store work
+
+
+async def test_a_new_actor_costs_two_writes_and_an_asleep_one_one(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    """Not in memory, an actor is found, created if needed and its generation begun in one
+    write (``begin_or_create``); a new actor then saves its created state once."""
+    store = actorcore.MemoryStore()
+    registry = await make_registry([Counter], store=store)
+    before = store.statistics()
+    handle = await registry.get_or_create("counter", "k", input={"start": 4})
+    assert store.statistics().writes - before.writes == 2
+    record = await store.get_by_id(handle.actor_id)
+    assert record is not None
+    assert (record.generation, record.initialized, record.state) == (1, True, b'{"count":4}')
+    await registry.sleep(handle.actor_id)  # nothing changed: no final save
+    before = store.statistics()
+    again = await registry.get_or_create("counter", "k", input={"start": 99})
+    assert again.actor_id == handle.actor_id
+    assert store.statistics().writes - before.writes == 1
+    assert await again.call("info") == {
+        "generation": 2,
+        "lifecycle": "started",
+        "started": True,
+        "sleep_requested": False,
+    }
+    assert await again.call("get") == 4, "an existing actor ignores the input"
+    assert Counter.log == ["create:1", "wake:1", "sleep:1", "wake:2"]
+
+
+async def test_create_and_wake_store_failures_surface_differently(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    """A failed create is the lookup's StoreError (no row is left); a failed wake is a failed
+    start (ActorStartFailed), as for an actor found in memory."""
+    store = actorcore.MemoryStore()
+    registry = await make_registry([Counter], store=store)
+    asleep = await registry.get_or_create("counter", "asleep")
+    await asleep.call("increment", 7)
+    await registry.sleep(asleep.actor_id)
+    store.fail_writes = OSError("disk full")
+    with pytest.raises(actorcore.StoreError) as created:
+        await registry.get_or_create("counter", "new")
+    assert not isinstance(created.value, actorcore.ActorStartFailed)
+    assert "disk full" in created.value.message
+    with pytest.raises(actorcore.ActorStartFailed) as woken:
+        await registry.get_or_create("counter", "asleep")
+    assert "disk full" in woken.value.message
+    store.fail_writes = None
+    assert await store.get_by_key("counter", "new") is None, "no row was left"
+    assert await (await registry.get_or_create("counter", "asleep")).call("get") == 7
+    assert await (await registry.get_or_create("counter", "new")).call("get") == 0
+    assert Counter.log.count("create:1") == 2, "on_create ran once per actor"
+
+
+async def test_lookup_by_id_during_a_lookup_by_key_shares_its_generation(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    """A lookup by id that finds the actor while a lookup by key is beginning its generation
+    waits for that lookup and uses its entry: one generation starts, and it is the store's
+    current one (its saves are not fenced out)."""
+    store = actorcore.MemoryStore()
+    registry = await make_registry([Counter], store=store)
+    handle = await registry.get_or_create("counter", "k")
+    await registry.sleep(handle.actor_id)
+    store.write_delay = 1.0  # the begin_or_create below is in flight for a second
+    results: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.get_or_create, "counter", "k")
+        await trio.sleep(0.1)
+        nursery.start_soon(lambda: _append(results, registry.call(handle.actor_id, "increment")))
+    store.write_delay = 0.0
+    assert results == [1]
+    assert Counter.log == ["create:1", "wake:1", "sleep:1", "wake:2"], "one generation began"
+    record = await store.get_by_id(handle.actor_id)
+    assert record is not None and record.generation == 2
+    await registry.sleep(handle.actor_id)
+    assert registry.statistics().save_errors == 0, "the generation was not fenced out"
+    assert store.statistics().stale_writes == 0
+    record = await store.get_by_id(handle.actor_id)
+    assert record is not None and record.state == b'{"count":1}'
+
+
+async def _append(results: list[int], call: Any) -> None:
+    results.append(await call)
+
+
+async def test_a_begun_generation_that_never_starts_is_dropped(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    store = actorcore.MemoryStore()
+    registry = await make_registry([Counter], store=store)
+    entry = await registry.find_entry_by_key("counter", "k", create=True, input={"start": 3})
+    assert registry.lifecycle(entry.actor_id) is S.ASLEEP
+    # Looked up again without waking: the entry leaves memory with its begun generation.
+    handle = await registry.get("counter", "k")
+    assert registry.entry(handle.actor_id) is None
+    assert registry.take_begun(entry) is None
+    assert await handle.call("info") == {
+        "generation": 2,  # 1 began and was never used
+        "lifecycle": "started",
+        "started": True,
+        "sleep_requested": False,
+    }
+    assert await handle.call("get") == 3, "the creation input is used at the first start"
+    assert Counter.log == ["create:2", "wake:2"]
+
+
+async def test_store_io_of_a_start_is_bounded_apart_from_the_hooks(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    """``hook_timeout`` bounds the start's hooks (together) and, separately, each store call
+    of the start: a store that is slow but within the bound no longer fails the first start
+    by eating the hooks' budget."""
+
+    class Hooked(Counter):
+        name = "hooked"
+        options = ActorOptions(hook_timeout=2.0, ready_timeout=20.0, sleep_timeout=1000.0)
+        hook_seconds = 0.8
+
+        async def on_create(self, ctx: ActorContext) -> None:
+            await trio.sleep(self.hook_seconds)
+
+        async def on_wake(self, ctx: ActorContext) -> None:
+            await trio.sleep(self.hook_seconds)
+
+    store = actorcore.MemoryStore(write_delay=1.5)
+    registry = await make_registry([Hooked], store=store)
+    # Hooks 1.6 s and the first save 1.5 s: each within 2 s (3.1 s together).
+    started = trio.current_time()
+    handle = await registry.get_or_create("hooked", "k")
+    assert trio.current_time() - started == pytest.approx(1.5 + 0.8 + 1.5 + 0.8)
+    assert await handle.call("get") == 0
+
+    # A store slower than hook_timeout still fails the start, and says so.
+    store.write_delay = 2.5
+    with pytest.raises(actorcore.ActorStartFailed, match=r"store did not save.*hook_timeout=2"):
+        await registry.get_or_create("hooked", "slow-store")
+    await registry.sleep(handle.actor_id)  # the final save (2.5 s) is not a start's
+    with pytest.raises(
+        actorcore.ActorStartFailed, match=r"store did not begin a generation.*hook_timeout=2"
+    ):
+        await handle.call("get")  # found by id: the start begins the generation itself
+
+    # The hooks still share one budget, however long the store took in between.
+    store.write_delay = 1.0
+    Hooked.hook_seconds = 1.2
+    try:
+        with pytest.raises(actorcore.ActorStartFailed, match="exceeded hook_timeout=2"):
+            await registry.get_or_create("hooked", "slow-hooks")
+    finally:
+        Hooked.hook_seconds = 0.8
+    store.write_delay = 0.0
+    assert await handle.call("get") == 0

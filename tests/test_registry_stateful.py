@@ -148,6 +148,14 @@ class RecordingStore(MemoryStore):
         self.saved[actor_id] = None
         return record
 
+    async def begin_or_create(
+        self, name: str, key: str, actor_id: str, input: bytes | None
+    ) -> actorcore.ActorRecord:
+        record = await super().begin_or_create(name, key, actor_id, input)
+        if record.actor_id == actor_id:  # created now
+            self.saved[actor_id] = None
+        return record
+
     async def save(self, actor_id: str, generation: int, state: bytes) -> None:
         await super().save(actor_id, generation, state)
         self.saved[actor_id] = state

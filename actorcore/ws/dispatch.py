@@ -74,18 +74,15 @@ class ConnectRequest:
 
 
 class _Counting:
-    """Transport wrapper that counts messages and close frames into the registry's counters."""
+    """Transport wrapper that counts sent messages and close frames into the registry's
+    counters (the reader counts received messages itself: one call less per message)."""
 
-    __slots__ = ("_counters", "_inner")
+    __slots__ = ("_counters", "_inner", "receive")
 
     def __init__(self, inner: Transport, registry: Registry) -> None:
         self._inner = inner
         self._counters = registry.counters
-
-    async def receive(self) -> str | bytes:
-        message = await self._inner.receive()
-        self._counters.messages_in += 1
-        return message
+        self.receive = inner.receive
 
     async def send(self, message: str | bytes) -> None:
         await self._inner.send(message)
@@ -97,6 +94,9 @@ class _Counting:
             "closing connection: %d %s", code, reason, extra={"close_code": code, "reason": reason}
         )
         await self._inner.close(code, reason)
+
+    async def abort(self) -> None:
+        await self._inner.abort()
 
 
 @attrs.define(eq=False)
@@ -123,7 +123,12 @@ class Dispatcher:
         accept: Callable[[], Awaitable[Transport]],
     ) -> None:
         """Handle one WebSocket request from upgrade to close. Never raises (except Cancelled)."""
-        transport = _Counting(await accept(), self.registry)
+        try:
+            accepted = await accept()
+        except TransportClosed:
+            log.info("client left during the handshake (%s)", target[:200])
+            return
+        transport = _Counting(accepted, self.registry)
         handler = _ConnHandler(self, transport, target, request)
         if self._closing or self.registry.draining:
             await handler.close_direct(closecodes.RUNTIME_SHUTDOWN)
@@ -154,6 +159,17 @@ class Dispatcher:
                     await handler.done.wait()
 
 
+class _Reply:
+    """An action's answer, tracked as work of its generation until it is sent, so that no
+    generation (and no registry) ends before the answers of its actions are out. The grace
+    deadline does not cancel it: its send is bounded by the watchdog (``close_timeout``)."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        """Nothing to cancel (see the class docstring)."""
+
+
 class _ConnHandler:
     """One connection, from routing to its last hook."""
 
@@ -176,6 +192,13 @@ class _ConnHandler:
         self.shutdown_close: CloseCode | None = None
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
+        # The in-loop message hook (see _on_message): its task, the read loop's cancel scope,
+        # why that scope was cancelled, and the generation whose hook it interrupted.
+        self.task: trio.lowlevel.Task | None = None
+        self.loop_scope: trio.CancelScope | None = None
+        self.hook_timed_out = False
+        self.interrupted: Generation | None = None
+        self._expire_hook = self._on_hook_timeout
 
     # ---------------------------------------------------------------- closing
 
@@ -186,9 +209,13 @@ class _ConnHandler:
                 await self.transport.close(close.code, close.reason)
 
     def shutdown(self, close: CloseCode) -> None:
-        """Close for a registry drain, whatever phase the handler is in."""
+        """Close for a registry drain, whatever phase the handler is in.
+
+        Frames read from now on are not delivered. Actions already running answer first: the
+        close is queued when the last of them has sent its result (they end at the latest with
+        their actor's grace deadline, which the drain starts next)."""
         self.shutdown_close = close
-        if self.conn is not None:
+        if self.conn is not None and self.inflight == 0:
             self.conn.close_nowait(close.code, close.reason)
         self.resolve_scope.cancel()
         self.setup_scope.cancel()
@@ -236,7 +263,9 @@ class _ConnHandler:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             conn.bind(
-                self.transport, lambda: nursery.start_soon(self._write, conn, options.close_timeout)
+                self.transport,
+                lambda: nursery.start_soon(self._write, conn, options.close_timeout),
+                self.registry.watchdog,
             )
             live = await self._open(entry, conn)
             if live is not None:
@@ -284,7 +313,7 @@ class _ConnHandler:
             self.close(self.shutdown_close or closecodes.RUNTIME_SHUTDOWN)
             return None
         # Live: attached synchronously with check point 2 (no checkpoint in between).
-        entry.conns.add(conn)
+        entry.add_conn(conn)
         gen.conn_attached(conn)
         assert gen.instance is not None
         if conn.kind is ConnKind.PROTOCOL:
@@ -294,7 +323,9 @@ class _ConnHandler:
         else:
             hook = gen.instance.on_ws_open
         # On failure the close is queued; teardown still runs the disconnect hooks.
-        await self._run_hook(gen, gen.track_work(f"hook:{hook.__name__}"), hook, conn)
+        timeout = entry.definition.options.hook_timeout
+        work = gen.track_work(f"hook:{hook.__name__}", timeout=timeout)
+        await self._run_hook(gen, work, hook, conn)
         return gen
 
     async def _setup(self, entry: ActorEntry, conn: Conn) -> Generation | None:
@@ -305,8 +336,8 @@ class _ConnHandler:
                     gen = await self._admit_connect(entry)  # check point 1
                     instance = gen.instance
                     assert instance is not None
-                    with gen.track_work(f"connect:{conn.id}") as scope:
-                        scope.deadline = trio.current_time() + options.hook_timeout
+                    work = gen.track_work(f"connect:{conn.id}", timeout=options.hook_timeout)
+                    with work as scope:
                         await self._setup_hooks(gen, conn)
                     if scope.cancelled_caught and not gen.aborted:
                         raise InternalError("connection setup hooks exceeded hook_timeout")
@@ -350,20 +381,42 @@ class _ConnHandler:
 
     async def _serve(self, entry: ActorEntry, conn: Conn, gen: Generation) -> tuple[int, str]:
         """Read messages until the client closes; returns the client's close code/reason."""
-        max_size = entry.definition.options.max_message_size
         protocol = conn.kind is ConnKind.PROTOCOL
         if protocol:
             kind = WorkKind.HIBERNATABLE_MESSAGE
         else:
             kind = WorkKind.HIBERNATABLE_MESSAGE if conn.hibernatable else WorkKind.MESSAGE
-        transport = self.transport
+        self.task = trio.lowlevel.current_task()
+        while True:
+            with trio.CancelScope() as self.loop_scope:
+                return await self._read(entry, conn, kind, protocol)
+            # The scope was cancelled: a message hook outlived hook_timeout, or the grace
+            # deadline cut it. If the cancel landed after the hook had returned, it only
+            # interrupted a receive (which loses nothing); read on either way.
+            cut, self.interrupted = self.interrupted, None
+            if cut is not None and self.hook_timed_out and not cut.aborted:
+                log.error(
+                    "actor %s id=%s: on_ws_message exceeded hook_timeout",
+                    cut.entry.name,
+                    cut.actor_id,
+                )
+                self.close(closecodes.INTERNAL_ERROR)
+            self.hook_timed_out = False
+
+    async def _read(
+        self, entry: ActorEntry, conn: Conn, kind: WorkKind, protocol: bool
+    ) -> tuple[int, str]:
+        max_size = entry.definition.options.max_message_size
+        receive = self.transport.receive
+        counters = self.registry.counters
         while True:
             try:
-                message = await transport.receive()
+                message = await receive()
             except TransportClosed as exc:
                 return exc.code, exc.reason
-            if conn.closing:
-                continue  # a close is queued: nothing more is delivered
+            counters.messages_in += 1
+            if conn.closing or self.shutdown_close is not None:
+                continue  # a close is queued or due: nothing more is delivered
             if len(message) > max_size:
                 err = MessageTooLarge(f"message of {len(message)} > {max_size}")
                 self.close(closecodes.for_error(err))
@@ -393,7 +446,10 @@ class _ConnHandler:
             if decision is Admission.ADMIT:
                 live = entry.generation
                 assert live is not None
-                await self._deliver(live, conn, item)
+                if protocol:
+                    await self._deliver(live, conn, item)
+                else:
+                    await self._on_message(live, conn, item)
             elif decision is Admission.HOLD:
                 self._buffer(entry, conn, item)
             elif decision is Admission.STOPPING:
@@ -404,6 +460,42 @@ class _ConnHandler:
                 else:
                     self.close(closecodes.ACTOR_DESTROYED)
 
+    async def _on_message(self, gen: Generation, conn: Conn, message: str | bytes) -> None:
+        """Run ``on_ws_message`` for a message the read loop admitted: the per-message path.
+
+        No cancel scope of its own (entering one costs about as much as the rest of the
+        message): the handler itself is the tracked work, the watchdog keeps its
+        ``hook_timeout``, and cancelling it cancels the read loop's scope (see :meth:`cancel`).
+        """
+        instance = gen.instance
+        assert instance is not None
+        watchdog = self.registry.watchdog
+        gen.work_began(self, "hook:on_ws_message", blocks_idle=True)
+        watchdog.arm(
+            self, trio.current_time() + gen.definition.options.hook_timeout, self._expire_hook
+        )
+        try:
+            await instance.on_ws_message(gen.ctx, conn, message)
+        except Exception:
+            log.exception("actor %s id=%s: on_ws_message raised", gen.entry.name, gen.actor_id)
+            self.close(closecodes.INTERNAL_ERROR)
+        except BaseException:
+            self.interrupted = gen  # cancelled: by us (timeout, grace) or from outside
+            raise
+        finally:
+            watchdog.disarm(self)
+            gen.work_ended(self, blocks_idle=True)
+
+    def cancel(self) -> None:
+        """Cancel the message hook running in the read loop (tracked work of a generation);
+        a frame it is sending goes out first."""
+        assert self.task is not None and self.loop_scope is not None
+        self.registry.watchdog.cancel(self.task, self.loop_scope.cancel)
+
+    def _on_hook_timeout(self) -> None:
+        self.hook_timed_out = True
+        self.cancel()
+
     async def _deliver(self, gen: Generation, conn: Conn, item: Any) -> None:
         """Deliver one admitted message: reserve its work now (before any checkpoint)."""
         if isinstance(item, ActionRequest):
@@ -411,21 +503,26 @@ class _ConnHandler:
                 self.close(closecodes.for_error(ActorOverloaded("too many actions in flight")))
                 return
             self.inflight += 1
-            work = gen.track_work(f"action:{item.name}")
+            work = gen.track_work(
+                f"action:{item.name}", timeout=gen.definition.options.action_timeout
+            )
+            # The answer is work too: finalize (and so a drain) waits until it is sent.
+            reply = _Reply()
+            gen.work_began(reply, f"reply:{item.name}", blocks_idle=False)
             assert self.nursery is not None
             previous, started = self.last_started, trio.Event()
             self.last_started = started
-            self.nursery.start_soon(self._action, gen, work, conn, item, previous, started)
+            self.nursery.start_soon(self._action, gen, work, reply, conn, item, previous, started)
             return
         assert gen.instance is not None
-        await self._run_hook(
-            gen, gen.track_work("hook:on_ws_message"), gen.instance.on_ws_message, conn, item
-        )
+        work = gen.track_work("hook:on_ws_message", timeout=gen.definition.options.hook_timeout)
+        await self._run_hook(gen, work, gen.instance.on_ws_message, conn, item)
 
     async def _action(
         self,
         gen: Generation,
         work: Any,
+        reply: _Reply,
         conn: Conn,
         frame: ActionRequest,
         previous: trio.Event | None,
@@ -434,7 +531,10 @@ class _ConnHandler:
         try:
             await self._run_action(gen, work, conn, frame, previous, started)
         finally:
+            gen.work_ended(reply, blocks_idle=False)
             self.inflight -= 1
+            if self.inflight == 0 and self.shutdown_close is not None:
+                self.close(self.shutdown_close)  # a drain waited for this answer
 
     async def _run_action(
         self,
@@ -477,10 +577,8 @@ class _ConnHandler:
         self, gen: Generation, work: Any, hook: Callable[..., Awaitable[Any]], *args: Any
     ) -> bool:
         """Run a connection hook as tracked work; on an exception close with 1011."""
-        options = gen.definition.options
         try:
             with work as scope:
-                scope.deadline = trio.current_time() + options.hook_timeout
                 await hook(gen.ctx, *args)
             if scope.cancelled_caught and not gen.aborted:
                 raise InternalError(f"{hook.__name__} exceeded hook_timeout")
@@ -529,7 +627,7 @@ class _ConnHandler:
         if conn not in entry.conns:
             await conn.wait_closed()
             return
-        entry.conns.discard(conn)
+        entry.discard_conn(conn)
         if entry.generation is not None and (
             conn.hibernatable or conn.generation == entry.generation.number
         ):
@@ -558,8 +656,7 @@ class _ConnHandler:
             return
         instance = gen.instance
         assert instance is not None
-        with gen.track_work("hook:disconnect") as scope:
-            scope.deadline = trio.current_time() + gen.definition.options.hook_timeout
+        with gen.track_work("hook:disconnect", timeout=gen.definition.options.hook_timeout):
             try:
                 if conn.kind is ConnKind.RAW:
                     await instance.on_ws_close(gen.ctx, conn, code, reason)

@@ -8,11 +8,11 @@ output that is not JSON-serialisable becomes an ``actor.internal_error`` error f
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import attrs
 
+from .. import jsoncodec
 from ..errors import ActorError, InternalError, InvalidMessage
 
 __all__ = [
@@ -71,7 +71,7 @@ def parse_client_frame(message: str | bytes) -> ClientFrame:
     if not isinstance(message, str):
         raise InvalidMessage("protocol frames are JSON text frames, not binary")
     try:
-        frame = json.loads(message)
+        frame = jsoncodec.loads(message)
     except (ValueError, RecursionError) as exc:
         raise InvalidMessage(f"frame is not valid JSON: {exc}") from None
     if not isinstance(frame, dict):
@@ -103,7 +103,7 @@ def parse_client_frame(message: str | bytes) -> ClientFrame:
 
 def encode_init(actor_id: str, conn_id: str, generation: int) -> str:
     """The first frame the server sends on a protocol connection."""
-    return json.dumps(
+    return jsoncodec.dumps(
         {"type": "init", "actor_id": actor_id, "conn_id": conn_id, "generation": generation}
     )
 
@@ -111,11 +111,11 @@ def encode_init(actor_id: str, conn_id: str, generation: int) -> str:
 def encode_action_result(action_id: int | str, output: Any) -> str:
     """An action's result; an output that is not JSON becomes an internal-error frame."""
     try:
-        return json.dumps({"type": "action_result", "id": action_id, "output": output})
+        return jsoncodec.dumps({"type": "action_result", "id": action_id, "output": output})
     except (TypeError, ValueError, RecursionError):
         return encode_error(action_id, InternalError("the action's output is not JSON"))
 
 
 def encode_error(action_id: int | str | None, error: ActorError) -> str:
     """An error frame for an action (``action_id`` None: an error not tied to an action)."""
-    return json.dumps({"type": "error", "id": action_id, **error.to_wire()})
+    return jsoncodec.dumps({"type": "error", "id": action_id, **error.to_wire()})

@@ -9,12 +9,12 @@ Name, key and id are percent-encoded path segments; ``params`` is URL-encoded JS
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 
+from .. import jsoncodec
 from ..conn import ConnKind
 from ..errors import ActorNotFound, InvalidMessage
 
@@ -78,7 +78,7 @@ def parse_route(target: str) -> Route:
     query = parse_qs(parts.query, keep_blank_values=True)
     if "params" in query:
         try:
-            params = json.loads(query["params"][-1])
+            params = jsoncodec.loads(query["params"][-1])
         except (ValueError, RecursionError):
             raise InvalidMessage("params is not valid JSON") from None
     if segments[2] == "by-id":

@@ -58,12 +58,27 @@ class TrioWebSocketTransport:
         """Close handshake (trio-websocket closes the stream even if cancelled)."""
         await self._ws.aclose(code, reason)
 
+    async def abort(self) -> None:
+        """Close the TCP stream without a handshake (cuts a send blocked on a full buffer).
+
+        trio-websocket has no public call for this; ``_close_stream`` is what it runs itself
+        when a close handshake is cancelled."""
+        await self._ws._close_stream()  # pyright: ignore[reportPrivateUsage]
+
 
 def _closed(exc: ConnectionClosed) -> TransportClosed:
     reason = exc.reason
     if reason is None:
         return TransportClosed(1006, "")
     return TransportClosed(int(reason.code), reason.reason or "")
+
+
+#: Bytes asked of the socket per read. Not trio's 64 KiB default (``None``): CPython allocates
+#: the whole buffer for each read and trio-websocket keeps the last one alive until the next
+#: read, so thousands of idle connections each pin a small remnant of a 64 KiB block and the
+#: heap fragments (the soak measured +20 MB of free-but-unreturnable heap in 10 minutes). With
+#: 4 KiB reads (trio-websocket's own default) the heap stays flat.
+RECEIVE_BUFFER: Final = 4096
 
 
 def _max_message(registry: Registry) -> int:
@@ -113,7 +128,11 @@ async def serve_listeners(
         )
 
         async def accept() -> TrioWebSocketTransport:
-            return TrioWebSocketTransport(await request.accept())
+            try:
+                return TrioWebSocketTransport(await request.accept())
+            except ConnectionClosed as exc:
+                # The client left during the handshake: nothing to close, nothing to serve.
+                raise _closed(exc) from None
 
         await dispatcher.handle(request.path, connect, accept)
 
@@ -127,7 +146,7 @@ async def serve_listeners(
                 list(listeners),  # type: ignore[arg-type]  # any trio Listener works
                 handler_nursery=handler_nursery,
                 max_message_size=_max_message(registry),
-                receive_buffer_size=None,
+                receive_buffer_size=RECEIVE_BUFFER,
                 connect_timeout=10,
                 disconnect_timeout=close_timeout,
             )

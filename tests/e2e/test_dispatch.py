@@ -373,6 +373,39 @@ async def test_shutdown_closes_1012_and_saves_state(transport: str) -> None:
     assert record is not None and json.loads(record.state or b"") == {"count": 5}
 
 
+async def test_shutdown_lets_in_flight_actions_answer_before_1012(transport: str) -> None:
+    """A drain must not close a connection under an action that is about to answer: the
+    client would not know whether its action ran. The answer comes first, then 1012; frames
+    read after the drain began are not started."""
+    started = trio.Event()
+
+    class Slow(Room):
+        name = "slowroom"
+
+        @actorcore.action
+        async def slow(self, ctx: ActorContext) -> str:
+            started.set()
+            await trio.sleep(0.3)
+            ctx.state["count"] += 1
+            return "answered"
+
+    store = actorcore.MemoryStore()
+    async with served(transport, [Slow], store=store) as server:
+        registry = server.registry
+        async with server.connect("/actors/slowroom/k/connect") as ws:
+            init = await receive_json(ws)
+            await ws.send_message(json.dumps({"type": "action", "id": 1, "name": "slow"}))
+            with trio.fail_after(5):
+                await started.wait()
+            await registry.shutdown()
+            reply = await receive_json(ws)
+            assert reply == {"type": "action_result", "id": 1, "output": "answered"}
+            assert await expect_close(ws) == (1012, "runtime.shutdown")
+    async with actorcore.store.open_store(store):
+        record = await store.get_by_id(init["actor_id"])
+    assert record is not None and json.loads(record.state or b"") == {"count": 1}
+
+
 async def test_hibernation_buffer_full_closes_1013(transport: str) -> None:
     class SlowWake(HibernatingEcho):
         name = "slowwake"

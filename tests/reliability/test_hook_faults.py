@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
+from attrs import evolve as attrs_evolve
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Conn, LifecycleState, MemoryStore
@@ -376,3 +378,36 @@ async def test_action_hanging_through_sleep_is_cut_at_grace_with_actor_stopping(
         assert reply["retryable"] is True
         FAULTS.clear()
         assert (await call(ws, 2, "action"))["output"] == "done", "the next generation serves"
+
+
+class Hanging(Faulty):
+    """Hibernatable raw connections; hooks may hang far longer than the grace period."""
+
+    name = "hanging"
+    options = attrs_evolve(Faulty.options, hibernatable_websockets=True, hook_timeout=100.0)
+
+
+async def test_hanging_message_hook_cut_at_grace_keeps_a_hibernatable_connection(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The message hook runs in the read loop without a scope of its own; the grace deadline
+    cancels it through the loop's scope. The hibernatable connection must survive that (no
+    1011: the cut was the generation's, not a timeout), and its next message wakes the next
+    generation."""
+    FAULTS["on_ws_message"] = "hang"
+    registry = actorcore.Registry([Hanging])
+    async with serve_streams(registry) as server, server.connect("/actors/hanging/k/ws") as ws:
+        await ws.send_message("fault")
+        await trio.testing.wait_all_tasks_blocked()
+        (entry,) = list(registry._by_id.values())
+        before = trio.current_time()
+        with trio.fail_after(GRACE + 5):
+            await registry.sleep(entry.actor_id)
+        assert trio.current_time() - before == pytest.approx(GRACE, abs=0.3)
+        assert entry.lifecycle.state is S.ASLEEP
+        FAULTS.clear()
+        await ws.send_message("again")
+        with trio.fail_after(READY_TIMEOUT):
+            assert await ws.get_message() == "again"
+        assert RAN.count("on_ws_message:1") == 1
+        assert entry.lifecycle.state is S.STARTED

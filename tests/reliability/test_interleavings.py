@@ -1289,6 +1289,9 @@ class ScriptedTransport:
             self.closed = (code, reason)
             self._closed.set()
 
+    async def abort(self) -> None:
+        await self.close(1006, "")
+
 
 async def test_an_action_read_before_a_destroy_never_starts_in_destroy_grace(
     autojump_clock: Any,

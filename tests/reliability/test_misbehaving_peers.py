@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Conn, ConnKind, LifecycleState
@@ -257,6 +258,29 @@ async def test_clients_dropping_mid_handshake_leave_the_server_unaffected(
             async with server.raw() as client:
                 await client.send(request[:cut])
         tally("input: partial upgrade then disconnect", len(request))
+        assert (await call(bystander, 1, "get"))["output"] == 0
+        async with server.connect("/actors/talker/k/connect") as ws:
+            assert (await receive_frame(ws))["type"] == "init"
+        assert server.registry.statistics().connections == 1
+
+
+async def test_client_leaving_right_after_its_upgrade_request_leaves_the_server_unaffected(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Found by the soak: the upgrade request arrived whole, the client hung up before the
+    server answered it, and the ConnectionClosed raised by trio-websocket's accept() escaped
+    the handler and ended the whole server."""
+    request = upgrade_request(b"/actors/talker/k/connect")
+    async with (
+        serve_streams(registry()) as server,
+        server.connect("/actors/talker/k/connect") as bystander,
+    ):
+        await receive_frame(bystander)
+        for _ in range(20):
+            async with server.raw() as client:
+                await client.send(request)
+        tally("input: whole upgrade request then disconnect", 20)
+        await trio.testing.wait_all_tasks_blocked()
         assert (await call(bystander, 1, "get"))["output"] == 0
         async with server.connect("/actors/talker/k/connect") as ws:
             assert (await receive_frame(ws))["type"] == "init"
