@@ -173,6 +173,29 @@ class _Reply:
 class _ConnHandler:
     """One connection, from routing to its last hook."""
 
+    __slots__ = (
+        "_expire_hook",
+        "buffer",
+        "conn",
+        "delivering",
+        "dispatcher",
+        "done",
+        "hook_timed_out",
+        "inflight",
+        "interrupted",
+        "last_started",
+        "loop_scope",
+        "nursery",
+        "registry",
+        "request",
+        "resolve_scope",
+        "setup_scope",
+        "shutdown_close",
+        "target",
+        "task",
+        "transport",
+    )
+
     def __init__(
         self, dispatcher: Dispatcher, transport: Transport, target: str, request: ConnectRequest
     ) -> None:
@@ -180,15 +203,19 @@ class _ConnHandler:
         self.registry = dispatcher.registry
         self.transport = transport
         self.target = target
-        self.request = request
+        self.request: ConnectRequest | None = request
+        """Needed by the setup hooks only; dropped once the connection is live."""
         self.conn: Conn | None = None
-        self.buffer: collections.deque[Any] = collections.deque()
+        self.buffer: collections.deque[Any] | None = None
+        """Messages waiting for the next generation (made on first use: most connections
+        never buffer, and an empty deque costs ~600 B)."""
         self.delivering = False
         self.last_started: trio.Event | None = None
         self.inflight = 0
         """Actions of this connection admitted and not yet answered."""
-        self.resolve_scope = trio.CancelScope()
-        self.setup_scope = trio.CancelScope()
+        self.resolve_scope: trio.CancelScope | None = trio.CancelScope()
+        self.setup_scope: trio.CancelScope | None = trio.CancelScope()
+        """Scopes a drain cancels while the handler routes or sets up (dropped after)."""
         self.shutdown_close: CloseCode | None = None
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
@@ -217,8 +244,10 @@ class _ConnHandler:
         self.shutdown_close = close
         if self.conn is not None and self.inflight == 0:
             self.conn.close_nowait(close.code, close.reason)
-        self.resolve_scope.cancel()
-        self.setup_scope.cancel()
+        if self.resolve_scope is not None:
+            self.resolve_scope.cancel()
+        if self.setup_scope is not None:
+            self.setup_scope.cancel()
 
     def close(self, close: CloseCode) -> None:
         assert self.conn is not None
@@ -241,6 +270,7 @@ class _ConnHandler:
 
     async def _run(self) -> None:
         try:
+            assert self.resolve_scope is not None
             with self.resolve_scope:
                 route = parse_route(self.target)
                 entry = await self._resolve(route)
@@ -268,6 +298,7 @@ class _ConnHandler:
                 self.registry.watchdog,
             )
             live = await self._open(entry, conn)
+            self.request = self.resolve_scope = self.setup_scope = None  # setup is over
             if live is not None:
                 close_code, close_reason = await self._serve(entry, conn, live)
                 # The hooks see the close the server sent, if it sent one (trio-websocket
@@ -304,6 +335,7 @@ class _ConnHandler:
         generation, or None when the connection was refused (its close is queued)."""
         gen: Generation | None = None
         try:
+            assert self.setup_scope is not None
             with self.setup_scope:
                 gen = await self._setup(entry, conn)
         except ActorError as exc:
@@ -364,6 +396,7 @@ class _ConnHandler:
         instance = gen.instance
         assert instance is not None
         try:
+            assert self.request is not None
             await instance.on_before_connect(gen.ctx, conn.params, self.request)
             state = instance.create_conn_state(gen.ctx, conn.params)
             if inspect.isawaitable(state):
@@ -591,11 +624,14 @@ class _ConnHandler:
     # ---------------------------------------------------------------- hibernation buffer
 
     def _buffer(self, entry: ActorEntry, conn: Conn, item: Any) -> None:
-        if len(self.buffer) >= entry.definition.options.hibernation_buffer:
+        buffer = self.buffer
+        if buffer is None:
+            buffer = self.buffer = collections.deque()
+        if len(buffer) >= entry.definition.options.hibernation_buffer:
             self.close(closecodes.for_error(ActorOverloaded("hibernation buffer full")))
-            self.buffer.clear()
+            self.buffer = None
             return
-        self.buffer.append(item)
+        buffer.append(item)
         if not self.delivering:
             self.delivering = True
             assert self.nursery is not None
@@ -609,15 +645,18 @@ class _ConnHandler:
                     gen = await self.registry.admit_entry(entry, WorkKind.HIBERNATABLE_MESSAGE)
                 except ActorError as exc:
                     self.close(closecodes.for_error(exc))
-                    self.buffer.clear()
+                    self.buffer = None
                     return
-                if not self.buffer or conn.closing:
+                buffer = self.buffer
+                if not buffer or conn.closing:
                     return  # closed while the admission waited (the buffer may be cleared)
-                item = self.buffer.popleft()
+                item = buffer.popleft()
                 conn.generation = gen.number
                 await self._deliver(gen, conn, item)
         finally:
             self.delivering = False
+            if not self.buffer:
+                self.buffer = None
 
     # ---------------------------------------------------------------- teardown
 
