@@ -1329,3 +1329,62 @@ async def test_an_action_read_before_a_destroy_never_starts_in_destroy_grace(
     assert [f["type"] for f in transport.sent] == ["init", "error"]
     assert transport.sent[1]["id"] == 1 and transport.sent[1]["code"] == "actor.destroyed"
     assert transport.closed == (1000, "actor.destroyed")
+
+
+class SlowTransport(ScriptedTransport):
+    """A :class:`ScriptedTransport` on a slow link: every send after the first takes
+    ``delay`` seconds."""
+
+    def __init__(self, incoming: list[str], delay: float) -> None:
+        super().__init__(incoming, lambda: None)
+        self.delay = delay
+
+    async def send(self, message: str | bytes) -> None:
+        if self.sent:
+            await trio.sleep(self.delay)
+        await super().send(message)
+
+
+async def test_the_answer_of_an_action_cut_at_grace_is_sent_before_the_registry_stops(
+    autojump_clock: Any,
+) -> None:
+    """Found by the random interleavings ("actor work outlived the registry"): an action cut at
+    the grace deadline of a drain sent its ``actor.stopping`` answer from its own task after its
+    work had ended, so the registry could stop while the answer was still on its way. The
+    answer is now tracked work of the generation: finalize, and so the registry's stop, waits
+    until it is sent."""
+
+    class Stuck(actorcore.Actor):
+        name = "stuck"
+        options = ActorOptions(sleep_grace_period=1.0, close_timeout=5.0, action_timeout=100.0)
+
+        @actorcore.action
+        async def hang(self, ctx: ActorContext) -> None:
+            await trio.sleep_forever()
+
+    frame = json.dumps({"type": "action", "id": 1, "name": "hang"})
+    transport = SlowTransport([frame], delay=0.5)
+    answered_at_stop: list[list[str]] = []
+    async with trio.open_nursery() as nursery:
+        registry = actorcore.Registry([Stuck])
+        await nursery.start(registry.run)
+
+        async def accept() -> SlowTransport:
+            return transport
+
+        async def watch() -> None:
+            await registry.wait_stopped()
+            answered_at_stop.append([f["type"] for f in transport.sent])
+
+        nursery.start_soon(watch)
+        target = "/actors/stuck/k/connect"
+        nursery.start_soon(
+            Dispatcher(registry).handle, target, ConnectRequest(path=target, headers=()), accept
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        registry.request_shutdown()
+        with trio.fail_after(30):
+            await registry.wait_stopped()
+        await transport.close(1012, "runtime.shutdown")  # the dispatcher's drain step's part
+    assert answered_at_stop == [["init", "error"]], "the answer was not out when it stopped"
+    assert transport.sent[1]["code"] == "actor.stopping"
