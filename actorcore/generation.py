@@ -206,7 +206,7 @@ class WorkScope:
     registry's :class:`~actorcore.watchdog.Watchdog`, not by a cancel-scope deadline.
     """
 
-    __slots__ = ("_blocks_idle", "_gen", "_task", "_timeout", "scope", "timed_out")
+    __slots__ = ("_blocks_idle", "_gen", "_task", "_timeout", "scope")
 
     def __init__(
         self, gen: Generation, name: str, blocks_idle: bool, timeout: float | None
@@ -216,15 +216,13 @@ class WorkScope:
         self._timeout = timeout
         self._task: trio.lowlevel.Task | None = None
         self.scope = trio.CancelScope()
-        self.timed_out = False
-        """The work outlived its timeout and was cancelled."""
         gen.work_began(self, name, blocks_idle=blocks_idle)
 
     def __enter__(self) -> trio.CancelScope:
         scope = self.scope.__enter__()
         self._task = trio.lowlevel.current_task()
         if self._timeout is not None:
-            self._gen.host.watchdog.arm(self, trio.current_time() + self._timeout, self._expire)
+            self._gen.host.watchdog.arm(self, trio.current_time() + self._timeout, self.cancel)
         return scope
 
     def __exit__(
@@ -245,10 +243,6 @@ class WorkScope:
     def cancel(self) -> None:
         """Cancel the work; a frame it is sending right now goes out first."""
         self._gen.host.watchdog.cancel(self._task, self.scope.cancel)
-
-    def _expire(self) -> None:
-        self.timed_out = True
-        self.cancel()
 
 
 @attrs.define(eq=False, slots=True)
@@ -382,9 +376,9 @@ class Generation:
 
         The work blocks finalize (and idle sleep unless ``blocks_idle`` is False) from this call
         until the block exits, and is cancelled if the grace deadline passes, or ``timeout``
-        seconds after the block is entered (then ``timed_out`` is set). Call it right after
-        admission, before any checkpoint; the block may then be entered later, in another task,
-        but it must be entered.
+        seconds after the block is entered (callers tell the two apart by ``aborted``). Call
+        it right after admission, before any checkpoint; the block may then be entered later, in
+        another task, but it must be entered.
         """
         return WorkScope(self, name, blocks_idle, timeout)
 

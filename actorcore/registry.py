@@ -791,9 +791,19 @@ class Registry:
         self._nursery.start_soon(self._run_generation, entry, gen, name=f"actor:{entry.name}")
 
     async def _run_generation(self, entry: ActorEntry, gen: Generation) -> None:
-        started = cut = False
+        await self._drive_generation(entry, gen, gen.run)
+
+    async def _stop_generation(self, entry: ActorEntry, gen: Generation) -> None:
+        await self._drive_generation(entry, gen, gen.stop)
+
+    async def _drive_generation(
+        self, entry: ActorEntry, gen: Generation, step: Callable[[], Awaitable[bool | None]]
+    ) -> None:
+        """Run one task's part of a generation (its start, or its grace and finalize). The
+        generation has ended afterwards unless the start left it STARTED (returned True)."""
+        parked = cut = False
         try:
-            started = await gen.run()
+            parked = bool(await step())
         except Exception:
             # A bug in actorcore itself: contain it to this actor and keep serving others.
             log.exception("actor %s id=%s: generation crashed", entry.name, entry.actor_id)
@@ -801,7 +811,7 @@ class Registry:
             cut = True  # cancelled
             raise
         finally:
-            if not started:
+            if not parked:
                 self._generation_finished(entry, gen, cut=cut)
 
     def spawn(self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
@@ -813,18 +823,6 @@ class Registry:
     def stop_generation(self, gen: Generation) -> None:
         """Run a started generation's grace and finalize (a GenerationHost method)."""
         self.spawn(self._stop_generation, gen.entry, gen, name=f"actor:{gen.entry.name}:stop")
-
-    async def _stop_generation(self, entry: ActorEntry, gen: Generation) -> None:
-        cut = False
-        try:
-            await gen.stop()
-        except Exception:
-            log.exception("actor %s id=%s: generation crashed", entry.name, entry.actor_id)
-        except BaseException:
-            cut = True  # cancelled
-            raise
-        finally:
-            self._generation_finished(entry, gen, cut=cut)
 
     def _abandon_generations(self) -> None:
         """The registry's nursery is gone (a drain cut short, or cancelled from outside):

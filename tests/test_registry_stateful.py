@@ -29,8 +29,7 @@ import collections
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -45,6 +44,8 @@ from actorcore import ActorContext, ActorOptions, LifecycleState, MemoryStore
 from actorcore.generation import Generation
 from actorcore.lifecycle import LifecycleEvent
 from actorcore.store import open_store
+
+from ._log_recording import recording_logs
 
 S = LifecycleState
 E = LifecycleEvent
@@ -192,34 +193,6 @@ class RecordingAuthority:
         gen = entry.generation
         apply()
         self.harness.on_request(entry.key, actor_id, event, before, destroy_before, gen, entry)
-
-
-class LogRecorder(logging.Handler):
-    def __init__(self, harness: Harness) -> None:
-        super().__init__(logging.DEBUG)
-        self.harness = harness
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.harness.on_log(record)
-        except Exception as exc:  # a bug in the harness must fail the test, not vanish
-            self.harness.violation(f"log handler crashed: {exc!r}")
-
-
-@contextmanager
-def recording_logs(harness: Harness) -> Iterator[None]:
-    logger = logging.getLogger("actorcore")
-    handler = LogRecorder(harness)
-    old_level, old_propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # hundreds of records per example; the harness keeps a tail
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        logger.propagate = old_propagate
 
 
 class Harness:

@@ -415,10 +415,8 @@ class _ConnHandler:
     async def _serve(self, entry: ActorEntry, conn: Conn, gen: Generation) -> tuple[int, str]:
         """Read messages until the client closes; returns the client's close code/reason."""
         protocol = conn.kind is ConnKind.PROTOCOL
-        if protocol:
-            kind = WorkKind.HIBERNATABLE_MESSAGE
-        else:
-            kind = WorkKind.HIBERNATABLE_MESSAGE if conn.hibernatable else WorkKind.MESSAGE
+        # Protocol connections are always hibernatable (see _run).
+        kind = WorkKind.HIBERNATABLE_MESSAGE if conn.hibernatable else WorkKind.MESSAGE
         self.task = trio.lowlevel.current_task()
         while True:
             with trio.CancelScope() as self.loop_scope:

@@ -59,7 +59,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any, Final
 
 import attrs
@@ -79,6 +78,8 @@ from actorcore.lifecycle import LifecycleEvent
 from actorcore.store import open_store
 from actorcore.testing import MemoryServer, serve_in_memory
 from actorcore.ws.dispatch import ConnectRequest, Dispatcher
+
+from .._log_recording import recording_logs
 
 S = LifecycleState
 E = LifecycleEvent
@@ -334,36 +335,20 @@ class RecordingAuthority:
         self.harness.on_request(entry, event, before, destroy_before, gen)
 
 
-class LogRecorder(logging.Handler):
-    def __init__(self, harness: Harness) -> None:
-        super().__init__(logging.DEBUG)
-        self.harness = harness
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.harness.on_log(record)
-        except Exception as exc:  # a bug in the harness must fail the test, not vanish
-            self.harness.violation(f"log handler crashed: {exc!r}")
-
-
-@contextmanager
-def recording_logs(harness: Harness) -> Iterator[None]:
-    logger = logging.getLogger("actorcore")
-    handler = LogRecorder(harness)
-    old_level, old_propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # hundreds of records per example; the harness keeps a tail
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        logger.propagate = old_propagate
-
-
 def make_actors(h: Harness) -> list[type[actorcore.Actor]]:
     """The instrumented actors, bound to one harness."""
+
+    async def apply_token(ctx: ActorContext, token: int, delay: float, then: str | None) -> None:
+        """What an action or a message does: record, wait, apply, maybe end the generation."""
+        h.on_deliver(ctx, token)
+        if delay:
+            await trio.sleep(delay)
+        h.on_apply(ctx, token)
+        ctx.state = {"tokens": [*ctx.state["tokens"], token]}
+        if then == "sleep":
+            ctx.sleep()
+        elif then == "destroy":
+            ctx.destroy()
 
     class Room(actorcore.Actor):
         name = "room"
@@ -392,31 +377,13 @@ def make_actors(h: Harness) -> list[type[actorcore.Actor]]:
         async def add(
             self, ctx: ActorContext, token: int, delay: float, then: str | None
         ) -> dict[str, int]:
-            h.on_deliver(ctx, token)
-            if delay:
-                await trio.sleep(delay)
-            h.on_apply(ctx, token)
-            ctx.state = {"tokens": [*ctx.state["tokens"], token]}
-            if then == "sleep":
-                ctx.sleep()
-            elif then == "destroy":
-                ctx.destroy()
+            await apply_token(ctx, token, delay, then)
             return {"generation": ctx.generation}
 
         async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
             assert isinstance(message, str)
             token_text, delay_text, then = message.split(" ")
-            token = int(token_text)
-            h.on_deliver(ctx, token)
-            delay = float(delay_text)
-            if delay:
-                await trio.sleep(delay)
-            h.on_apply(ctx, token)
-            ctx.state = {"tokens": [*ctx.state["tokens"], token]}
-            if then == "sleep":
-                ctx.sleep()
-            elif then == "destroy":
-                ctx.destroy()
+            await apply_token(ctx, int(token_text), float(delay_text), then)
             await conn.send(token_text)
 
     class Plain(Room):
