@@ -64,6 +64,9 @@ _SAVEABLE = frozenset({S.STARTED, S.SLEEP_GRACE, S.SLEEP_FINALIZE})
 
 #: Destroyed ids remembered so ``lifecycle()`` can answer DESTROYED (oldest forgotten first).
 TOMBSTONES = 10_000
+DELETE_RETRY_FIRST = 0.5
+"""Seconds before the first background retry of a failed delete; doubled after each failure."""
+DELETE_RETRY_MAX = 30.0
 
 
 @attrs.frozen
@@ -156,7 +159,9 @@ class Registry:
         self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._begun: dict[str, tuple[ActorEntry, ActorRecord]] = {}
         """Generations a lookup began in the store for an entry it made (see :meth:`take_begun`)."""
-        self._pending_deletes: dict[str, int] = {}
+        self._pending_deletes: dict[str, tuple[int, ActorError]] = {}
+        """Destroyed actors whose delete failed: id -> (last generation, the store's error)."""
+        self._retrying_deletes = False
         self._nursery: trio.Nursery | None = None
         self._running_generations = 0
         self._generations_done = trio.Event()
@@ -340,7 +345,7 @@ class Registry:
                 for entry in list(self._by_id.values()):
                     if entry.pending_state is not None and entry.generation is None:
                         nursery.start_soon(self._save_pending, entry)
-                for actor_id, generation in list(self._pending_deletes.items()):
+                for actor_id, (generation, _) in list(self._pending_deletes.items()):
                     nursery.start_soon(self._delete_pending, actor_id, generation)
         if scope.cancelled_caught:
             log.error(
@@ -367,15 +372,33 @@ class Registry:
         except ActorError as exc:
             self.note_save_error(entry, exc)
 
-    async def _delete_pending(self, actor_id: str, generation: int) -> None:
+    async def _delete_pending(self, actor_id: str, generation: int) -> bool:
+        """Retry one failed delete; True once the row is gone."""
         try:
             await self._store.delete(actor_id, generation)
         except ActorNotFound:
             pass  # already gone
         except ActorError as exc:
             log.error("actor id=%s: destroyed, but its delete failed again: %s", actor_id, exc)
-            return
+            if actor_id in self._pending_deletes:
+                self._pending_deletes[actor_id] = (generation, exc)
+            return False
         self._pending_deletes.pop(actor_id, None)
+        return True
+
+    async def _retry_deletes(self) -> None:
+        """Retry failed deletes in the background, with backoff, until none is left or the
+        drain takes over: a destroyed actor's row must not outlive a store that recovered."""
+        delay = DELETE_RETRY_FIRST
+        try:
+            while self._pending_deletes and not self._draining:
+                await trio.sleep(delay)
+                for actor_id, (generation, _) in list(self._pending_deletes.items()):
+                    if not await self._delete_pending(actor_id, generation):
+                        break  # the store still fails: back off before the next one
+                delay = min(delay * 2, DELETE_RETRY_MAX)
+        finally:
+            self._retrying_deletes = False
 
     async def _save_pending(self, entry: ActorEntry) -> None:
         assert entry.pending_state is not None
@@ -555,7 +578,8 @@ class Registry:
     async def _finish_delete(self, record: ActorRecord) -> None:
         """Destroyed, but the store failed to delete it: finish the delete (fenced by its last
         generation) rather than bring the destroyed actor back."""
-        await self._store.delete(record.actor_id, record.generation)
+        with contextlib.suppress(ActorNotFound):  # a background retry got there first
+            await self._store.delete(record.actor_id, record.generation)
         self._pending_deletes.pop(record.actor_id, None)
 
     def _adopt(
@@ -749,7 +773,12 @@ class Registry:
             await gen.finished.wait()
 
     async def destroy(self, actor_id: str) -> None:
-        """Destroy the actor (waking it so ``on_destroy`` runs) and return once it is gone."""
+        """Destroy the actor (waking it so ``on_destroy`` runs) and return once it is gone.
+
+        Raises :class:`StoreError` if the actor is destroyed but the store failed to delete
+        its row: the delete is retried (in the background with backoff, on the next lookup of
+        its key, and by the drain), but until one succeeds a process restart would find the
+        actor again."""
         entry = await self.find_entry(actor_id)
         if entry.generation is not None and entry.lifecycle.state is S.ASLEEP:
             # A failed start is still ending: the request would be dropped with it.
@@ -767,6 +796,13 @@ class Registry:
                 if entry.generation is None and entry.lifecycle.state is S.ASLEEP and self.draining:
                     # Asked while it finalized a sleep: the drain will not wake it again.
                     raise RuntimeShutdown("the registry is shutting down")
+        pending = self._pending_deletes.get(actor_id)
+        if pending is not None:
+            raise StoreError(
+                f"actor {actor_id} is destroyed, but the store failed to delete it "
+                f"({pending[1].message}); the delete is retried, and until it succeeds a "
+                "restart would bring the actor back"
+            )
 
     def _stop_budget(self, entry: ActorEntry) -> float:
         o = entry.definition.options
@@ -866,10 +902,14 @@ class Registry:
             self._retire(entry)
 
     def note_delete_failed(self, entry: ActorEntry, generation: int, error: ActorError) -> None:
-        """Remember a destroy whose delete failed; the drain retries it (a GenerationHost
-        method). Until then the id stays destroyed in this process (tombstone)."""
+        """Remember a destroy whose delete failed (a GenerationHost method). It is retried in
+        the background with backoff, on the next lookup of its key and by the drain; until it
+        succeeds the id stays destroyed in this process (tombstone) and ``destroy()`` raises."""
         self.note_save_error(entry, error)
-        self._pending_deletes[entry.actor_id] = generation
+        self._pending_deletes[entry.actor_id] = (generation, error)
+        if not self._retrying_deletes and not self._draining and self._nursery is not None:
+            self._retrying_deletes = True
+            self._nursery.start_soon(self._retry_deletes, name="actorcore delete retry")
 
     def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
         """Count a failed save (a GenerationHost method); the error is logged here."""

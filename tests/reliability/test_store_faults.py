@@ -282,6 +282,20 @@ async def test_create_and_wake_faults_close_with_documented_codes(
             assert (await call(ws, 1, "get"))["output"] == 0
 
 
+async def destroy_with_a_failing_delete(
+    nursery: trio.Nursery, store: MemoryStore
+) -> tuple[actorcore.Registry, actorcore.ActorHandle]:
+    """Start a registry, give counter/k some state, and destroy it while every write fails
+    (the store is left failing): ``destroy()`` must raise StoreError."""
+    registry = await start(nursery, store)
+    handle = await registry.get_or_create("counter", "k")
+    await handle.call("inc", 4)
+    store.fail_writes = IO_ERROR
+    with pytest.raises(actorcore.StoreError, match=r"failed to delete.*restart would bring"):
+        await registry.destroy(handle.actor_id)
+    return registry, handle
+
+
 async def test_failed_delete_at_destroy_does_not_bring_the_actor_back(
     autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -291,11 +305,7 @@ async def test_failed_delete_at_destroy_does_not_bring_the_actor_back(
     caplog.set_level(logging.ERROR, logger="actorcore")
     store = MemoryStore()
     async with trio.open_nursery() as nursery:
-        registry = await start(nursery, store)
-        handle = await registry.get_or_create("counter", "k")
-        await handle.call("inc", 4)
-        store.fail_writes = IO_ERROR
-        await registry.destroy(handle.actor_id)
+        registry, handle = await destroy_with_a_failing_delete(nursery, store)
         tally("fault: memory store write raised", store.statistics().write_errors)
         assert registry.lifecycle(handle.actor_id) is S.DESTROYED
         assert any("delete failed" in r.getMessage() for r in caplog.records)
@@ -308,6 +318,29 @@ async def test_failed_delete_at_destroy_does_not_bring_the_actor_back(
         assert await store.get_by_id(handle.actor_id) is None, "the delete was finished"
         with pytest.raises(actorcore.ActorDestroyed):
             await handle.call("get")
+        registry.request_shutdown()
+
+
+async def test_a_failed_delete_raises_from_destroy_and_is_retried_in_the_background(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a destroy whose delete failed returned normally and the row stayed in the
+    store until the key was looked up again or the registry drained, so a crash in between
+    brought the destroyed actor back. Now ``destroy()`` raises and the registry retries the
+    delete with backoff on its own."""
+    caplog.set_level(logging.ERROR, logger="actorcore")
+    store = MemoryStore()
+    async with trio.open_nursery() as nursery:
+        registry, handle = await destroy_with_a_failing_delete(nursery, store)
+        assert registry.lifecycle(handle.actor_id) is S.DESTROYED
+        await trio.sleep(5)  # retries at 0.5, 1.5 and 3.5 s fail: the store still fails
+        assert await store.get_by_id(handle.actor_id) is not None
+        failures = sum("delete failed again" in r.getMessage() for r in caplog.records)
+        assert failures == 3, failures
+        store.fail_writes = None
+        await trio.sleep(8)  # the next retry (at 7.5 s) succeeds, with no lookup of the key
+        assert await store.get_by_id(handle.actor_id) is None, "the row is gone"
+        assert registry.statistics().save_errors == 1
         registry.request_shutdown()
 
 
