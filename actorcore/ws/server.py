@@ -9,12 +9,16 @@ matters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection
 
 from .. import closecodes
 from ..conn import TransportClosed
@@ -64,6 +68,67 @@ class TrioWebSocketTransport:
         trio-websocket has no public call for this; ``_close_stream`` is what it runs itself
         when a close handshake is cancelled."""
         await self._ws._close_stream()  # pyright: ignore[reportPrivateUsage]
+
+
+class _ServerConnection(WebSocketConnection):
+    """trio-websocket's connection with two close-frame fixes (trio-websocket 0.12).
+
+    1. A frame that breaks the WebSocket framing (invalid UTF-8, an unmasked or reserved
+       frame) makes wsproto report a close with 1002/1007 while the connection is still
+       OPEN; trio-websocket then closed the TCP stream without a close frame, so the client
+       saw 1006. RFC 6455 7.1.7 says to fail the connection with a close frame: sent here.
+    2. When the client's close (or a frame wsproto fails) crosses our close, our close frame
+       may be waiting for the stream lock while the reader takes the event as the end of the
+       connection and closes the stream: the frame was never written. The lock is fair, so
+       taking it once first lets the queued frame out.
+    """
+
+    async def _handle_close_connection_event(self, event: CloseConnection) -> None:
+        state = self._wsproto.state
+        if state is ConnectionState.OPEN:  # wsproto failed the frame: not a peer close
+            reason = (event.reason or "").encode()[:120].decode("utf-8", "ignore")
+            with trio.move_on_after(_FAIL_SEND_TIMEOUT), contextlib.suppress(ConnectionClosed):
+                await self._send(CloseConnection(event.code, reason))
+        else:  # our close may be queued (CLOSED: the handshake is complete; LOCAL_CLOSING:
+            # the peer's frame after it failed the framing)
+            with trio.move_on_after(_FAIL_SEND_TIMEOUT):
+                async with self._stream_lock:
+                    pass  # a close frame queued before this is out now
+        await super()._handle_close_connection_event(event)
+
+
+#: Bound on sending the close frame of a failed connection (a peer that does not read).
+_FAIL_SEND_TIMEOUT: Final = 2.0
+
+
+class _Server(WebSocketServer):
+    """trio-websocket's server making :class:`_ServerConnection` connections.
+
+    ``_handle_connection`` is trio-websocket 0.12's own, with the connection class swapped
+    (the library has no hook for it; the version is pinned in ``pyproject.toml``)."""
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            connection = _ServerConnection(
+                stream,
+                WSConnection(ConnectionType.SERVER),
+                message_queue_size=self._message_queue_size,
+                max_message_size=self._max_message_size,
+                receive_buffer_size=self._receive_buffer_size,
+            )
+            nursery.start_soon(connection._reader_task)
+            with trio.move_on_after(self._connect_timeout) as connect_scope:
+                request = await connection._get_request()
+            if connect_scope.cancelled_caught:
+                nursery.cancel_scope.cancel()
+                await stream.aclose()
+            else:
+                try:
+                    await self._handler(request)
+                finally:
+                    with trio.move_on_after(self._disconnect_timeout):
+                        # aclose() shuts the reader task down even when cancelled.
+                        await connection.aclose()
 
 
 def _closed(exc: ConnectionClosed) -> TransportClosed:
@@ -141,7 +206,7 @@ async def serve_listeners(
             await registry_nursery.start(registry.run)
         registry.add_drain_step(lambda: dispatcher.close_all(closecodes.RUNTIME_SHUTDOWN))
         async with trio.open_nursery() as handler_nursery:
-            server = WebSocketServer(
+            server = _Server(
                 handler,
                 list(listeners),  # type: ignore[arg-type]  # any trio Listener works
                 handler_nursery=handler_nursery,

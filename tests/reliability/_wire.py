@@ -8,6 +8,7 @@ bytes that are not frames at all) over any trio stream, and parse what the serve
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import struct
 from typing import Final
@@ -124,11 +125,10 @@ class RawClient:
             await self.stream.aclose()
 
     async def send(self, data: bytes) -> None:
-        """Send raw bytes; a peer that already closed is not an error here."""
-        try:
+        """Send raw bytes; a peer that already closed is not an error here (what it sent
+        before it closed can still be read)."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.eof = True
 
     async def _fill(self) -> bool:
         if self.eof:
