@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+from trio_websocket import (
+    CloseReason,
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+)
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection
@@ -87,10 +93,16 @@ class _ServerConnection(WebSocketConnection):
         state = self._wsproto.state
         if state is ConnectionState.OPEN:  # wsproto failed the frame: not a peer close
             reason = (event.reason or "").encode()[:120].decode("utf-8", "ignore")
+            # Set first, as aclose() does: a send_message() while this frame goes out must
+            # raise ConnectionClosed, not wsproto's LocalProtocolError.
+            self._close_reason = CloseReason(event.code, reason or None)
             with trio.move_on_after(_FAIL_SEND_TIMEOUT), contextlib.suppress(ConnectionClosed):
                 await self._send(CloseConnection(event.code, reason))
-        else:  # our close may be queued (CLOSED: the handshake is complete; LOCAL_CLOSING:
-            # the peer's frame after it failed the framing)
+        elif state is not ConnectionState.REMOTE_CLOSING:
+            # Our close may be queued (CLOSED: the handshake is complete; LOCAL_CLOSING: the
+            # peer's frame after ours failed the framing). aclose() set _close_reason already.
+            # (Not in REMOTE_CLOSING: the peer's close is answered by trio-websocket, which
+            # sets _close_reason before it yields.)
             with trio.move_on_after(_FAIL_SEND_TIMEOUT):
                 async with self._stream_lock:
                     pass  # a close frame queued before this is out now

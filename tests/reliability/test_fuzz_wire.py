@@ -617,9 +617,33 @@ RAW_FRAMES = st.builds(
 )
 
 
+def _close_echoes_in(data: bytes) -> set[tuple[int, str]]:
+    """The echoes of client close frames found by reading ``data`` as a sequence of client
+    frames (random bytes can spell a valid close frame)."""
+    echoes: set[tuple[int, str]] = set()
+    while len(data) >= 2:
+        first, second = data[0], data[1]
+        length, offset = second & 0x7F, 2
+        if length >= 126:
+            width = 2 if length == 126 else 8
+            length = int.from_bytes(data[2 : 2 + width], "big")
+            offset += width
+        key = data[offset : offset + 4] if second & 0x80 else bytes(4)
+        offset += 4 if second & 0x80 else 0
+        if len(data) < offset + length:
+            break
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(data[offset : offset + length]))
+        if first & 0xF == OP_CLOSE:
+            frame = RawFrame(OP_CLOSE, payload, fin=True, mask=True, rsv=0)
+            echoes.add(frame.echo() or (1005, ""))
+        data = data[offset + length :]
+    return echoes
+
+
 async def _raw_frames_example(route: str, chunks: list[RawFrame | bytes]) -> None:
     allowed = set(FRAMING_OUTCOMES)
     allowed |= {e for c in chunks if isinstance(c, RawFrame) and (e := c.echo()) is not None}
+    allowed |= _close_echoes_in(b"".join(c for c in chunks if isinstance(c, bytes)))
     registry = actorcore.Registry([Fuzz])
     async with serve_streams(registry) as server, server.connect(CONNECT) as bystander:
         await receive_frame(bystander)
@@ -648,6 +672,7 @@ async def _raw_frames_example(route: str, chunks: list[RawFrame | bytes]) -> Non
     route=st.sampled_from(["connect", "ws"]),
     chunks=st.lists(RAW_FRAMES | st.binary(min_size=1, max_size=64), max_size=4),
 )
+@example(route="connect", chunks=[b"\x88\x80\x00\x00\x00\x00"])
 @example(route="connect", chunks=[encode_frame(OP_TEXT, b"\xff\xfe{}")])
 @example(route="ws", chunks=[encode_frame(OP_TEXT, b"caf\xc3")])
 @example(route="ws", chunks=[encode_frame(OP_TEXT, b"{}", mask=False)])

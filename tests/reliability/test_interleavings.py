@@ -66,7 +66,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.internal.entropy import deterministic_PRNG
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
@@ -1072,7 +1072,21 @@ def run_program(program: list[tuple[Any, ...]], drain_at: int | None) -> Harness
     return harness
 
 
+#: Regression (found by this test): the client's close arrived while an action's answer was
+#: going out, and a server send in trio-websocket's REMOTE_CLOSING window raised wsproto's
+#: LocalProtocolError instead of ConnectionClosed ("connection handler crashed").
+_CLOSE_DURING_ANSWERS: Final = [("send", 0, 1, 0.0, None)] * 16 + [
+    ("connect", "room", "a", "connect"),
+    *[("send", 0, 1, 0.0, None)] * 4,
+    ("send", 0, 2, 0.0, None),
+    ("close", 0),
+]
+
+
 @settings(PROFILE)
+@example(
+    opening=[("connect", "room", "a", "connect")], program=_CLOSE_DURING_ANSWERS, drain_at=None
+)
 @given(
     opening=st.lists(connects, min_size=1, max_size=4),
     program=st.lists(operations, min_size=15, max_size=MAX_STEPS),
