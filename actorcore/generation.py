@@ -32,13 +32,14 @@ import attrs
 import trio
 
 from . import closecodes, jsoncodec
+from .actor import Actor
 from .conn import Conn, ConnKind
 from .context import ActorContext
 from .errors import ActorError, ActorStartFailed, StateError, StoreError
 from .lifecycle import Lifecycle, LifecycleEvent, LifecycleState
 
 if TYPE_CHECKING:
-    from .actor import Actor, ActorDefinition
+    from .actor import ActorDefinition
     from .store.base import ActorRecord, Store
     from .watchdog import Watchdog
 
@@ -672,6 +673,8 @@ class Generation:
 
     def _start_hook(self, hook: str) -> None:
         assert self.instance is not None
+        if getattr(type(self.instance), hook) is getattr(Actor, hook):
+            return  # not overridden: the default does nothing, so no task for it
         self._spawn_tracked(f"hook:{hook}", getattr(self.instance, hook), self.ctx)
 
     async def _grace(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -119,6 +120,37 @@ async def test_async_with_drains_and_saves(autojump_clock: Any) -> None:
     assert registry.draining
     with pytest.raises(actorcore.RuntimeShutdown):
         await registry.get_or_create("counter", "b")
+
+
+async def test_drain_pauses_the_garbage_collector_and_restores_it(autojump_clock: Any) -> None:
+    """The drain turns the cyclic GC off (its full passes stalled the loop while thousands of
+    connections closed) and the last of two nested registries restores it as it was."""
+    seen: list[bool] = []
+
+    class Sleeper(actorcore.Actor):
+        name = "sleeper"
+
+        async def on_sleep(self, ctx: ActorContext) -> None:
+            seen.append(gc.isenabled())
+            await trio.sleep(0.5 if ctx.key == "a" else 2)
+
+    assert gc.isenabled()
+    async with actorcore.Registry([Sleeper]) as outer:
+        await outer.get_or_create("sleeper", "a")
+        async with actorcore.Registry([Sleeper]) as inner:
+            await inner.get_or_create("sleeper", "b")
+            inner.request_shutdown()
+            await outer.shutdown()  # drains in 0.5 s while the inner one drains for 2 s
+            assert seen == [False, False]
+            assert not gc.isenabled(), "still paused: the inner drain runs"
+        assert gc.isenabled(), "restored once both drains ended"
+    gc.disable()
+    try:
+        async with actorcore.Registry([Sleeper]) as registry:
+            await registry.get_or_create("sleeper", "c")
+        assert not gc.isenabled(), "a collector the application turned off stays off"
+    finally:
+        gc.enable()
 
 
 async def test_hooks_order_and_generations(autojump_clock: Any, make_registry: Any) -> None:
