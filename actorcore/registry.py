@@ -411,15 +411,12 @@ class Registry:
     async def _delete_pending(self, actor_id: str, generation: int) -> bool:
         """Retry one failed delete; True once the row is gone."""
         try:
-            await self._store.delete(actor_id, generation)
-        except ActorNotFound:
-            pass  # already gone
+            await self._finish_delete(actor_id, generation)
         except ActorError as exc:
             log.error("actor id=%s: destroyed, but its delete failed again: %s", actor_id, exc)
             if actor_id in self._pending_deletes:
                 self._pending_deletes[actor_id] = (generation, exc)
             return False
-        self._pending_deletes.pop(actor_id, None)
         return True
 
     async def _retry_deletes(self) -> None:
@@ -567,7 +564,7 @@ class Registry:
                     return await self._begin_by_key(definition, key, input)
                 record = await self._store.get_by_key(name, key)
                 if record is not None and record.actor_id in self._tombstones:
-                    await self._finish_delete(record)
+                    await self._finish_delete(record.actor_id, record.generation)
                     record = None
                 if record is None:
                     raise ActorNotFound(f"no {name!r} actor with key {key!r}")
@@ -607,16 +604,16 @@ class Registry:
                     raise failed
                 return self._adopt(existing, definition, begun=False)
             if record.actor_id in self._tombstones:
-                await self._finish_delete(record)
+                await self._finish_delete(record.actor_id, record.generation)
                 continue  # and create a fresh actor for the key
             return self._adopt(record, definition, begun=True)
 
-    async def _finish_delete(self, record: ActorRecord) -> None:
+    async def _finish_delete(self, actor_id: str, generation: int) -> None:
         """Destroyed, but the store failed to delete it: finish the delete (fenced by its last
-        generation) rather than bring the destroyed actor back."""
-        with contextlib.suppress(ActorNotFound):  # a background retry got there first
-            await self._store.delete(record.actor_id, record.generation)
-        self._pending_deletes.pop(record.actor_id, None)
+        generation) rather than bring the destroyed actor back. Raises the store's error."""
+        with contextlib.suppress(ActorNotFound):  # another retry got there first
+            await self._store.delete(actor_id, generation)
+        self._pending_deletes.pop(actor_id, None)
 
     def _adopt(
         self, record: ActorRecord, definition: ActorDefinition, *, begun: bool

@@ -127,12 +127,8 @@ class RecordingStore(MemoryStore):
     fail too: the actor is destroyed in memory, ``destroy()`` raises StoreError and the row
     stays until a retry succeeds)."""
 
-    fault: Exception | None = attrs.field(default=None, init=False)
     saved: dict[str, bytes | None] = attrs.field(factory=dict, init=False)
     """actor_id -> last persisted state (None: created, never saved)."""
-
-    def set_fault(self, fault: Exception | None) -> None:
-        self.fault = self.fail_writes = fault
 
     async def create(
         self, actor_id: str, name: str, key: str, input: bytes | None
@@ -272,7 +268,7 @@ class Harness:
             self.destroyed_order.append(actor_id)
             # (With a write fault on, the delete fails and the row stays until a retry: the
             # restart checks that it is gone once the store recovered.)
-            if actor_id in self.store.saved and self.store.fault is None:
+            if actor_id in self.store.saved and self.store.fail_writes is None:
                 self.violation(f"{actor_id}: DESTROYED but still in the store")
 
     def check_sleep_finalize(self, actor_id: str, number: int) -> None:
@@ -377,11 +373,11 @@ class Harness:
     # ------------------------------------------------------------ helpers
 
     def fault_window(self) -> tuple[bool, int]:
-        return self.store.fault is not None, self.fault_switched_on
+        return self.store.fail_writes is not None, self.fault_switched_on
 
     def fault_seen(self, window: tuple[bool, int]) -> bool:
         active, switched = window
-        return active or self.store.fault is not None or self.fault_switched_on != switched
+        return active or self.store.fail_writes is not None or self.fault_switched_on != switched
 
     async def target(self, key: str, old: bool) -> str | None:
         """The actor id an operation on ``key`` aims at (``old``: a destroyed one, if any),
@@ -534,7 +530,7 @@ class Harness:
 
     async def restart(self, nursery: trio.Nursery) -> None:
         """Drain the registry, check what it left behind, and start a new one on the store."""
-        self.store.set_fault(None)
+        self.store.fail_writes = None
         old = self.registry
         await self.shutdown(old)
         self.check_store_matches_model()
@@ -649,9 +645,9 @@ class Harness:
             _, key_index, hook, behaviour = op
             self.behaviour[(KEYS[key_index], hook)] = behaviour
         elif kind == "fault":
-            if op[1] and self.store.fault is None:
+            if op[1] and self.store.fail_writes is None:
                 self.fault_switched_on += 1
-            self.store.set_fault(OSError("injected write fault") if op[1] else None)
+            self.store.fail_writes = OSError("injected write fault") if op[1] else None
         elif kind == "write_delay":
             self.store.write_delay = op[1]
         elif kind == "restart":
@@ -686,7 +682,7 @@ class Harness:
                         await self.execute(op, nursery, bg)
                         self.check_step()
                     # the end: a working store, every background task done, a last restart
-                    self.store.set_fault(None)
+                    self.store.fail_writes = None
                     self.store.write_delay = 0.0
                 await self.restart(nursery)
                 final = self.registry

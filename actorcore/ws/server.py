@@ -76,6 +76,10 @@ class TrioWebSocketTransport:
         await self._ws._close_stream()  # pyright: ignore[reportPrivateUsage]
 
 
+#: Bound on sending the close frame of a failed connection (a peer that does not read).
+_FAIL_SEND_TIMEOUT: Final = 2.0
+
+
 class _ServerConnection(WebSocketConnection):
     """trio-websocket's connection with two close-frame fixes (trio-websocket 0.12).
 
@@ -107,10 +111,6 @@ class _ServerConnection(WebSocketConnection):
                 async with self._stream_lock:
                     pass  # a close frame queued before this is out now
         await super()._handle_close_connection_event(event)
-
-
-#: Bound on sending the close frame of a failed connection (a peer that does not read).
-_FAIL_SEND_TIMEOUT: Final = 2.0
 
 
 class _Server(WebSocketServer):

@@ -100,6 +100,37 @@ class Frame:
         return int(code), self.payload[2:].decode("utf-8", "replace")
 
 
+def split_frame(data: bytes | bytearray) -> tuple[Frame, bool, int] | None:
+    """The first complete frame in ``data`` (unmasked), whether it was masked, and the bytes
+    it took; None while it is incomplete."""
+    if len(data) < 2:
+        return None
+    first, second = data[0], data[1]
+    length = second & 0x7F
+    offset = 2
+    if length == 126:
+        if len(data) < 4:
+            return None
+        (length,) = struct.unpack("!H", data[2:4])
+        offset = 4
+    elif length == 127:
+        if len(data) < 10:
+            return None
+        (length,) = struct.unpack("!Q", data[2:10])
+        offset = 10
+    masked = bool(second & 0x80)
+    key = b""
+    if masked:
+        key = bytes(data[offset : offset + 4])
+        offset += 4
+    if len(data) < offset + length:
+        return None
+    payload = bytes(data[offset : offset + length])
+    if masked:
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return Frame(first & 0xF, payload, bool(first & 0x80)), masked, offset + length
+
+
 class RawClient:
     """A WebSocket client over ``stream`` that speaks only in bytes the test chooses.
 
@@ -175,28 +206,13 @@ class RawClient:
                 return None
 
     def _parse(self) -> Frame | None:
-        buf = self.buffer
-        if len(buf) < 2:
+        split = split_frame(self.buffer)
+        if split is None:
             return None
-        first, second = buf[0], buf[1]
-        length = second & 0x7F
-        offset = 2
-        if length == 126:
-            if len(buf) < 4:
-                return None
-            (length,) = struct.unpack("!H", buf[2:4])
-            offset = 4
-        elif length == 127:
-            if len(buf) < 10:
-                return None
-            (length,) = struct.unpack("!Q", buf[2:10])
-            offset = 10
-        assert not second & 0x80, "server frames are never masked"
-        if len(buf) < offset + length:
-            return None
-        payload = bytes(buf[offset : offset + length])
-        del buf[: offset + length]
-        return Frame(first & 0xF, payload, bool(first & 0x80))
+        frame, masked, used = split
+        assert not masked, "server frames are never masked"
+        del self.buffer[:used]
+        return frame
 
     async def read_until_close(self) -> tuple[list[Frame], tuple[int, str]]:
         """Read frames until a close frame (answered) or EOF. Returns the data frames and the

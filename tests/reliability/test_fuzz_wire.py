@@ -58,6 +58,7 @@ from ._wire import (
     OP_TEXT,
     RawClient,
     encode_frame,
+    split_frame,
     upgrade_request,
 )
 
@@ -621,22 +622,13 @@ def _close_echoes_in(data: bytes) -> set[tuple[int, str]]:
     """The echoes of client close frames found by reading ``data`` as a sequence of client
     frames (random bytes can spell a valid close frame)."""
     echoes: set[tuple[int, str]] = set()
-    while len(data) >= 2:
-        first, second = data[0], data[1]
-        length, offset = second & 0x7F, 2
-        if length >= 126:
-            width = 2 if length == 126 else 8
-            length = int.from_bytes(data[2 : 2 + width], "big")
-            offset += width
-        key = data[offset : offset + 4] if second & 0x80 else bytes(4)
-        offset += 4 if second & 0x80 else 0
-        if len(data) < offset + length:
-            break
-        payload = bytes(b ^ key[i % 4] for i, b in enumerate(data[offset : offset + length]))
-        if first & 0xF == OP_CLOSE:
-            frame = RawFrame(OP_CLOSE, payload, fin=True, mask=True, rsv=0)
-            echoes.add(frame.echo() or (1005, ""))
-        data = data[offset + length :]
+    while (split := split_frame(data)) is not None:
+        frame, _, used = split
+        if frame.opcode == OP_CLOSE:
+            echo = RawFrame(OP_CLOSE, frame.payload, fin=True, mask=True, rsv=0).echo()
+            assert echo is not None
+            echoes.add(echo)
+        data = data[used:]
     return echoes
 
 
