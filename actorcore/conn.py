@@ -15,6 +15,7 @@ import collections
 import enum
 import math
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -107,14 +108,18 @@ class Conn:
     """Per-connection state from ``create_conn_state``; kept across sleeps when hibernatable."""
     generation: int = 0
     """The generation currently serving this connection."""
-    subscriptions: set[str] = attrs.field(factory=set[str])
-    """Events this (protocol) connection subscribed to."""
+    subscriptions: AbstractSet[str] = frozenset()
+    """Events this (protocol) connection subscribed to (read-only: subscribe and unsubscribe
+    through the protocol; a new set replaces it on every change, so most connections, which
+    never subscribe, share the empty one)."""
     close_timeout: float = 2.0
     """Bound on flushing queued frames plus the close handshake once a close is queued."""
     _outbox: collections.deque[str | bytes | _Close] | None = attrs.field(default=None, init=False)
     """Frames waiting for the writer (made on first use; None once closed)."""
     _closing: _Close | None = attrs.field(default=None, init=False)
-    _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _ended: bool = attrs.field(default=False, init=False)
+    _closed: trio.Event | None = attrs.field(default=None, init=False)
+    """Made by the first :meth:`wait_closed` before the end (most are never waited for)."""
     _transport: Transport | None = attrs.field(default=None, init=False)
     _start_writer: Callable[[], None] | None = attrs.field(default=None, init=False)
     _watchdog: Watchdog | None = attrs.field(default=None, init=False)
@@ -138,7 +143,7 @@ class Conn:
     @property
     def closing(self) -> bool:
         """True once a close was queued or the connection ended."""
-        return self._closing is not None or self._closed.is_set()
+        return self._closing is not None or self._ended
 
     @property
     def server_close(self) -> tuple[int, str] | None:
@@ -166,7 +171,7 @@ class Conn:
 
     def close_nowait(self, code: int = 1000, reason: str = "") -> None:
         """Queue a close frame after the frames already queued (first close wins)."""
-        if self._closing is not None or self._closed.is_set():
+        if self._closing is not None or self._ended:
             return
         self._closing = _Close(code, reason)
         # A peer that does not read must not hold the close back: flushing what is queued gets
@@ -178,6 +183,11 @@ class Conn:
 
     async def wait_closed(self) -> None:
         """Wait until the connection has ended (close handshake done or transport gone)."""
+        if self._ended:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._closed is None:
+            self._closed = trio.Event()
         await self._closed.wait()
 
     # ---------------------------------------------------------------- dispatcher side
@@ -235,7 +245,7 @@ class Conn:
     def _enqueue(self, item: str | bytes | _Close) -> bool:
         outbox = self._outbox
         if outbox is None:
-            if self._closed.is_set():
+            if self._ended:
                 return True  # ended: dropped, like every frame after the end
             outbox = self._outbox = collections.deque()
         if len(outbox) >= OUTBOX_SIZE and not isinstance(item, _Close):
@@ -295,7 +305,9 @@ class Conn:
         self._transport = None
         self._start_writer = None
         self._outbox = None
-        self._closed.set()
+        self._ended = True
+        if self._closed is not None:
+            self._closed.set()
         room = self._room
         if room is not None:
             self._room = None

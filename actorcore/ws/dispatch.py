@@ -121,15 +121,29 @@ class Dispatcher:
         target: str,
         request: ConnectRequest,
         accept: Callable[[], Awaitable[Transport]],
+        *,
+        task_nursery: trio.Nursery | None = None,
     ) -> None:
-        """Handle one WebSocket request from upgrade to close. Never raises (except Cancelled)."""
+        """Handle one WebSocket request from upgrade to close. Never raises (except Cancelled).
+
+        ``task_nursery`` runs the connection's writer and action tasks; it must stay open
+        until they end (they are bounded by ``close_timeout`` and the actor's deadlines). The
+        server passes the nursery trio-websocket already opens per connection for its reader
+        task (one nursery less per connection); None opens one for this call.
+        """
+        if task_nursery is None:
+            async with trio.open_nursery() as nursery:
+                await self.handle(target, request, accept, task_nursery=nursery)
+            return
         try:
             accepted = await accept()
         except TransportClosed:
             log.info("client left during the handshake (%s)", target[:200])
             return
         transport = _Counting(accepted, self.registry)
-        handler = _ConnHandler(self, transport, target, request)
+        handler = _ConnHandler(self, transport, target, request, task_nursery)
+        # This frame lives as long as the connection: keep nothing it does not need.
+        del accept, accepted, request
         if self._closing or self.registry.draining:
             await handler.close_direct(closecodes.RUNTIME_SHUTDOWN)
             return
@@ -139,8 +153,12 @@ class Dispatcher:
         self._handlers.add(handler)
         try:
             await handler.run()
+        except Exception:
+            log.exception("connection handler crashed (%s)", target[:200])
+            await handler.close_direct(closecodes.INTERNAL_ERROR)
         finally:
             self._handlers.discard(handler)
+            handler.finished()
 
     async def close_all(self, close: CloseCode) -> None:
         """Close every connection with ``close`` (concurrently, bounded by ``close_timeout``)
@@ -156,7 +174,7 @@ class Dispatcher:
                 if handler.conn is not None:
                     await handler.conn.wait_closed()
                 else:
-                    await handler.done.wait()
+                    await handler.wait_finished()
 
 
 class _Reply:
@@ -180,6 +198,7 @@ class _ConnHandler:
         "delivering",
         "dispatcher",
         "done",
+        "done_event",
         "hook_timed_out",
         "inflight",
         "interrupted",
@@ -197,7 +216,12 @@ class _ConnHandler:
     )
 
     def __init__(
-        self, dispatcher: Dispatcher, transport: Transport, target: str, request: ConnectRequest
+        self,
+        dispatcher: Dispatcher,
+        transport: Transport,
+        target: str,
+        request: ConnectRequest,
+        nursery: trio.Nursery,
     ) -> None:
         self.dispatcher = dispatcher
         self.registry = dispatcher.registry
@@ -217,8 +241,10 @@ class _ConnHandler:
         self.setup_scope: trio.CancelScope | None = trio.CancelScope()
         """Scopes a drain cancels while the handler routes or sets up (dropped after)."""
         self.shutdown_close: CloseCode | None = None
-        self.done = trio.Event()
-        self.nursery: trio.Nursery | None = None
+        self.done = False
+        self.done_event: trio.Event | None = None
+        self.nursery = nursery
+        """Where the writer, action and buffered-delivery tasks run (see Dispatcher.handle)."""
         # The in-loop message hook (see _on_message): its task, the read loop's cancel scope,
         # why that scope was cancelled, and the generation whose hook it interrupted.
         self.task: trio.lowlevel.Task | None = None
@@ -255,20 +281,112 @@ class _ConnHandler:
 
     # ---------------------------------------------------------------- run
 
-    async def run(self) -> None:
-        try:
-            await self._run()
-        except Exception:
-            log.exception("connection handler crashed (%s)", self.target[:200])
-            # The writer died with the handler's nursery: close the transport directly (a
-            # no-op if a close frame already went out).
-            await self.close_direct(closecodes.INTERNAL_ERROR)
-        finally:
-            if self.conn is not None:
-                self.conn.mark_closed()  # nothing may start a writer once the nursery is gone
-            self.done.set()
+    def finished(self) -> None:
+        """The handler has returned (or crashed): no writer may start any more, and
+        :meth:`wait_finished` returns."""
+        if self.conn is not None:
+            self.conn.mark_closed()
+        self.done = True
+        if self.done_event is not None:
+            self.done_event.set()
 
-    async def _run(self) -> None:
+    async def wait_finished(self) -> None:
+        """Wait until :meth:`finished` (the event is made on first use: most handlers are
+        never waited for)."""
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            return
+        if self.done_event is None:
+            self.done_event = trio.Event()
+        await self.done_event.wait()
+
+    async def run(self) -> None:
+        """Route, set up, serve and tear down the connection (the caller handles a crash).
+
+        Check point 3, the read loop, is inline: this frame lives as long as the connection,
+        and every coroutine frame held per idle connection costs memory."""
+        started = await self._start()
+        if started is None:
+            return
+        entry, conn = started
+        live = await self._open(entry, conn)
+        self.request = self.resolve_scope = self.setup_scope = None  # setup is over
+        if live is None:
+            await conn.wait_closed()
+            return
+        del live
+        protocol = conn.kind is ConnKind.PROTOCOL
+        # Protocol connections are always hibernatable (see _start).
+        kind = WorkKind.HIBERNATABLE_MESSAGE if conn.hibernatable else WorkKind.MESSAGE
+        self.task = trio.lowlevel.current_task()
+        max_size = entry.definition.options.max_message_size
+        receive = self.transport.receive
+        counters = self.registry.counters
+        closed: tuple[int, str] | None = None
+        while closed is None:
+            with trio.CancelScope() as self.loop_scope:
+                while True:
+                    try:
+                        message = await receive()
+                    except TransportClosed as exc:
+                        # The hooks see the close the server sent, if it sent one (trio-websocket
+                        # reports its own view of a close it started).
+                        closed = conn.server_close or (exc.code, exc.reason)
+                        break
+                    counters.messages_in += 1
+                    if conn.closing or self.shutdown_close is not None:
+                        continue  # a close is queued or due: nothing more is delivered
+                    if len(message) > max_size:
+                        err = MessageTooLarge(f"message of {len(message)} > {max_size}")
+                        self.close(closecodes.for_error(err))
+                        continue
+                    item: Any = message
+                    if protocol:
+                        item = self._protocol_item(entry, conn, message)
+                        if item is None:
+                            continue
+                    if self.buffer or self.delivering:
+                        self._buffer(entry, conn, item)
+                        continue
+                    decision = admit(entry.lifecycle, kind)
+                    if decision is Admission.ADMIT:
+                        gen = entry.generation
+                        assert gen is not None
+                        if protocol:
+                            await self._deliver(gen, conn, item)
+                        else:
+                            await self._on_message(gen, conn, item)
+                        del gen
+                    elif decision is Admission.HOLD:
+                        self._buffer(entry, conn, item)
+                    elif decision is Admission.STOPPING:
+                        self.close(closecodes.ACTOR_SLEEPING)
+                    elif protocol:
+                        conn.queue_frame(
+                            encode_error(item.id, ActorDestroyed("actor is destroyed"))
+                        )
+                    else:
+                        self.close(closecodes.ACTOR_DESTROYED)
+            if closed is not None:
+                break
+            # The scope was cancelled: a message hook outlived hook_timeout, or the grace
+            # deadline cut it. If the cancel landed after the hook had returned, it only
+            # interrupted a receive (which loses nothing); read on either way.
+            cut, self.interrupted = self.interrupted, None
+            if cut is not None and self.hook_timed_out and not cut.aborted:
+                log.error(
+                    "actor %s id=%s: on_ws_message exceeded hook_timeout",
+                    cut.entry.name,
+                    cut.actor_id,
+                )
+                self.close(closecodes.INTERNAL_ERROR)
+            self.hook_timed_out = False
+        conn.mark_closed()  # the transport is closed: stop the writer
+        await self._teardown(entry, conn, *closed)
+
+    async def _start(self) -> tuple[ActorEntry, Conn] | None:
+        """Route the request to its actor and make the Conn; None if it was refused (the
+        close is sent)."""
         try:
             assert self.resolve_scope is not None
             with self.resolve_scope:
@@ -276,10 +394,10 @@ class _ConnHandler:
                 entry = await self._resolve(route)
         except ActorError as exc:
             await self.close_direct(closecodes.for_error(exc))
-            return
+            return None
         if self.shutdown_close is not None:
             await self.close_direct(self.shutdown_close)
-            return
+            return None
         options = entry.definition.options
         hibernatable = route.kind is ConnKind.PROTOCOL or options.hibernatable_websockets
         conn = self.conn = Conn(
@@ -290,24 +408,8 @@ class _ConnHandler:
             hibernatable=hibernatable,
             close_timeout=options.close_timeout,
         )
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            conn.bind(
-                self.transport,
-                lambda: nursery.start_soon(self._write, conn, options.close_timeout),
-                self.registry.watchdog,
-            )
-            live = await self._open(entry, conn)
-            self.request = self.resolve_scope = self.setup_scope = None  # setup is over
-            if live is not None:
-                close_code, close_reason = await self._serve(entry, conn, live)
-                # The hooks see the close the server sent, if it sent one (trio-websocket
-                # reports its own view of a close it started).
-                close_code, close_reason = conn.server_close or (close_code, close_reason)
-                conn.mark_closed()  # the transport is closed: stop the writer
-                await self._teardown(entry, conn, close_code, close_reason)
-            else:
-                await conn.wait_closed()
+        conn.bind(self.transport, self._start_writer, self.registry.watchdog)
+        return entry, conn
 
     async def _resolve(self, route: Route) -> ActorEntry:
         registry = self.registry
@@ -316,17 +418,33 @@ class _ConnHandler:
         assert route.name is not None and route.key is not None
         return await registry.find_entry_by_key(route.name, route.key, create=True, input=None)
 
-    async def _write(self, conn: Conn, close_timeout: float) -> None:
+    def _start_writer(self) -> None:
+        self.nursery.start_soon(self._guarded, self._write)
+
+    async def _write(self) -> None:
         """A writer task: runs while frames are queued (see ``Conn.bind``)."""
+        conn = self.conn
+        assert conn is not None
         ended = True
         try:
             # None: the outbox is empty and the connection open; a later frame starts a writer.
-            ended = await conn.run_writer(self.transport, close_timeout) is not None
+            ended = await conn.run_writer(self.transport, conn.close_timeout) is not None
         except TransportClosed:
             pass
         finally:
             if ended:
                 conn.mark_closed()
+
+    async def _guarded(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run one of the connection's tasks in the shared task nursery: a crash (a bug) is
+        logged and closes this connection with 1011, never the nursery's other tasks."""
+        try:
+            await task(*args)
+        except Exception:
+            log.exception("connection task crashed (%s)", self.target[:200])
+            if self.conn is not None:
+                self.conn.mark_closed()
+            await self.close_direct(closecodes.INTERNAL_ERROR)
 
     # ---------------------------------------------------------------- check points 1 and 2
 
@@ -412,84 +530,29 @@ class _ConnHandler:
 
     # ---------------------------------------------------------------- check point 3
 
-    async def _serve(self, entry: ActorEntry, conn: Conn, gen: Generation) -> tuple[int, str]:
-        """Read messages until the client closes; returns the client's close code/reason."""
-        protocol = conn.kind is ConnKind.PROTOCOL
-        # Protocol connections are always hibernatable (see _run).
-        kind = WorkKind.HIBERNATABLE_MESSAGE if conn.hibernatable else WorkKind.MESSAGE
-        self.task = trio.lowlevel.current_task()
-        while True:
-            with trio.CancelScope() as self.loop_scope:
-                return await self._read(entry, conn, kind, protocol)
-            # The scope was cancelled: a message hook outlived hook_timeout, or the grace
-            # deadline cut it. If the cancel landed after the hook had returned, it only
-            # interrupted a receive (which loses nothing); read on either way.
-            cut, self.interrupted = self.interrupted, None
-            if cut is not None and self.hook_timed_out and not cut.aborted:
-                log.error(
-                    "actor %s id=%s: on_ws_message exceeded hook_timeout",
-                    cut.entry.name,
-                    cut.actor_id,
-                )
-                self.close(closecodes.INTERNAL_ERROR)
-            self.hook_timed_out = False
-
-    async def _read(
-        self, entry: ActorEntry, conn: Conn, kind: WorkKind, protocol: bool
-    ) -> tuple[int, str]:
-        max_size = entry.definition.options.max_message_size
-        receive = self.transport.receive
-        counters = self.registry.counters
-        while True:
-            try:
-                message = await receive()
-            except TransportClosed as exc:
-                return exc.code, exc.reason
-            counters.messages_in += 1
-            if conn.closing or self.shutdown_close is not None:
-                continue  # a close is queued or due: nothing more is delivered
-            if len(message) > max_size:
-                err = MessageTooLarge(f"message of {len(message)} > {max_size}")
-                self.close(closecodes.for_error(err))
-                continue
-            item: Any = message
-            if protocol:
-                try:
-                    frame = parse_client_frame(message)
-                except ActorError as exc:
-                    self.close(closecodes.for_error(exc))
-                    continue
-                if isinstance(frame, Subscribe):
-                    conn.subscriptions.add(frame.event)
-                    continue
-                if not isinstance(frame, ActionRequest):
-                    conn.subscriptions.discard(frame.event)
-                    continue
-                if frame.name not in entry.definition.actions:
-                    missing = ActionNotFound(f"actor {entry.name!r} has no action {frame.name!r}")
-                    conn.queue_frame(encode_error(frame.id, missing))
-                    continue
-                item = frame
-            if self.buffer or self.delivering:
-                self._buffer(entry, conn, item)
-                continue
-            decision = admit(entry.lifecycle, kind)
-            if decision is Admission.ADMIT:
-                live = entry.generation
-                assert live is not None
-                if protocol:
-                    await self._deliver(live, conn, item)
-                else:
-                    await self._on_message(live, conn, item)
-            elif decision is Admission.HOLD:
-                self._buffer(entry, conn, item)
-            elif decision is Admission.STOPPING:
-                self.close(closecodes.ACTOR_SLEEPING)
-            else:
-                if protocol:
-                    conn.queue_frame(encode_error(item.id, ActorDestroyed("actor is destroyed")))
-                else:
-                    self.close(closecodes.ACTOR_DESTROYED)
+    def _protocol_item(
+        self, entry: ActorEntry, conn: Conn, message: str | bytes
+    ) -> ActionRequest | None:
+        """Parse a ``/connect`` frame. Subscriptions apply here; an action is returned for
+        delivery; None when there is nothing to deliver (a bad frame queued the close)."""
+        try:
+            frame = parse_client_frame(message)
+        except ActorError as exc:
+            self.close(closecodes.for_error(exc))
+            return None
+        if isinstance(frame, Subscribe):
+            if frame.event not in conn.subscriptions:
+                conn.subscriptions = conn.subscriptions | {frame.event}
+            return None
+        if not isinstance(frame, ActionRequest):
+            if frame.event in conn.subscriptions:
+                conn.subscriptions = conn.subscriptions - {frame.event}
+            return None
+        if frame.name not in entry.definition.actions:
+            missing = ActionNotFound(f"actor {entry.name!r} has no action {frame.name!r}")
+            conn.queue_frame(encode_error(frame.id, missing))
+            return None
+        return frame
 
     async def _on_message(self, gen: Generation, conn: Conn, message: str | bytes) -> None:
         """Run ``on_ws_message`` for a message the read loop admitted: the per-message path.
@@ -540,10 +603,11 @@ class _ConnHandler:
             # The answer is work too: finalize (and so a drain) waits until it is sent.
             reply = _Reply()
             gen.work_began(reply, f"reply:{item.name}", blocks_idle=False)
-            assert self.nursery is not None
             previous, started = self.last_started, trio.Event()
             self.last_started = started
-            self.nursery.start_soon(self._action, gen, work, reply, conn, item, previous, started)
+            self.nursery.start_soon(
+                self._guarded, self._action, gen, work, reply, conn, item, previous, started
+            )
             return
         assert gen.instance is not None
         work = gen.track_work("hook:on_ws_message", timeout=gen.definition.options.hook_timeout)
@@ -632,8 +696,7 @@ class _ConnHandler:
         buffer.append(item)
         if not self.delivering:
             self.delivering = True
-            assert self.nursery is not None
-            self.nursery.start_soon(self._deliver_buffered, entry, conn)
+            self.nursery.start_soon(self._guarded, self._deliver_buffered, entry, conn)
 
     async def _deliver_buffered(self, entry: ActorEntry, conn: Conn) -> None:
         """Deliver buffered messages in order, each to a generation that admits it."""

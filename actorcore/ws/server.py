@@ -10,8 +10,9 @@ matters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -45,13 +46,20 @@ LIBRARY_MAX_MESSAGE: Final = 16 * 2**20
 class TrioWebSocketTransport:
     """:class:`actorcore.conn.Transport` over a trio-websocket connection."""
 
-    __slots__ = ("_ws",)
+    __slots__ = ("_ws", "receive")
 
     def __init__(self, ws: WebSocketConnection) -> None:
         self._ws = ws
-
-    async def receive(self) -> str | bytes:
+        self.receive: Callable[[], Coroutine[Any, Any, str | bytes]]
         """The next message; TransportClosed with the close code once closed."""
+        if isinstance(ws, _ServerConnection):
+            # The read loop awaits this for the connection's whole life: one coroutine
+            # frame less per idle connection (and per message) than a translating wrapper.
+            self.receive = ws.receive_message
+        else:
+            self.receive = self._receive
+
+    async def _receive(self) -> str | bytes:
         try:
             return await self._ws.get_message()
         except ConnectionClosed as exc:
@@ -93,6 +101,14 @@ class _ServerConnection(WebSocketConnection):
        taking it once first lets the queued frame out.
     """
 
+    async def receive_message(self) -> str | bytes:
+        """``get_message`` raising :class:`TransportClosed` itself (trio-websocket 0.12's
+        body, see :class:`TrioWebSocketTransport`)."""
+        try:
+            return await self._recv_channel.receive()
+        except (trio.ClosedResourceError, trio.EndOfChannel):
+            raise _transport_closed(self._close_reason) from None
+
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
         state = self._wsproto.state
         if state is ConnectionState.OPEN:  # wsproto failed the frame: not a peer close
@@ -114,10 +130,36 @@ class _ServerConnection(WebSocketConnection):
 
 
 class _Server(WebSocketServer):
-    """trio-websocket's server making :class:`_ServerConnection` connections.
+    """trio-websocket's server making :class:`_ServerConnection` connections and handing each
+    request straight to the dispatcher.
 
-    ``_handle_connection`` is trio-websocket 0.12's own, with the connection class swapped
-    (the library has no hook for it; the version is pinned in ``pyproject.toml``)."""
+    ``_handle_connection`` is trio-websocket 0.12's own (the library has no hook for the
+    connection class; the version is pinned in ``pyproject.toml``), with two changes: the
+    connection class is swapped, and the request goes to :meth:`Dispatcher.handle` with the
+    connection's nursery as the dispatcher's task nursery (no handler closure and no nursery
+    of the dispatcher's own per connection: both cost memory for every idle connection)."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        *,
+        handler_nursery: trio.Nursery,
+        max_message_size: int,
+        receive_buffer_size: int,
+        connect_timeout: float,
+        disconnect_timeout: float,
+    ) -> None:
+        super().__init__(
+            _unused_handler,
+            list(listeners),  # type: ignore[arg-type]  # any trio Listener works
+            handler_nursery=handler_nursery,
+            max_message_size=max_message_size,
+            receive_buffer_size=receive_buffer_size,
+            connect_timeout=connect_timeout,
+            disconnect_timeout=disconnect_timeout,
+        )
+        self._dispatcher = dispatcher
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         async with trio.open_nursery() as nursery:
@@ -136,15 +178,39 @@ class _Server(WebSocketServer):
                 await stream.aclose()
             else:
                 try:
-                    await self._handler(request)
+                    await self._dispatcher.handle(
+                        request.path,
+                        ConnectRequest(
+                            path=request.path,
+                            headers=tuple(request.headers),
+                            subprotocols=tuple(request.proposed_subprotocols),
+                        ),
+                        functools.partial(_accept, request),
+                        task_nursery=nursery,
+                    )
                 finally:
                     with trio.move_on_after(self._disconnect_timeout):
                         # aclose() shuts the reader task down even when cancelled.
                         await connection.aclose()
 
 
+async def _unused_handler(request: WebSocketRequest) -> None:  # noqa: ASYNC124 - handler type
+    raise AssertionError("_Server hands requests to its dispatcher")  # pragma: no cover
+
+
+async def _accept(request: WebSocketRequest) -> TrioWebSocketTransport:
+    try:
+        return TrioWebSocketTransport(await request.accept())
+    except ConnectionClosed as exc:
+        # The client left during the handshake: nothing to close, nothing to serve.
+        raise _closed(exc) from None
+
+
 def _closed(exc: ConnectionClosed) -> TransportClosed:
-    reason = exc.reason
+    return _transport_closed(exc.reason)
+
+
+def _transport_closed(reason: CloseReason | None) -> TransportClosed:
     if reason is None:
         return TransportClosed(1006, "")
     return TransportClosed(int(reason.code), reason.reason or "")
@@ -197,30 +263,14 @@ async def serve_listeners(
     close_timeout = _close_timeout(registry)
     dispatcher = Dispatcher(registry, max_connections=max_connections, close_timeout=close_timeout)
 
-    async def handler(request: WebSocketRequest) -> None:
-        connect = ConnectRequest(
-            path=request.path,
-            headers=tuple(request.headers),
-            subprotocols=tuple(request.proposed_subprotocols),
-        )
-
-        async def accept() -> TrioWebSocketTransport:
-            try:
-                return TrioWebSocketTransport(await request.accept())
-            except ConnectionClosed as exc:
-                # The client left during the handshake: nothing to close, nothing to serve.
-                raise _closed(exc) from None
-
-        await dispatcher.handle(request.path, connect, accept)
-
     async with trio.open_nursery() as registry_nursery:
         if not registry.running:
             await registry_nursery.start(registry.run)
         registry.add_drain_step(lambda: dispatcher.close_all(closecodes.RUNTIME_SHUTDOWN))
         async with trio.open_nursery() as handler_nursery:
             server = _Server(
-                handler,
-                list(listeners),  # type: ignore[arg-type]  # any trio Listener works
+                dispatcher,
+                listeners,
                 handler_nursery=handler_nursery,
                 max_message_size=_max_message(registry),
                 receive_buffer_size=RECEIVE_BUFFER,
