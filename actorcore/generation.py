@@ -207,7 +207,7 @@ class WorkScope:
     registry's :class:`~actorcore.watchdog.Watchdog`, not by a cancel-scope deadline.
     """
 
-    __slots__ = ("_blocks_idle", "_gen", "_task", "_timeout", "scope")
+    __slots__ = ("_blocks_idle", "_ended", "_gen", "_task", "_timeout", "scope")
 
     def __init__(
         self, gen: Generation, name: str, blocks_idle: bool, timeout: float | None
@@ -216,6 +216,7 @@ class WorkScope:
         self._blocks_idle = blocks_idle
         self._timeout = timeout
         self._task: trio.lowlevel.Task | None = None
+        self._ended = False
         self.scope = trio.CancelScope()
         gen.work_began(self, name, blocks_idle=blocks_idle)
 
@@ -239,7 +240,15 @@ class WorkScope:
             return self.scope.__exit__(exc_type, exc, tb)
         finally:
             self._task = None
+            self._ended = True
             gen.work_ended(self, blocks_idle=self._blocks_idle)
+
+    def release(self) -> None:
+        """End a reservation that will not run (its task failed before entering the scope),
+        so the generation does not wait for it; a no-op once the work has ended."""
+        if not self._ended:
+            self._ended = True
+            self._gen.work_ended(self, blocks_idle=self._blocks_idle)
 
     def cancel(self) -> None:
         """Cancel the work; a frame it is sending right now goes out first."""

@@ -47,7 +47,7 @@ from ..errors import (
     MessageTooLarge,
     RuntimeShutdown,
 )
-from ..generation import ActorEntry, Generation
+from ..generation import ActorEntry, Generation, WorkScope
 from ..lifecycle import Admission, WorkKind, admit
 from .protocol import ActionRequest, Subscribe, encode_action_result, encode_error, encode_init
 from .protocol import parse_client_frame as parse_client_frame
@@ -616,7 +616,7 @@ class _ConnHandler:
     async def _action(
         self,
         gen: Generation,
-        work: Any,
+        work: WorkScope,
         reply: _Reply,
         conn: Conn,
         frame: ActionRequest,
@@ -626,6 +626,10 @@ class _ConnHandler:
         try:
             await self._run_action(gen, work, conn, frame, previous, started)
         finally:
+            # Both no-ops unless _run_action failed early: the generation must not wait for
+            # work that will not run, nor the next action for this one to start.
+            work.release()
+            started.set()
             gen.work_ended(reply, blocks_idle=False)
             self.inflight -= 1
             if self.inflight == 0 and self.shutdown_close is not None:

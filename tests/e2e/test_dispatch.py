@@ -264,6 +264,58 @@ async def test_hook_raising_closes_1011_and_server_keeps_serving(transport: str)
             assert await other.get_message() == "still here"
 
 
+async def test_a_crashing_connection_task_closes_only_its_connection_with_1011(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writer and action tasks run in the nursery trio-websocket opens per connection; a bug
+    in one (simulated here) closes that connection with 1011 and nothing else."""
+    from actorcore.ws import dispatch
+
+    run_action = dispatch._ConnHandler._run_action
+
+    async def buggy_run_action(
+        self: Any, gen: Any, work: Any, conn: Any, frame: Any, *a: Any
+    ) -> None:
+        if frame.name == "increment" and frame.args == [13]:
+            raise RuntimeError("bug in an action task")
+        await run_action(self, gen, work, conn, frame, *a)
+
+    monkeypatch.setattr(dispatch._ConnHandler, "_run_action", buggy_run_action)
+    # Bounded well below the 15 s grace: the crashed action's reserved work must be released,
+    # or the drain at the end waits for it until the grace deadline.
+    with trio.fail_after(5):
+        async with (
+            served(transport, [Room]) as server,
+            server.connect("/actors/room/k/connect") as other,
+        ):
+            assert (await receive_json(other))["type"] == "init"
+            async with server.connect("/actors/room/k/connect") as crashing:
+                assert (await receive_json(crashing))["type"] == "init"
+                await send_json(
+                    crashing, {"type": "action", "id": 1, "name": "increment", "args": [13]}
+                )
+                assert await expect_close(crashing) == (1011, "actor.internal_error")
+            reply = await call(other, 2, "increment", 1)
+            assert reply["output"]["count"] == 1, reply
+
+    run_writer = Conn.run_writer
+
+    async def buggy_run_writer(self: Conn, *args: Any) -> Any:
+        if self.params == {"nick": "w"}:
+            raise RuntimeError("bug in a writer task")
+        return await run_writer(self, *args)
+
+    monkeypatch.setattr(Conn, "run_writer", buggy_run_writer)
+    async with served(transport, [Room]) as server:
+        # The init frame is queued, so the writer is the first task the connection starts.
+        path = '/actors/room/k/connect?params={"nick":"w"}'
+        async with server.connect(path) as crashing:
+            assert await expect_close(crashing) == (1011, "actor.internal_error")
+        async with server.connect("/actors/room/k/connect") as other:
+            assert (await receive_json(other))["type"] == "init"
+            assert (await call(other, 1, "increment", 2))["output"]["count"] == 2
+
+
 async def test_message_too_large_closes_1009(transport: str) -> None:
     async with served(transport, [Echo]) as server, server.connect("/actors/echo/k/ws") as ws:
         await ws.send_message("x" * 1025)
