@@ -245,7 +245,7 @@ class _ConnHandler:
         self.done_event: trio.Event | None = None
         self.nursery = nursery
         """Where the writer, action and buffered-delivery tasks run (see Dispatcher.handle)."""
-        # The in-loop message hook (see _on_message): its task, the read loop's cancel scope,
+        # The in-loop message hook (see run): its task, the read loop's cancel scope,
         # why that scope was cancelled, and the generation whose hook it interrupted.
         self.task: trio.lowlevel.Task | None = None
         self.loop_scope: trio.CancelScope | None = None
@@ -322,6 +322,9 @@ class _ConnHandler:
         max_size = entry.definition.options.max_message_size
         receive = self.transport.receive
         counters = self.registry.counters
+        watchdog = self.registry.watchdog
+        hook_timeout = entry.definition.options.hook_timeout
+        expire_hook = self._expire_hook
         closed: tuple[int, str] | None = None
         while closed is None:
             with trio.CancelScope() as self.loop_scope:
@@ -355,7 +358,26 @@ class _ConnHandler:
                         if protocol:
                             await self._deliver(gen, conn, item)
                         else:
-                            await self._on_message(gen, conn, item)
+                            # on_ws_message, inline: the per-message path. No cancel scope
+                            # of its own (entering one costs about as much as the rest of
+                            # the message): the handler itself is the tracked work, the
+                            # watchdog keeps its hook_timeout, and cancelling it cancels the
+                            # loop's scope (see cancel()).
+                            instance = gen.instance
+                            assert instance is not None
+                            gen.work_began(self, "hook:on_ws_message", blocks_idle=True)
+                            watchdog.arm(self, trio.current_time() + hook_timeout, expire_hook)
+                            try:
+                                await instance.on_ws_message(gen.ctx, conn, item)
+                            except Exception:
+                                self._hook_raised(gen)
+                            except BaseException:
+                                self.interrupted = gen  # cancelled: by us or from outside
+                                raise
+                            finally:
+                                watchdog.disarm(self)
+                                gen.work_ended(self, blocks_idle=True)
+                            del instance
                         del gen
                     elif decision is Admission.HOLD:
                         self._buffer(entry, conn, item)
@@ -554,31 +576,9 @@ class _ConnHandler:
             return None
         return frame
 
-    async def _on_message(self, gen: Generation, conn: Conn, message: str | bytes) -> None:
-        """Run ``on_ws_message`` for a message the read loop admitted: the per-message path.
-
-        No cancel scope of its own (entering one costs about as much as the rest of the
-        message): the handler itself is the tracked work, the watchdog keeps its
-        ``hook_timeout``, and cancelling it cancels the read loop's scope (see :meth:`cancel`).
-        """
-        instance = gen.instance
-        assert instance is not None
-        watchdog = self.registry.watchdog
-        gen.work_began(self, "hook:on_ws_message", blocks_idle=True)
-        watchdog.arm(
-            self, trio.current_time() + gen.definition.options.hook_timeout, self._expire_hook
-        )
-        try:
-            await instance.on_ws_message(gen.ctx, conn, message)
-        except Exception:
-            log.exception("actor %s id=%s: on_ws_message raised", gen.entry.name, gen.actor_id)
-            self.close(closecodes.INTERNAL_ERROR)
-        except BaseException:
-            self.interrupted = gen  # cancelled: by us (timeout, grace) or from outside
-            raise
-        finally:
-            watchdog.disarm(self)
-            gen.work_ended(self, blocks_idle=True)
+    def _hook_raised(self, gen: Generation) -> None:
+        log.exception("actor %s id=%s: on_ws_message raised", gen.entry.name, gen.actor_id)
+        self.close(closecodes.INTERNAL_ERROR)
 
     def cancel(self) -> None:
         """Cancel the message hook running in the read loop (tracked work of a generation);
