@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from . import jsoncodec
+from . import gcpause, jsoncodec
 from .actor import Actor, ActorDefinition, definition_of
 from .authority import LifecycleAuthority, LocalAuthority
 from .context import current_conn
@@ -65,33 +64,6 @@ _SAVEABLE = frozenset({S.STARTED, S.SLEEP_GRACE, S.SLEEP_FINALIZE})
 
 #: Destroyed ids remembered so ``lifecycle()`` can answer DESTROYED (oldest forgotten first).
 TOMBSTONES = 10_000
-
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-def _pause_gc() -> None:
-    """Turn the cyclic garbage collector off for a drain (nested across registries).
-
-    Why: at shutdown tens of thousands of connections and tasks are torn down at once, and the
-    collector's full passes over a heap of a million or more tracked objects (1-2 s each,
-    almost nothing collected) stalled the event loop long enough to push close handshakes past
-    their bounds and to double the drain's time. A drain is bounded by its budget, so the
-    cyclic garbage it leaves is collected soon after, when the collector is back on."""
-    global _gc_pauses, _gc_was_enabled
-    if _gc_pauses == 0:
-        _gc_was_enabled = gc.isenabled()
-        gc.disable()
-    _gc_pauses += 1
-
-
-def _resume_gc() -> None:
-    """Undo one :func:`_pause_gc`; the last one restores the collector as it was."""
-    global _gc_pauses
-    _gc_pauses -= 1
-    if _gc_pauses == 0 and _gc_was_enabled:
-        gc.enable()
-
 
 DELETE_RETRY_FIRST = 0.5
 """Seconds before the first background retry of a failed delete; doubled after each failure."""
@@ -303,7 +275,7 @@ class Registry:
                     await self._store.aclose()
                 store_nursery.cancel_scope.cancel()
                 if self._gc_paused:
-                    _resume_gc()
+                    gcpause.resume()
                 self._stopped.set()
 
     async def __aenter__(self) -> Registry:
@@ -356,7 +328,7 @@ class Registry:
     async def _drain(self) -> None:
         self._draining = True
         self._gc_paused = True
-        _pause_gc()  # resumed when the registry has stopped (see run)
+        gcpause.pause()  # resumed when the registry has stopped (see run)
         async with trio.open_nursery() as nursery:
             # Save what is awake now, while the connections close: a drain that runs out of
             # time later still finds every state persisted (finalize saves again if it changed).

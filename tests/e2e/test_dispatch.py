@@ -367,6 +367,46 @@ async def test_sleep_finalize_closes_non_hibernatable_1001(transport: str) -> No
         assert stats.closes_by_code.get(1001) == 1
 
 
+async def test_finalize_of_many_connections_pauses_the_garbage_collector(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing GC_PAUSE_CLOSES or more connections at once runs with the cyclic collector off
+    (its full passes dominated a 10,000-connection finalize); it is back on afterwards, and a
+    smaller finalize leaves it alone."""
+    import gc
+
+    from actorcore import generation
+
+    monkeypatch.setattr(generation, "GC_PAUSE_CLOSES", 3)
+    seen: list[bool] = []
+
+    class Watching(Echo):
+        name = "watching"
+
+        async def on_ws_close(self, ctx: ActorContext, conn: Conn, code: int, reason: str) -> None:
+            seen.append(gc.isenabled())
+
+    async with served(transport, [Watching]) as server:
+        registry = server.registry
+        for count, paused in ((3, True), (2, False)):
+            seen.clear()
+            async with contextlib.AsyncExitStack() as stack:
+                sockets = [
+                    await stack.enter_async_context(server.connect("/actors/watching/k/ws"))
+                    for _ in range(count)
+                ]
+                for ws in sockets:
+                    await ws.send_message("live")
+                    assert await ws.get_message() == "live"
+                handle = await registry.get("watching", "k")
+                assert gc.isenabled()
+                await registry.sleep(handle.actor_id)
+                for ws in sockets:
+                    assert await expect_close(ws) == (1001, "actor.sleeping")
+            assert seen == [not paused] * count, (count, seen)
+            assert gc.isenabled(), "restored after the finalize"
+
+
 async def test_destroy_closes_every_connection_1000(transport: str) -> None:
     async with served(transport, [Room, HibernatingEcho]) as server:
         registry = server.registry
