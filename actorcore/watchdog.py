@@ -13,7 +13,10 @@ every send doubles that. So the per-message bounds are kept here instead:
   writing a frame straight to a transport. Such a send is never cancelled half-way by actorcore:
   a cancel that arrives meanwhile (a work deadline, a generation's grace deadline) is deferred
   until the frame is out. A send still blocked after its connection's ``close_timeout`` (a peer
-  that does not read) is cut by aborting the connection, which closes it with 1013.
+  that does not read) is cut by aborting the connection, which closes it with 1013. Time the
+  event loop spent too busy to run anything on schedule does not count: a send that waits for
+  its turn to run behind thousands of other tasks is starved, not blocked by its peer (the
+  watchdog measures this as its own lateness, see :meth:`Watchdog.run`).
 
 One task (:meth:`run`, in the registry's nursery) wakes at the earliest armed deadline and, while
 anything is armed or sending, at least every :data:`TICK` seconds, so arming and sending never
@@ -77,6 +80,7 @@ class Watchdog:
         "_sending",
         "_sends_cut",
         "_seq",
+        "_stalled",
         "_target",
         "_timers",
         "_wake",
@@ -84,8 +88,10 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._armed: dict[object, tuple[float, Callable[[], None]]] = {}
-        self._sending: dict[object, tuple[float, float, Callable[[], Awaitable[None]]]] = {}
-        """task -> (started, bound, abort)"""
+        self._sending: dict[object, tuple[float, float, float, Callable[[], Awaitable[None]]]] = {}
+        """task -> (started, stalled when it started, bound, abort)"""
+        self._stalled = 0.0
+        """Seconds the loop ran this task late, in total (see :meth:`run`)."""
         self._deferred: dict[object, Callable[[], None]] = {}
         self._wake: trio.Event | None = None
         self._idle = True
@@ -125,7 +131,7 @@ class Watchdog:
     ) -> None:
         """``task`` writes a frame to a transport; ``abort()`` cuts it after ``bound`` seconds."""
         now = trio.current_time()
-        self._sending[task] = (now, bound, abort)
+        self._sending[task] = (now, self._stalled, bound, abort)
         if self._idle:
             self._move(now + min(bound, TICK))
 
@@ -183,7 +189,13 @@ class Watchdog:
                 self._scope = scope
                 await trio.sleep_forever()
             self._scope = None
-            await self._cut_sends(trio.current_time())
+            now = trio.current_time()
+            # Woken later than asked (beyond a tick): the loop was too busy to run us, and so
+            # every other task. That time is not a peer's fault.
+            late = now - self._target - TICK
+            if late > 0:
+                self._stalled += late
+            await self._cut_sends(now)
 
     def _check(self, now: float) -> float:
         """Expire what is due; return when to look next (inf: nothing to watch)."""
@@ -213,10 +225,11 @@ class Watchdog:
         return target
 
     async def _cut_sends(self, now: float) -> None:
+        stalled = self._stalled
         late = [
             (task, abort)
-            for task, (started, bound, abort) in self._sending.items()
-            if now - started >= bound
+            for task, (started, stalled_then, bound, abort) in self._sending.items()
+            if now - started - (stalled - stalled_then) >= bound
         ]
         for task, abort in late:
             if task not in self._sending:

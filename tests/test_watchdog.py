@@ -155,3 +155,43 @@ async def test_timers_fire_in_order_at_their_time(autojump_clock: Any) -> None:
         ("c", pytest.approx(30.0)),
     ]
     assert watchdog.statistics().timers == 0
+
+
+async def test_time_the_loop_was_too_busy_to_run_tasks_does_not_cut_a_send(
+    autojump_clock: Any,
+) -> None:
+    """A send that waits for its turn behind a busy loop is starved, not blocked by its peer:
+    the watchdog measures the loop's stall as its own lateness and does not count it. (Found
+    by the 10,000-connection finalize benchmark: a healthy control connection was cut while
+    thousands of handshakes kept the loop busy for seconds.)"""
+    watchdog = Watchdog()
+    cut_at: list[float] = []
+    stuck = trio.Event()
+    start = trio.current_time()
+
+    async def abort() -> None:
+        cut_at.append(trio.current_time() - start)
+        stuck.set()
+
+    async def sender() -> None:
+        task = trio.lowlevel.current_task()
+        watchdog.send_started(task, 2.0, abort)
+        try:
+            await stuck.wait()
+        finally:
+            watchdog.send_ended(task)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog.run)
+        nursery.start_soon(sender)
+        await trio.sleep(0.1)
+        # The loop is busy for 3 s without a checkpoint: no task, the watchdog included, runs.
+        autojump_clock.jump(3.0)
+        await trio.sleep(1.0)
+        assert cut_at == [], "the stall is not the peer's fault"
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    # Cut once the send has been blocked for its bound outside the stall: after 0.25 s of it
+    # on time, 2.75 s of stall not counted, then the rest of the 2 s on time.
+    assert len(cut_at) == 1
+    assert 3.0 + 1.5 <= cut_at[0] <= 3.0 + 2.0 + TICK, cut_at
