@@ -12,6 +12,28 @@ import trio.testing
 from actorcore.watchdog import TICK, Watchdog
 
 
+def _stuck_send(watchdog: Watchdog, bound: float) -> tuple[list[float], Any]:
+    """A sender whose send never completes until the watchdog aborts it; the list gets the
+    time of the cut (from now)."""
+    cut_at: list[float] = []
+    stuck = trio.Event()
+    start = trio.current_time()
+
+    async def abort() -> None:
+        cut_at.append(trio.current_time() - start)
+        stuck.set()
+
+    async def sender() -> None:
+        task = trio.lowlevel.current_task()
+        watchdog.send_started(task, bound, abort)
+        try:
+            await stuck.wait()
+        finally:
+            watchdog.send_ended(task)
+
+    return cut_at, sender
+
+
 async def test_an_armed_deadline_fires_on_time_and_a_disarmed_one_never(
     autojump_clock: Any,
 ) -> None:
@@ -96,21 +118,7 @@ async def test_a_cancel_during_a_send_waits_for_the_send(autojump_clock: Any) ->
 
 async def test_a_send_that_outlives_its_bound_is_cut(autojump_clock: Any) -> None:
     watchdog = Watchdog()
-    cut_at: list[float] = []
-    stuck = trio.Event()
-    start = trio.current_time()
-
-    async def abort() -> None:
-        cut_at.append(trio.current_time() - start)
-        stuck.set()
-
-    async def sender() -> None:
-        task = trio.lowlevel.current_task()
-        watchdog.send_started(task, 2.0, abort)
-        try:
-            await stuck.wait()
-        finally:
-            watchdog.send_ended(task)
+    cut_at, sender = _stuck_send(watchdog, 2.0)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watchdog.run)
@@ -165,21 +173,7 @@ async def test_time_the_loop_was_too_busy_to_run_tasks_does_not_cut_a_send(
     by the 10,000-connection finalize benchmark: a healthy control connection was cut while
     thousands of handshakes kept the loop busy for seconds.)"""
     watchdog = Watchdog()
-    cut_at: list[float] = []
-    stuck = trio.Event()
-    start = trio.current_time()
-
-    async def abort() -> None:
-        cut_at.append(trio.current_time() - start)
-        stuck.set()
-
-    async def sender() -> None:
-        task = trio.lowlevel.current_task()
-        watchdog.send_started(task, 2.0, abort)
-        try:
-            await stuck.wait()
-        finally:
-            watchdog.send_ended(task)
+    cut_at, sender = _stuck_send(watchdog, 2.0)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watchdog.run)
