@@ -402,16 +402,18 @@ class Generation:
         calls it directly for its message hooks, which run without a scope of their own)."""
         self._work[work] = name
         if blocks_idle:
-            self._busy_inc()
+            self._busy += 1  # _busy_inc, inline: this runs for every message
 
     def work_ended(self, work: Work, *, blocks_idle: bool) -> None:
         """``work`` is over: the state may have changed, and grace may now be drained."""
-        del self._work[work]
+        work_left = self._work
+        del work_left[work]
         if blocks_idle:
             self._busy_dec()
-        self.mark_dirty()
-        if not self._work:
-            self.poke()
+        if not self._dirty:
+            self.mark_dirty()
+        if not work_left and self._poke is not None:
+            self._poke.set()  # poke(), inline: this runs for every message
 
     # The idle timer and the save interval share one pending watchdog timer per generation. It
     # is only ever moved earlier (a new timer is pushed); one that fires early re-arms itself,

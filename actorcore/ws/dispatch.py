@@ -325,6 +325,7 @@ class _ConnHandler:
         watchdog = self.registry.watchdog
         hook_timeout = entry.definition.options.hook_timeout
         expire_hook = self._expire_hook
+        now = trio.lowlevel.current_clock().current_time
         closed: tuple[int, str] | None = None
         while closed is None:
             with trio.CancelScope() as self.loop_scope:
@@ -366,7 +367,7 @@ class _ConnHandler:
                             instance = gen.instance
                             assert instance is not None
                             gen.work_began(self, "hook:on_ws_message", blocks_idle=True)
-                            watchdog.arm(self, trio.current_time() + hook_timeout, expire_hook)
+                            watchdog.arm(self, now() + hook_timeout, expire_hook)
                             try:
                                 await instance.on_ws_message(gen.ctx, conn, item)
                             except Exception:
