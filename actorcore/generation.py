@@ -20,6 +20,7 @@ up other actors.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -742,16 +743,12 @@ class Generation:
             closing = [c for c in entry.conns if not c.hibernatable]
             close = closecodes.ACTOR_SLEEPING
         if closing:
+            # Bounded by the closes' deadlines; see actorcore/gcpause.py for why.
             many = len(closing) >= GC_PAUSE_CLOSES
-            if many:
-                gcpause.pause()  # see actorcore/gcpause.py; bounded by the closes' deadlines
-            try:
+            with gcpause.paused() if many else contextlib.nullcontext():
                 async with trio.open_nursery() as nursery:
                     for conn in closing:
                         nursery.start_soon(self._close_conn, conn, close.code, close.reason)
-            finally:
-                if many:
-                    gcpause.resume()
         if destroying:
             try:
                 await self.host.store.delete(self.actor_id, self.number)

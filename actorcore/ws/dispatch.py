@@ -309,12 +309,11 @@ class _ConnHandler:
         if started is None:
             return
         entry, conn = started
-        live = await self._open(entry, conn)
+        refused = await self._open(entry, conn) is None
         self.request = self.resolve_scope = self.setup_scope = None  # setup is over
-        if live is None:
+        if refused:
             await conn.wait_closed()
             return
-        del live
         protocol = conn.kind is ConnKind.PROTOCOL
         # Protocol connections are always hibernatable (see _start).
         kind = WorkKind.HIBERNATABLE_MESSAGE if conn.hibernatable else WorkKind.MESSAGE
@@ -371,7 +370,7 @@ class _ConnHandler:
                             try:
                                 await instance.on_ws_message(gen.ctx, conn, item)
                             except Exception:
-                                self._hook_raised(gen)
+                                self._hook_raised(gen, "on_ws_message")
                             except BaseException:
                                 self.interrupted = gen  # cancelled: by us or from outside
                                 raise
@@ -577,8 +576,9 @@ class _ConnHandler:
             return None
         return frame
 
-    def _hook_raised(self, gen: Generation) -> None:
-        log.exception("actor %s id=%s: on_ws_message raised", gen.entry.name, gen.actor_id)
+    def _hook_raised(self, gen: Generation, hook: str) -> None:
+        """A connection hook raised (call from its ``except``): log it, close with 1011."""
+        log.exception("actor %s id=%s: %s raised", gen.entry.name, gen.actor_id, hook)
         self.close(closecodes.INTERNAL_ERROR)
 
     def cancel(self) -> None:
@@ -683,8 +683,7 @@ class _ConnHandler:
             if scope.cancelled_caught and not gen.aborted:
                 raise InternalError(f"{hook.__name__} exceeded hook_timeout")
         except Exception:
-            log.exception("actor %s id=%s: %s raised", gen.entry.name, gen.actor_id, hook.__name__)
-            self.close(closecodes.INTERNAL_ERROR)
+            self._hook_raised(gen, hook.__name__)
             return False
         return True
 
