@@ -54,6 +54,12 @@ class Transport(Protocol):
         """Send one message. Raises ``TransportClosed`` if the connection is gone."""
         ...
 
+    def start_close(self, code: int, reason: str) -> bool:
+        """Put the close frame on the wire now, without waiting, if the transport can (nothing
+        of its own is being sent); :meth:`close` with the same code then finishes the
+        handshake. False if it did nothing (``close`` then sends the frame)."""
+        ...
+
     async def close(self, code: int, reason: str) -> None:
         """Send a close frame and wait for the peer's; the caller bounds the wait.
 
@@ -174,6 +180,12 @@ class Conn:
         if self._closing is not None or self._ended:
             return
         self._closing = _Close(code, reason)
+        transport = self._transport
+        if transport is not None and not self._outbox:
+            # Nothing queued ahead of it: the frame leaves now, from this task (a finalize
+            # puts all its connections' frames out in one pass); the writer started below
+            # still runs the bounded rest of the handshake.
+            transport.start_close(code, reason)
         # A peer that does not read must not hold the close back: flushing what is queued gets
         # close_timeout, then the close handshake gets its own bounded attempt.
         self._flush_deadline = trio.current_time() + self.close_timeout

@@ -88,6 +88,9 @@ class _Counting:
         await self._inner.send(message)
         self._counters.messages_out += 1
 
+    def start_close(self, code: int, reason: str) -> bool:
+        return self._inner.start_close(code, reason)  # counted in close(), which follows
+
     async def close(self, code: int, reason: str) -> None:
         self._counters.closes_by_code[code] += 1
         log.info(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -25,7 +26,7 @@ from trio_websocket import (
 )
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection
+from wsproto.events import CloseConnection, Ping
 
 from .. import closecodes
 from ..conn import TransportClosed
@@ -72,6 +73,12 @@ class TrioWebSocketTransport:
         except ConnectionClosed as exc:
             raise _closed(exc) from None
 
+    def start_close(self, code: int, reason: str) -> bool:
+        """Write the close frame now if nothing else is being sent (see
+        :meth:`_ServerConnection.start_close`); :meth:`close` then finishes the handshake."""
+        ws = self._ws
+        return isinstance(ws, _ServerConnection) and ws.start_close(code, reason)
+
     async def close(self, code: int, reason: str) -> None:
         """Close handshake (trio-websocket closes the stream even if cancelled)."""
         await self._ws.aclose(code, reason)
@@ -84,12 +91,21 @@ class TrioWebSocketTransport:
         await self._ws._close_stream()  # pyright: ignore[reportPrivateUsage]
 
 
+#: Writes what a non-blocking socket takes now (a module name, so tests can make it short).
+_write: Callable[[int, bytes], int] = os.write
+
 #: Bound on sending the close frame of a failed connection (a peer that does not read).
 _FAIL_SEND_TIMEOUT: Final = 2.0
 
 
 class _ServerConnection(WebSocketConnection):
-    """trio-websocket's connection with two close-frame fixes (trio-websocket 0.12).
+    """trio-websocket's connection with a synchronous close start and three close-frame
+    fixes (trio-websocket 0.12).
+
+    :meth:`start_close` writes the close frame from the calling task, without waiting: an
+    actor's finalize then puts the close frames of all its connections on the wire in one
+    pass, instead of one writer task and one trip through the send lock per connection, each
+    a scheduler round later than the last.
 
     1. A frame that breaks the WebSocket framing (invalid UTF-8, an unmasked or reserved
        frame) makes wsproto report a close with 1002/1007 while the connection is still
@@ -99,7 +115,80 @@ class _ServerConnection(WebSocketConnection):
        may be waiting for the stream lock while the reader takes the event as the end of the
        connection and closes the stream: the frame was never written. The lock is fair, so
        taking it once first lets the queued frame out.
+    3. A ping that arrives after our close frame went out was answered with a pong, which
+       wsproto refuses once the connection is closing (``LocalProtocolError`` in the reader
+       task). Such pings are ignored, as RFC 6455 5.5.2 allows for a closing endpoint.
     """
+
+    _close_started: bool = False
+    """:meth:`start_close` sent (some of) the frame; :meth:`_aclose` finishes the close."""
+    _close_tail: bytes = b""
+    """The part of that frame the socket did not take at once (sent before anything else)."""
+
+    def start_close(self, code: int, reason: str) -> bool:
+        """Begin our close handshake from the calling task, without yielding: the frame is
+        encoded (wsproto is then closing) and written to the socket as far as it takes it
+        at once. False, and nothing done, unless the connection is open, nothing is being
+        sent or waiting to be (the stream lock is free, so no frame can be cut or
+        overtaken) and the stream is a plain TCP stream."""
+        if (
+            self._close_reason is not None
+            or self._wsproto.state is not ConnectionState.OPEN
+            or self._stream_lock.locked()
+        ):
+            return False
+        stream = self._stream
+        if not isinstance(stream, trio.SocketStream):
+            return False
+        data = self._wsproto.send(CloseConnection(code=code, reason=reason))
+        self._close_reason = CloseReason(1000, None)  # what aclose() sets when it sends
+        self._close_started = True
+        try:
+            sent = _write(stream.socket.fileno(), data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # a broken stream: the tail's send finds out and aborts, as _send does
+        if sent < len(data):
+            self._close_tail = bytes(data[sent:])
+        return True
+
+    async def _send_close_tail(self) -> None:
+        broken = False
+        async with self._stream_lock:
+            tail, self._close_tail = self._close_tail, b""
+            if tail:
+                try:
+                    await self._stream.send_all(tail)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    broken = True
+        if broken:  # as trio-websocket's _send handles a broken stream
+            await self._abort_web_socket()
+            assert self._close_reason is not None
+            raise ConnectionClosed(self._close_reason)
+
+    async def _aclose(self, code: int, reason: str | None) -> None:
+        if not self._close_started:
+            await super()._aclose(code, reason)
+            return
+        # trio-websocket 0.12's _aclose after its send of the frame (start_close sent it).
+        self._close_started = False
+        try:
+            if self._close_tail:
+                await self._send_close_tail()
+            await self._recv_channel.aclose()
+            await self._close_handshake.wait()
+        except ConnectionClosed:
+            pass
+        finally:
+            # Closing a socket does not block; the checkpoint after it must not be cut.
+            with trio.move_on_after(_FAIL_SEND_TIMEOUT) as scope:
+                scope.shield = True
+                await self._close_stream()
+
+    async def _handle_ping_event(self, event: Ping) -> None:
+        if self._wsproto.state is ConnectionState.OPEN:
+            await super()._handle_ping_event(event)
 
     async def receive_message(self) -> str | bytes:
         """``get_message`` raising :class:`TransportClosed` itself (trio-websocket 0.12's
@@ -124,8 +213,12 @@ class _ServerConnection(WebSocketConnection):
             # (Not in REMOTE_CLOSING: the peer's close is answered by trio-websocket, which
             # sets _close_reason before it yields.)
             with trio.move_on_after(_FAIL_SEND_TIMEOUT):
-                async with self._stream_lock:
-                    pass  # a close frame queued before this is out now
+                if self._close_tail:
+                    with contextlib.suppress(ConnectionClosed):
+                        await self._send_close_tail()
+                elif self._stream_lock.locked():
+                    async with self._stream_lock:
+                        pass  # a close frame queued before this is out now
         await super()._handle_close_connection_event(event)
 
 
@@ -134,10 +227,11 @@ class _Server(WebSocketServer):
     request straight to the dispatcher.
 
     ``_handle_connection`` is trio-websocket 0.12's own (the library has no hook for the
-    connection class; the version is pinned in ``pyproject.toml``), with two changes: the
-    connection class is swapped, and the request goes to :meth:`Dispatcher.handle` with the
+    connection class; the version is pinned in ``pyproject.toml``), with three changes: the
+    connection class is swapped; the request goes to :meth:`Dispatcher.handle` with the
     connection's nursery as the dispatcher's task nursery (no handler closure and no nursery
-    of the dispatcher's own per connection: both cost memory for every idle connection)."""
+    of the dispatcher's own per connection: both cost memory for every idle connection); and
+    an exception from the connection's tasks is logged and ends only that connection."""
 
     def __init__(
         self,
@@ -162,36 +256,43 @@ class _Server(WebSocketServer):
         self._dispatcher = dispatcher
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
-        async with trio.open_nursery() as nursery:
-            connection = _ServerConnection(
-                stream,
-                WSConnection(ConnectionType.SERVER),
-                message_queue_size=self._message_queue_size,
-                max_message_size=self._max_message_size,
-                receive_buffer_size=self._receive_buffer_size,
-            )
-            nursery.start_soon(connection._reader_task)
-            with trio.move_on_after(self._connect_timeout) as connect_scope:
-                request = await connection._get_request()
-            if connect_scope.cancelled_caught:
-                nursery.cancel_scope.cancel()
-                await stream.aclose()
-            else:
-                try:
-                    await self._dispatcher.handle(
-                        request.path,
-                        ConnectRequest(
-                            path=request.path,
-                            headers=tuple(request.headers),
-                            subprotocols=tuple(request.proposed_subprotocols),
-                        ),
-                        functools.partial(_accept, request),
-                        task_nursery=nursery,
-                    )
-                finally:
-                    with trio.move_on_after(self._disconnect_timeout):
-                        # aclose() shuts the reader task down even when cancelled.
-                        await connection.aclose()
+        try:
+            async with trio.open_nursery() as nursery:
+                connection = _ServerConnection(
+                    stream,
+                    WSConnection(ConnectionType.SERVER),
+                    message_queue_size=self._message_queue_size,
+                    max_message_size=self._max_message_size,
+                    receive_buffer_size=self._receive_buffer_size,
+                )
+                nursery.start_soon(connection._reader_task)
+                with trio.move_on_after(self._connect_timeout) as connect_scope:
+                    request = await connection._get_request()
+                if connect_scope.cancelled_caught:
+                    nursery.cancel_scope.cancel()
+                    await stream.aclose()
+                else:
+                    try:
+                        await self._dispatcher.handle(
+                            request.path,
+                            ConnectRequest(
+                                path=request.path,
+                                headers=tuple(request.headers),
+                                subprotocols=tuple(request.proposed_subprotocols),
+                            ),
+                            functools.partial(_accept, request),
+                            task_nursery=nursery,
+                        )
+                    finally:
+                        with trio.move_on_after(self._disconnect_timeout):
+                            # aclose() shuts the reader task down even when cancelled.
+                            await connection.aclose()
+        except Exception:
+            # A bug in one connection's tasks (ours or the library's) would otherwise end
+            # serve_listeners, and with it every connection of the server. (A try here, not
+            # a wrapper: one coroutine frame less for every open connection.)
+            log.exception("connection crashed; closing its stream")
+            await trio.aclose_forcefully(stream)
 
 
 async def _unused_handler(request: WebSocketRequest) -> None:  # noqa: ASYNC124 - handler type

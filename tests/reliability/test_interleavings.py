@@ -1308,6 +1308,9 @@ class ScriptedTransport:
             raise TransportClosed(*self.closed)
         self.sent.append(json.loads(message))
 
+    def start_close(self, code: int, reason: str) -> bool:
+        return False  # the close frame goes out in close(), after a checkpoint
+
     async def close(self, code: int, reason: str) -> None:
         await trio.lowlevel.checkpoint()
         if self.closed is None:

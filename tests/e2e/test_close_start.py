@@ -1,0 +1,210 @@
+"""The close frame written by the closing task (``Transport.start_close``) over real sockets.
+
+When nothing is queued or being sent on a connection, ``Conn.close_nowait`` puts the close
+frame on the wire before it returns (an actor's finalize then sends all its frames in one
+pass); the writer task finishes the handshake. These tests pin down when that path is taken
+and that it loses nothing when the socket takes only part of the frame, or none of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import trio
+
+import actorcore
+from actorcore import ActorContext, ActorOptions, Conn, ConnKind
+from actorcore.testing import expect_close, receive_json, serve_loopback
+from actorcore.ws import server as ws_server
+
+from ..reliability._wire import OP_CLOSE, OP_PING, OP_TEXT, RawClient, encode_frame
+
+#: Bytes each close_nowait below found written by the time it returned.
+WRITTEN_AT_RETURN: list[int] = []
+WRITES: list[bytes] = []
+
+
+class Closer(actorcore.Actor):
+    name = "closer"
+    options = ActorOptions(close_timeout=2.0, sleep_timeout=1000.0)
+
+    async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
+        if message == "big":
+            await conn.send("x" * (8 << 20))  # more than the socket buffers take
+        elif isinstance(message, str) and message.startswith("close:"):
+            _, code, reason = message.split(":")
+            before = sum(map(len, WRITES))
+            conn.close_nowait(int(code), reason)
+            WRITTEN_AT_RETURN.append(sum(map(len, WRITES)) - before)
+        else:
+            await conn.send(message)
+
+    @actorcore.action
+    async def close_raw(self, ctx: ActorContext, code: int, reason: str) -> int:
+        """Close every raw connection of this actor; how many."""
+        raw = [c for c in ctx.conns if c.kind is ConnKind.RAW]
+        for conn in raw:
+            conn.close_nowait(code, reason)
+        return len(raw)
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """Record what start_close writes (and write it)."""
+    WRITES.clear()
+    WRITTEN_AT_RETURN.clear()
+
+    def write(fd: int, data: bytes) -> int:
+        sent = os.write(fd, data)
+        WRITES.append(bytes(data[:sent]))
+        return sent
+
+    monkeypatch.setattr(ws_server, "_write", write)
+    yield WRITES
+
+
+@contextlib.asynccontextmanager
+async def raw_ws(port: int, path: bytes = b"/actors/closer/k/ws") -> AsyncIterator[RawClient]:
+    """A hand-made WebSocket client over loopback, upgraded on ``path``."""
+    async with RawClient(await trio.open_tcp_stream("127.0.0.1", port)) as client:
+        assert await client.handshake(path) == 101
+        yield client
+
+
+def frame_of_close(code: int, reason: str) -> bytes:
+    payload = code.to_bytes(2, "big") + reason.encode()
+    return bytes((0x88, len(payload))) + payload
+
+
+async def test_a_close_with_nothing_queued_is_on_the_wire_when_close_nowait_returns(
+    writes: list[bytes],
+) -> None:
+    registry = actorcore.Registry([Closer])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server:
+            async with server.connect("/actors/closer/a/ws") as ws:
+                await ws.send_message("hello")
+                assert await ws.get_message() == "hello"
+                await ws.send_message("close:4001:bye")
+                assert await expect_close(ws) == (4001, "bye")
+            assert writes == [frame_of_close(4001, "bye")]
+            assert [len(frame_of_close(4001, "bye"))] == WRITTEN_AT_RETURN
+            # Counted once, though two calls (start_close, then close) made the close.
+            assert registry.statistics().closes_by_code[4001] == 1
+
+
+@pytest.mark.parametrize("takes", [0, 1, 3])
+async def test_a_close_frame_the_socket_takes_only_part_of_arrives_whole(
+    monkeypatch: pytest.MonkeyPatch, takes: int
+) -> None:
+    """The socket takes ``takes`` bytes at once (0: it would block); the writer sends the
+    rest before it waits for the peer's close."""
+
+    def short_write(fd: int, data: bytes) -> int:
+        if takes == 0:
+            raise BlockingIOError
+        return os.write(fd, data[:takes])
+
+    monkeypatch.setattr(ws_server, "_write", short_write)
+    registry = actorcore.Registry([Closer])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server:
+            for key in ("a", "b"):
+                async with server.connect(f"/actors/closer/{key}/ws") as ws:
+                    await ws.send_message("close:4002:partial-frame")
+                    assert await expect_close(ws) == (4002, "partial-frame")
+            # A finalize with many connections, each frame split the same way.
+            async with (
+                server.connect("/actors/closer/many/connect") as ctl,
+                contextlib.AsyncExitStack() as stack,
+            ):
+                init = await receive_json(ctl)
+                clients = [
+                    await stack.enter_async_context(server.connect("/actors/closer/many/ws"))
+                    for _ in range(20)
+                ]
+                for ws in clients:
+                    await ws.send_message("ping")
+                    assert await ws.get_message() == "ping"
+                await registry.sleep(init["actor_id"])
+                codes = [await expect_close(ws) for ws in clients]
+            assert codes == [(1001, "actor.sleeping")] * 20
+
+
+async def test_a_close_never_cuts_into_a_frame_being_sent(writes: list[bytes]) -> None:
+    """A send blocked on a peer that does not read holds the stream: the close then waits its
+    turn behind the frame (the writer sends it), so the peer gets the whole frame, then the
+    close."""
+    registry = actorcore.Registry([Closer])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server, raw_ws(server.port) as client:
+            await client.send_text("big")
+            async with server.connect("/actors/closer/k/connect") as ctl:
+                await receive_json(ctl)
+                # Bounded by close_timeout: the blocked send is not cut before it.
+                await ctl.send_message(
+                    '{"type": "action", "id": 1, "name": "close_raw", '
+                    '"args": [4003, "after-the-frame"]}'
+                )
+                # The big frame is still going out: nothing was written around it.
+                assert (await receive_json(ctl))["output"] == 1
+                assert writes == []
+                frames, code = await client.read_until_close()
+    assert [(f.opcode, len(f.payload)) for f in frames] == [(OP_TEXT, 8 << 20)]
+    assert code == (4003, "after-the-frame")
+
+
+async def test_a_ping_that_crosses_our_close_is_ignored_and_the_server_keeps_serving(
+    caplog: pytest.LogCaptureFixture, writes: list[bytes]
+) -> None:
+    """wsproto refuses a pong once our close is out; trio-websocket answered the ping anyway,
+    and the error ended the connection's task group. The ping is now ignored (RFC 6455 lets a
+    closing endpoint do that), the close handshake completes, and the server goes on."""
+    caplog.set_level(logging.ERROR)
+    registry = actorcore.Registry([Closer])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server:
+            async with raw_ws(server.port) as client:
+                await client.send_text("close:4004:crossed")
+                first = await client.read_frame()
+                assert first is not None
+                assert (first.opcode, first.close_code()) == (OP_CLOSE, (4004, "crossed"))
+                # A ping sent before this client saw the close (a heartbeat, say), then the
+                # answer to the close.
+                await client.send(encode_frame(OP_PING, b"p") + encode_frame(OP_CLOSE, b"\x0f\xa4"))
+                assert await client.read_frame() is None  # the server closed the TCP stream
+            assert writes == [frame_of_close(4004, "crossed")]
+            async with server.connect("/actors/closer/k/ws") as ws:
+                await ws.send_message("still here")
+                assert await ws.get_message() == "still here"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_crash_in_the_websocket_library_ends_only_its_connection(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Last line of defence (the ping bug above took the whole server down): an exception
+    escaping a connection's task group is logged, that stream is closed, the rest go on."""
+
+    async def broken(self: object, event: object) -> None:
+        raise RuntimeError("a bug in the reader task")
+
+    monkeypatch.setattr(ws_server._ServerConnection, "_handle_ping_event", broken)
+    registry = actorcore.Registry([Closer])
+    with trio.fail_after(20):
+        async with (
+            serve_loopback(registry) as server,
+            server.connect("/actors/closer/k/ws") as bystander,
+        ):
+            async with raw_ws(server.port) as client:
+                await client.send(encode_frame(OP_PING, b"p"))
+                assert await client.read_frame() is None  # its stream was closed
+            await bystander.send_message("still here")
+            assert await bystander.get_message() == "still here"
+    crashes = [r for r in caplog.records if r.getMessage().startswith("connection crashed")]
+    assert len(crashes) == 1
+    assert "a bug in the reader task" in (crashes[0].exc_text or "")
