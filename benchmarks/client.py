@@ -351,6 +351,17 @@ async def await_close(ws: WebSocketConnection) -> tuple[float, int]:
         return time.perf_counter(), code
 
 
+def arrivals(closed: list[tuple[float, int]], t0: float) -> dict[str, float]:
+    """When the close frames arrived, s after ``t0``: the first, p10, p50 and p90 (the last
+    is the workload's result): frames that all arrive late point at the server, frames
+    spread out from an early first one at what reads them."""
+    spread = sorted(t - t0 for t, _ in closed)
+    if not spread:
+        return {}
+    picks = (("first", 0.0), ("p10", 0.1), ("p50", 0.5), ("p90", 0.9))
+    return {q: round(spread[min(len(spread) - 1, int(len(spread) * f))], 4) for q, f in picks}
+
+
 async def finalize(
     port: int, n: int, close_wait: float, baseline: bool, tag: str, abort: bool
 ) -> dict[str, Any]:
@@ -410,6 +421,7 @@ async def finalize(
             "live_before": live,
             "connections_before": stats["connections"],
             "seconds": last - t0,
+            "close_arrivals_s": arrivals(closed, t0),
             "server_seconds": server_s,
             "codes": {str(k): v for k, v in codes.items()},
             "abnormal": n - codes.get(1001, 0),
@@ -480,6 +492,7 @@ async def drain(port: int, actors: int, per: int, close_wait: float, abort: bool
             "live_before": live,
             "phases": phases.out,
             "seconds": last - t0,
+            "close_arrivals_s": arrivals(closed, t0),
             "codes": {str(k): v for k, v in codes.items()},
             "not_1012": n + 1 - codes.get(1012, 0),
         }

@@ -450,6 +450,27 @@ async def populate(db: str, n: int) -> None:
     print(json.dumps({"populated": count, "seconds": time.perf_counter() - t0}), flush=True)
 
 
+def log_gc() -> None:
+    """Diagnostics (``ACTORCORE_BENCH_GCLOG=1``): every full collection on stderr, with its
+    wall-clock end, its duration, and the objects the oldest generation holds after it."""
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        print(
+            f"gc2 at {time.time():.3f} took {time.perf_counter() - started[0]:.3f} s, "
+            f"collected {info['collected']}, tracked {len(gc.get_objects(2))}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    gc.callbacks.append(callback)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.server")
     parser.add_argument("kind", choices=["actorcore", "baseline", "populate"])
@@ -459,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-connections", type=int, default=50_000)
     args = parser.parse_args(argv)
     raise_fd_limit()
+    if os.environ.get("ACTORCORE_BENCH_GCLOG"):
+        log_gc()
     if args.kind == "baseline":
         trio.run(run_baseline, args.port)
         return 0
