@@ -10,11 +10,12 @@ matters.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import trio
 from trio_websocket import (
@@ -94,6 +95,12 @@ class TrioWebSocketTransport:
 #: Writes what a non-blocking socket takes now (a module name, so tests can make it short).
 _write: Callable[[int, bytes], int] = os.write
 
+#: ``accept()`` errors that mean "out of a resource, try again" (as in trio.serve_listeners).
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+_ACCEPT_RETRY: Final = 0.1
+
 #: Bound on sending the close frame of a failed connection (a peer that does not read).
 _FAIL_SEND_TIMEOUT: Final = 2.0
 
@@ -171,20 +178,23 @@ class _ServerConnection(WebSocketConnection):
         if not self._close_started:
             await super()._aclose(code, reason)
             return
-        # trio-websocket 0.12's _aclose after its send of the frame (start_close sent it).
+        # trio-websocket 0.12's _aclose after its send of the frame (start_close sent it),
+        # without the checkpoints that need none: the stream is a SocketStream here, whose
+        # close is synchronous, and so is closing the receive channel.
         self._close_started = False
         try:
             if self._close_tail:
                 await self._send_close_tail()
-            await self._recv_channel.aclose()
-            await self._close_handshake.wait()
+            self._recv_channel.close()
+            if not self._close_handshake.is_set():
+                await self._close_handshake.wait()
         except ConnectionClosed:
             pass
         finally:
-            # Closing a socket does not block; the checkpoint after it must not be cut.
-            with trio.move_on_after(_FAIL_SEND_TIMEOUT) as scope:
-                scope.shield = True
-                await self._close_stream()
+            self._reader_running = False
+            stream = self._stream
+            assert isinstance(stream, trio.SocketStream)
+            stream.socket.close()
 
     async def _handle_ping_event(self, event: Ping) -> None:
         if self._wsproto.state is ConnectionState.OPEN:
@@ -212,13 +222,24 @@ class _ServerConnection(WebSocketConnection):
             # peer's frame after ours failed the framing). aclose() set _close_reason already.
             # (Not in REMOTE_CLOSING: the peer's close is answered by trio-websocket, which
             # sets _close_reason before it yields.)
-            with trio.move_on_after(_FAIL_SEND_TIMEOUT):
-                if self._close_tail:
-                    with contextlib.suppress(ConnectionClosed):
-                        await self._send_close_tail()
-                elif self._stream_lock.locked():
-                    async with self._stream_lock:
-                        pass  # a close frame queued before this is out now
+            if self._close_tail or self._stream_lock.locked():
+                with trio.move_on_after(_FAIL_SEND_TIMEOUT):
+                    if self._close_tail:
+                        with contextlib.suppress(ConnectionClosed):
+                            await self._send_close_tail()
+                    else:
+                        async with self._stream_lock:
+                            pass  # a close frame queued before this is out now
+            stream = self._stream
+            if state is ConnectionState.CLOSED and isinstance(stream, trio.SocketStream):
+                # The peer answered our close: what trio-websocket does then, without its
+                # two checkpoints (closing a channel and a socket is synchronous).
+                self._close_reason = CloseReason(event.code, event.reason or None)
+                self._send_channel.close()
+                self._close_handshake.set()
+                self._reader_running = False
+                stream.socket.close()
+                return
         await super()._handle_close_connection_event(event)
 
 
@@ -231,7 +252,44 @@ class _Server(WebSocketServer):
     connection class is swapped; the request goes to :meth:`Dispatcher.handle` with the
     connection's nursery as the dispatcher's task nursery (no handler closure and no nursery
     of the dispatcher's own per connection: both cost memory for every idle connection); and
-    an exception from the connection's tasks is logged and ends only that connection."""
+    an exception from the connection's tasks is logged and ends only that connection.
+
+    :meth:`run` accepts in loops of its own instead of ``trio.serve_listeners``, which wraps
+    each connection's task in one more coroutine (memory for every open connection) and
+    closes every stream with ``aclose_forcefully`` (a cancelled scope and a ``Cancelled``
+    raised and caught: about a tenth of a connection's teardown). ``_handle_connection``
+    closes its stream itself, on every path."""
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Accept on every listener until cancelled (see the class docstring)."""
+        async with trio.open_nursery() as nursery:
+            for listener in self._listeners:
+                nursery.start_soon(self._accept_loop, listener)
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    async def _accept_loop(self, listener: trio.abc.Listener[Any]) -> NoReturn:
+        handlers = self._handler_nursery
+        assert handlers is not None
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    # Out of descriptors or memory: what trio.serve_listeners does too.
+                    log.error(
+                        "accept failed (%s); retrying in %.1f s",
+                        os.strerror(exc.errno or 0),
+                        _ACCEPT_RETRY,
+                        exc_info=True,
+                    )
+                    await trio.sleep(_ACCEPT_RETRY)
+                else:
+                    handlers.start_soon(self._handle_connection, stream)
 
     def __init__(
         self,
@@ -284,15 +342,22 @@ class _Server(WebSocketServer):
                             task_nursery=nursery,
                         )
                     finally:
-                        with trio.move_on_after(self._disconnect_timeout):
-                            # aclose() shuts the reader task down even when cancelled.
-                            await connection.aclose()
+                        # A no-op once the close handshake is done (the usual case here).
+                        if connection._close_reason is None or connection._close_started:
+                            with trio.move_on_after(self._disconnect_timeout):
+                                # aclose() shuts the reader task down even when cancelled.
+                                await connection.aclose()
         except Exception:
             # A bug in one connection's tasks (ours or the library's) would otherwise end
-            # serve_listeners, and with it every connection of the server. (A try here, not
+            # the accept loop, and with it every connection of the server. (A try here, not
             # a wrapper: one coroutine frame less for every open connection.)
             log.exception("connection crashed; closing its stream")
-            await trio.aclose_forcefully(stream)
+        finally:
+            if isinstance(stream, trio.SocketStream):
+                stream.socket.close()  # idempotent and synchronous
+            else:
+                with trio.move_on_after(_FAIL_SEND_TIMEOUT, shield=True):
+                    await trio.aclose_forcefully(stream)
 
 
 async def _unused_handler(request: WebSocketRequest) -> None:  # noqa: ASYNC124 - handler type
