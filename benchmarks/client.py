@@ -41,6 +41,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from . import leanws
 from .common import HARD_TIMEOUT, HOST, MSG32, raise_fd_limit, ws_options
 
 OPEN_CONCURRENCY = 64
@@ -263,11 +264,14 @@ async def open_many(
     port: int,
     paths: list[str],
     on_open: Any,
+    *,
+    lean: bool = False,
 ) -> None:
     """Open one connection per path (OPEN_CONCURRENCY at a time, see ``connect_lean``; the
     tasks and readers run in ``nursery``); each runs ``on_open(i, ws)`` on its connection,
     then closes it (close handshake, bounded; none if ``nursery`` is cancelled). Returns when
-    every connection is open."""
+    every connection is open. ``lean``: the connections are :mod:`benchmarks.leanws` clients
+    (``on_open`` returns after their close; the socket is then closed)."""
     gate = trio.Semaphore(OPEN_CONCURRENCY)
     opened = trio.Semaphore(0)
     failures: list[BaseException] = []
@@ -276,7 +280,10 @@ async def open_many(
         await gate.acquire()
         try:
             with trio.fail_after(OPEN_TIMEOUT):
-                ws = await connect_lean(nursery, port, path)
+                if lean:
+                    ws = await leanws.connect(HOST, port, path)
+                else:
+                    ws = await connect_lean(nursery, port, path)
         except Exception as exc:
             failures.append(exc)
             return
@@ -288,8 +295,11 @@ async def open_many(
         except Exception:  # e.g. ConnectionClosed: the workload counts what it needs
             pass
         finally:
-            with trio.move_on_after(CLOSE_WAIT):
-                await ws.aclose()
+            if isinstance(ws, leanws.LeanWebSocket):
+                ws.close()
+            else:
+                with trio.move_on_after(CLOSE_WAIT):
+                    await ws.aclose()
 
     for i, path in enumerate(paths):
         nursery.start_soon(one, i, path)
@@ -341,8 +351,16 @@ async def hold(port: int, n: int, path: str, warmup: int, abort: bool) -> dict[s
     return result
 
 
-async def await_close(ws: WebSocketConnection) -> tuple[float, int]:
-    """Wait for the server's close frame: (perf_counter time, code); 1006 if none came."""
+async def await_close(ws: WebSocketConnection | leanws.LeanWebSocket) -> tuple[float, int]:
+    """Wait for the server's close frame: (perf_counter time, code); 1006 if none came. The
+    time is when trio-websocket's ``get_message`` raised, or when the lean client read the
+    frame off the socket."""
+    if isinstance(ws, leanws.LeanWebSocket):
+        try:
+            while True:
+                await ws.get_message()
+        except leanws.LeanClosed as closed:
+            return closed.at, closed.code
     try:
         while True:
             await ws.get_message()
@@ -374,9 +392,9 @@ async def finalize(
     all_closed = trio.Event()
     probed = trio.Event()
 
-    async def watch(i: int, ws: WebSocketConnection) -> None:
+    async def watch(i: int, ws: leanws.LeanWebSocket) -> None:
         if i == 0:  # prove the actor is live end to end before the trigger
-            with contextlib.suppress(ConnectionClosed):  # counted below via its close code
+            with contextlib.suppress(leanws.LeanClosed):  # counted below via its close code
                 await ws.send_message(MSG32)
                 await ws.get_message()
             probed.set()
@@ -388,7 +406,7 @@ async def finalize(
     phases = Phases()
     async with control(port) as ctl, trio.open_nursery() as nursery:
         t_open = time.perf_counter()
-        await open_many(nursery, port, [f"/actors/echo/{key}/ws"] * n, watch)
+        await open_many(nursery, port, [f"/actors/echo/{key}/ws"] * n, watch, lean=True)
         open_s = time.perf_counter() - t_open
         phases.mark("open")
         live = await wait_live(ctl, "echo", key, n)
@@ -448,7 +466,7 @@ async def drain(port: int, actors: int, per: int, close_wait: float, abort: bool
     echoed = [0]
     all_echoed = trio.Event()
 
-    async def watch(i: int, ws: WebSocketConnection) -> None:
+    async def watch(i: int, ws: leanws.LeanWebSocket) -> None:
         await ws.send_message(MSG32)
         await ws.get_message()  # echoed after the actor counted it in its state
         echoed[0] += 1
@@ -462,7 +480,7 @@ async def drain(port: int, actors: int, per: int, close_wait: float, abort: bool
     phases = Phases()
     async with control(port) as ctl, trio.open_nursery() as nursery:
         t_open = time.perf_counter()
-        await open_many(nursery, port, paths, watch)
+        await open_many(nursery, port, paths, watch, lean=True)
         open_s = time.perf_counter() - t_open
         phases.mark("open")
         # Every connection's message must be echoed (counted in state) before the trigger.

@@ -1,0 +1,83 @@
+"""The lean WebSocket client the finalize and drain benchmarks time closes with
+(``benchmarks/leanws.py``): it must speak the protocol correctly for its numbers to mean
+anything. Real loopback sockets against actorcore's server."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+import trio
+
+import actorcore
+from actorcore import ActorContext, ActorOptions, Conn
+from actorcore.testing import serve_loopback
+from benchmarks import leanws
+
+
+class Echo(actorcore.Actor):
+    name = "echo"
+    options = ActorOptions(max_message_size=1 << 20)
+
+    async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
+        if message == "bye":
+            await conn.close(4000, "bye now")
+        else:
+            await conn.send(message)
+
+
+async def test_lean_client_upgrades_echoes_and_reports_the_close_it_read() -> None:
+    registry = actorcore.Registry([Echo])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server:
+            ws = await leanws.connect("127.0.0.1", server.port, "/actors/echo/k/ws")
+            try:
+                for size in (0, 125, 126, 70_000):  # every length encoding, both ways
+                    await ws.send_message("x" * size)
+                    assert await ws.get_message() == b"x" * size
+                before = time.perf_counter()
+                await ws.send_message("bye")
+                with pytest.raises(leanws.LeanClosed) as closed:
+                    await ws.get_message()
+                assert closed.value.code == 4000
+                assert before <= closed.value.at <= time.perf_counter()  # when it was read
+                # Answered: the server saw a clean close (not 1006) and closed the TCP stream.
+                with pytest.raises(leanws.LeanClosed) as again:
+                    await ws.get_message()
+                assert again.value is closed.value
+            finally:
+                ws.close()
+            assert registry.statistics().closes_by_code == {4000: 1}
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", "upgrade refused"),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: bm90IHRoZSBrZXk=\r\n\r\n",
+            "wrong Sec-WebSocket-Accept",
+        ),
+        (b"", "no upgrade response"),
+    ],
+)
+async def test_lean_client_refuses_a_failed_upgrade(answer: bytes, error: str) -> None:
+    async def server(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        if answer:
+            await stream.send_all(answer)
+        await stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                functools.partial(trio.serve_tcp, server, 0, host="127.0.0.1")
+            )
+            port = listeners[0].socket.getsockname()[1]
+            with pytest.raises(leanws.LeanProtocolError, match=error):
+                await leanws.connect("127.0.0.1", port, "/actors/echo/k/ws")
+            nursery.cancel_scope.cancel()
