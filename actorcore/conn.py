@@ -152,6 +152,11 @@ class Conn:
         return self._closing is not None or self._ended
 
     @property
+    def ended(self) -> bool:
+        """True once the connection has ended (close handshake done or transport gone)."""
+        return self._ended
+
+    @property
     def server_close(self) -> tuple[int, str] | None:
         """The close code and reason the server queued, or None if it did not close."""
         return None if self._closing is None else (self._closing.code, self._closing.reason)
@@ -287,21 +292,25 @@ class Conn:
         code and reason after a close handshake bounded by ``close_timeout``."""
         close: _Close | None = None
         outbox = self._outbox
-        with trio.CancelScope(deadline=self._flush_deadline) as scope:
-            self._flush_scope = scope
-            while outbox:
-                item = outbox[0]
-                if isinstance(item, _Close):
-                    close = item
-                    break
-                await transport.send(item)
-                # Popped after the send, so a direct send sees a non-empty outbox and queues.
-                outbox.popleft()
-                room = self._room
-                if room is not None:
-                    self._room = None
-                    room.set()
-        self._flush_scope = None
+        if outbox and isinstance(outbox[0], _Close):
+            close = outbox[0]  # nothing queued ahead of the close: no flush (or its scope)
+        else:
+            with trio.CancelScope(deadline=self._flush_deadline) as scope:
+                self._flush_scope = scope
+                while outbox:
+                    item = outbox[0]
+                    if isinstance(item, _Close):
+                        close = item
+                        break
+                    await transport.send(item)
+                    # Popped after the send, so a direct send sees a non-empty outbox and
+                    # queues.
+                    outbox.popleft()
+                    room = self._room
+                    if room is not None:
+                        self._room = None
+                        room.set()
+            self._flush_scope = None
         if close is None:
             close = self._closing  # the flush deadline passed with frames still queued
         if close is None:
