@@ -27,7 +27,7 @@ from trio_websocket import (
 )
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection, Ping
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from .. import closecodes
 from ..conn import TransportClosed
@@ -125,6 +125,10 @@ class _ServerConnection(WebSocketConnection):
     3. A ping that arrives after our close frame went out was answered with a pong, which
        wsproto refuses once the connection is closing (``LocalProtocolError`` in the reader
        task). Such pings are ignored, as RFC 6455 5.5.2 allows for a closing endpoint.
+
+    Messages also pass from the reader task to the read loop without a scheduler round
+    each when they can (:meth:`receive_message`, :meth:`_handle_message_event`; see
+    ``docs/architecture.md``, *The per-message path*).
     """
 
     _close_started: bool = False
@@ -201,12 +205,30 @@ class _ServerConnection(WebSocketConnection):
             await super()._handle_ping_event(event)
 
     async def receive_message(self) -> str | bytes:
-        """``get_message`` raising :class:`TransportClosed` itself (trio-websocket 0.12's
-        body, see :class:`TrioWebSocketTransport`)."""
+        """``get_message`` raising :class:`TransportClosed` itself (see
+        :class:`TrioWebSocketTransport`), and without a checkpoint when a message is
+        already waiting: the reader task queues at most two without yielding (one in the
+        channel, one parked), so a read loop cannot run on unboundedly."""
+        channel = self._recv_channel
         try:
-            return await self._recv_channel.receive()
+            try:
+                return channel.receive_nowait()
+            except trio.WouldBlock:
+                return await channel.receive()
         except (trio.ClosedResourceError, trio.EndOfChannel):
             raise _transport_closed(self._close_reason) from None
+
+    async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        data = event.data
+        if not event.message_finished or self._message_parts or len(data) > self._max_message_size:
+            await super()._handle_message_event(event)  # fragments, or too large
+            return
+        try:
+            self._send_channel.send_nowait(bytes(data) if isinstance(data, bytearray) else data)
+        except trio.WouldBlock:
+            await super()._handle_message_event(event)  # the read loop is behind: wait
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # as trio-websocket: nobody reads any more
 
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
         state = self._wsproto.state
