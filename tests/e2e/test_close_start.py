@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
@@ -21,6 +22,7 @@ from actorcore import ActorContext, ActorOptions, Conn, ConnKind
 from actorcore.testing import expect_close, receive_json, serve_loopback
 from actorcore.ws import server as ws_server
 
+from ..reliability import _wire
 from ..reliability._wire import OP_CLOSE, OP_PING, OP_TEXT, RawClient, encode_frame
 
 #: Bytes each close_nowait below found written by the time it returned.
@@ -67,12 +69,11 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
     yield WRITES
 
 
-@contextlib.asynccontextmanager
-async def raw_ws(port: int, path: bytes = b"/actors/closer/k/ws") -> AsyncIterator[RawClient]:
+def raw_ws(
+    port: int, path: bytes = b"/actors/closer/k/ws"
+) -> AbstractAsyncContextManager[RawClient]:
     """A hand-made WebSocket client over loopback, upgraded on ``path``."""
-    async with RawClient(await trio.open_tcp_stream("127.0.0.1", port)) as client:
-        assert await client.handshake(path) == 101
-        yield client
+    return _wire.raw_ws(port, path)
 
 
 def frame_of_close(code: int, reason: str) -> bytes:

@@ -12,7 +12,7 @@ import actorcore
 from actorcore import ActorContext, ActorOptions, Conn
 from actorcore.testing import serve_loopback
 
-from ..reliability._wire import OP_BINARY, OP_CONT, OP_TEXT, RawClient, encode_frame
+from ..reliability._wire import OP_BINARY, OP_CONT, OP_TEXT, encode_frame, raw_ws
 
 SEEN: list[str | bytes] = []
 
@@ -49,14 +49,14 @@ async def test_a_pipelined_burst_arrives_whole_in_order_and_typed(burst: int) ->
     expected.append("last")
     registry = actorcore.Registry([Recorder])
     with trio.fail_after(30):
-        async with serve_loopback(registry) as server:
-            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-            async with RawClient(stream) as client:
-                assert await client.handshake(b"/actors/recorder/k/ws") == 101
-                await client.send(frames)
-                reply = await client.read_frame()
-                assert reply is not None
-                assert reply.payload == str(len(expected)).encode()
+        async with (
+            serve_loopback(registry) as server,
+            raw_ws(server.port, b"/actors/recorder/k/ws") as client,
+        ):
+            await client.send(frames)
+            reply = await client.read_frame()
+            assert reply is not None
+            assert reply.payload == str(len(expected)).encode()
     assert expected == SEEN
 
 
@@ -64,17 +64,17 @@ async def test_an_oversized_message_in_a_burst_closes_1009_after_the_ones_before
     SEEN.clear()
     registry = actorcore.Registry([Recorder])
     with trio.fail_after(30):
-        async with serve_loopback(registry) as server:
-            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-            async with RawClient(stream) as client:
-                assert await client.handshake(b"/actors/recorder/k/ws") == 101
-                await client.send(
-                    encode_frame(OP_TEXT, b"a")
-                    + encode_frame(OP_TEXT, b"b")
-                    + encode_frame(OP_TEXT, b"x" * 1001)
-                    + encode_frame(OP_TEXT, b"never")
-                )
-                frames, (code, reason) = await client.read_until_close()
+        async with (
+            serve_loopback(registry) as server,
+            raw_ws(server.port, b"/actors/recorder/k/ws") as client,
+        ):
+            await client.send(
+                encode_frame(OP_TEXT, b"a")
+                + encode_frame(OP_TEXT, b"b")
+                + encode_frame(OP_TEXT, b"x" * 1001)
+                + encode_frame(OP_TEXT, b"never")
+            )
+            frames, (code, reason) = await client.read_until_close()
     assert (code, reason) == (1009, "message.too_large")
     assert frames == []
     assert SEEN == ["a", "b"]

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import os
 import struct
+from collections.abc import AsyncIterator
 from typing import Final
 
 import attrs
@@ -234,3 +235,11 @@ class RawClient:
     async def send_text(self, text: str) -> None:
         """One masked text frame."""
         await self.send(encode_frame(OP_TEXT, text.encode()))
+
+
+@contextlib.asynccontextmanager
+async def raw_ws(port: int, path: bytes, *, host: str = "127.0.0.1") -> AsyncIterator[RawClient]:
+    """A :class:`RawClient` over loopback TCP, upgraded on ``path`` (closed on exit)."""
+    async with RawClient(await trio.open_tcp_stream(host, port)) as client:
+        assert await client.handshake(path) == 101
+        yield client
