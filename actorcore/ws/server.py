@@ -211,10 +211,13 @@ class _ServerConnection(WebSocketConnection):
         channel, one parked), so a read loop cannot run on unboundedly."""
         channel = self._recv_channel
         try:
-            try:
+            # Peeks at trio's buffer (private; tests/e2e/test_read_path.py checks it is
+            # there) rather than catching WouldBlock: an idle connection would otherwise
+            # raise and drop an exception and its traceback on every wait (measured: ~200 B
+            # more per idle connection, ~600 B when the wait sits in the except block).
+            if channel._state.data:  # pyright: ignore[reportPrivateUsage]
                 return channel.receive_nowait()
-            except trio.WouldBlock:
-                return await channel.receive()
+            return await channel.receive()
         except (trio.ClosedResourceError, trio.EndOfChannel):
             raise _transport_closed(self._close_reason) from None
 
@@ -225,10 +228,12 @@ class _ServerConnection(WebSocketConnection):
             return
         try:
             self._send_channel.send_nowait(bytes(data) if isinstance(data, bytearray) else data)
+            return
         except trio.WouldBlock:
-            await super()._handle_message_event(event)  # the read loop is behind: wait
+            pass  # the read loop is behind: wait (outside the handler, see receive_message)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # as trio-websocket: nobody reads any more
+            return  # as trio-websocket: nobody reads any more
+        await super()._handle_message_event(event)
 
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
         state = self._wsproto.state

@@ -78,3 +78,14 @@ async def test_an_oversized_message_in_a_burst_closes_1009_after_the_ones_before
     assert (code, reason) == (1009, "message.too_large")
     assert frames == []
     assert SEEN == ["a", "b"]
+
+
+async def test_trio_keeps_a_memory_channel_buffer_where_receive_message_peeks() -> None:
+    """``_ServerConnection.receive_message`` looks at ``channel._state.data`` (trio's
+    private buffer) to take a waiting message without a checkpoint; a trio release that
+    moves it must fail here, by name, not somewhere in the read loop."""
+    send, receive = trio.open_memory_channel[str](1)
+    assert not receive._state.data
+    send.send_nowait("m")
+    assert list(receive._state.data) == ["m"]
+    assert receive.receive_nowait() == "m"
