@@ -8,6 +8,7 @@ for every generation, so instance attributes are per-generation like ``ctx.vars`
 
 from __future__ import annotations
 
+import dis
 import inspect
 import re
 from collections.abc import Awaitable, Callable
@@ -110,6 +111,39 @@ class ActorDefinition:
     options: ActorOptions
     actions: dict[str, Callable[..., Awaitable[Any]]] = attrs.field(hash=False)
     create_state_is_async: bool
+    inline_actions: frozenset[str] = frozenset()
+    """Actions whose body never suspends (no ``await``, ``async with`` or ``async for``):
+    the dispatcher runs them to completion in the connection's read loop instead of in a
+    task of their own (see :func:`never_suspends`)."""
+
+
+#: Opcodes through which a coroutine body can suspend (CPython 3.11-3.13): an ``await``
+#: (GET_AWAITABLE, SEND, YIELD_VALUE), ``async with`` and ``async for``.
+_SUSPENDING_OPS: Final = frozenset(
+    {
+        "GET_AWAITABLE",
+        "SEND",
+        "YIELD_VALUE",
+        "BEFORE_ASYNC_WITH",
+        "GET_AITER",
+        "GET_ANEXT",
+        "END_ASYNC_FOR",
+        "ASYNC_GEN_WRAP",
+    }
+)
+
+
+def never_suspends(fn: Any) -> bool:
+    """True if ``fn`` is an ``async def`` function whose own body contains no ``await``,
+    ``async with`` or ``async for``: a call then runs to completion in one step, so running
+    it inline is indistinguishable from running it in a task of its own (it could not
+    interleave with anything, and no cancellation or timeout could reach it before it
+    returns). A function that awaits anything, even a call that would not suspend, is not
+    taken: only the body's bytecode is read."""
+    code = getattr(fn, "__code__", None)
+    if code is None or not code.co_flags & inspect.CO_COROUTINE:
+        return False
+    return not any(op.opname in _SUSPENDING_OPS for op in dis.get_instructions(code))
 
 
 def definition_of(cls: type[Actor]) -> ActorDefinition:
@@ -146,4 +180,5 @@ def definition_of(cls: type[Actor]) -> ActorDefinition:
         options=options,
         actions=actions,
         create_state_is_async=inspect.iscoroutinefunction(cls.create_state),
+        inline_actions=frozenset(name for name, fn in actions.items() if never_suspends(fn)),
     )

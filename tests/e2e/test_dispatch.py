@@ -106,6 +106,13 @@ class Room(actorcore.Actor):
         }
 
     @actorcore.action
+    async def increment_later(self, ctx: ActorContext, by: int = 1) -> int:
+        """Awaits first, so it runs in a task of its own (await-free actions run inline)."""
+        await trio.lowlevel.checkpoint()
+        ctx.state["count"] += by
+        return int(ctx.state["count"])
+
+    @actorcore.action
     async def fail(self, ctx: ActorContext, kind: str) -> None:
         if kind == "user":
             raise actorcore.UserError("nope", code="room.nope")
@@ -276,7 +283,7 @@ async def test_a_crashing_connection_task_closes_only_its_connection_with_1011(
     async def buggy_run_action(
         self: Any, gen: Any, work: Any, conn: Any, frame: Any, *a: Any
     ) -> None:
-        if frame.name == "increment" and frame.args == [13]:
+        if frame.name == "increment_later" and frame.args == [13]:
             raise RuntimeError("bug in an action task")
         await run_action(self, gen, work, conn, frame, *a)
 
@@ -292,7 +299,8 @@ async def test_a_crashing_connection_task_closes_only_its_connection_with_1011(
             async with server.connect("/actors/room/k/connect") as crashing:
                 assert (await receive_json(crashing))["type"] == "init"
                 await send_json(
-                    crashing, {"type": "action", "id": 1, "name": "increment", "args": [13]}
+                    crashing,
+                    {"type": "action", "id": 1, "name": "increment_later", "args": [13]},
                 )
                 assert await expect_close(crashing) == (1011, "actor.internal_error")
             reply = await call(other, 2, "increment", 1)

@@ -1321,13 +1321,15 @@ class ScriptedTransport:
         await self.close(1006, "")
 
 
+@pytest.mark.parametrize("awaits", [True, False])
 async def test_an_action_read_before_a_destroy_never_starts_in_destroy_grace(
-    autojump_clock: Any,
+    autojump_clock: Any, awaits: bool
 ) -> None:
     """Found by the random interleavings: the dispatcher admits an action when it reads the
     frame and starts it in a task of its own; a destroy requested in between made the action
     body run in DESTROY_GRACE, next to ``on_destroy``. It now gets ``actor.destroyed``, like
-    every action read after the destroy began."""
+    every action read after the destroy began. An action that never awaits runs inline, when
+    its frame is read: it runs (in STARTED) and answers before the destroy can begin."""
     seen: list[S] = []
 
     class Recorder(actorcore.Actor):
@@ -1337,11 +1339,18 @@ async def test_an_action_read_before_a_destroy_never_starts_in_destroy_grace(
         async def record(self, ctx: ActorContext) -> None:
             seen.append(ctx.lifecycle)
 
+        @actorcore.action
+        async def record_later(self, ctx: ActorContext) -> None:
+            await trio.lowlevel.checkpoint()
+            seen.append(ctx.lifecycle)
+
     async with actorcore.Registry([Recorder]) as registry:
         handle = await registry.get_or_create("recorder", "k")
         entry = registry.entry(handle.actor_id)
         assert entry is not None
-        frame = json.dumps({"type": "action", "id": 1, "name": "record"})
+        frame = json.dumps(
+            {"type": "action", "id": 1, "name": "record_later" if awaits else "record"}
+        )
         # The dispatcher reads the frame (admitted: STARTED), then the destroy comes before
         # the action's task has started.
         transport = ScriptedTransport([frame], lambda: registry.request(entry, E.DESTROY, "test"))
@@ -1353,9 +1362,13 @@ async def test_an_action_read_before_a_destroy_never_starts_in_destroy_grace(
         dispatcher = Dispatcher(registry)
         with trio.fail_after(30):
             await dispatcher.handle(target, ConnectRequest(path=target, headers=()), accept)
-    assert seen == [], "the action ran after the destroy began"
-    assert [f["type"] for f in transport.sent] == ["init", "error"]
-    assert transport.sent[1]["id"] == 1 and transport.sent[1]["code"] == "actor.destroyed"
+    if awaits:
+        assert seen == [], "the action ran after the destroy began"
+        assert [f["type"] for f in transport.sent] == ["init", "error"]
+        assert transport.sent[1]["id"] == 1 and transport.sent[1]["code"] == "actor.destroyed"
+    else:
+        assert seen == [S.STARTED]
+        assert [f["type"] for f in transport.sent] == ["init", "action_result"]
     assert transport.closed == (1000, "actor.destroyed")
 
 
