@@ -126,9 +126,10 @@ class _ServerConnection(WebSocketConnection):
        wsproto refuses once the connection is closing (``LocalProtocolError`` in the reader
        task). Such pings are ignored, as RFC 6455 5.5.2 allows for a closing endpoint.
 
-    Messages also pass from the reader task to the read loop without a scheduler round
-    each when they can (:meth:`receive_message`, :meth:`_handle_message_event`; see
-    ``docs/architecture.md``, *The per-message path*).
+    Sends write straight to the socket when nothing else is being sent
+    (:meth:`send_message`). Messages also pass from the reader task to the read loop
+    without a scheduler round each when they can (:meth:`receive_message`,
+    :meth:`_handle_message_event`; see ``docs/architecture.md``, *The per-message path*).
     """
 
     _close_started: bool = False
@@ -163,6 +164,52 @@ class _ServerConnection(WebSocketConnection):
         if sent < len(data):
             self._close_tail = bytes(data[sent:])
         return True
+
+    async def send_message(self, message: str | bytes) -> None:
+        """trio-websocket's ``send_message`` that writes the frame straight to the socket
+        when nothing else is being sent (the stream lock is free), then yields once, as a
+        trio socket send does. trio-websocket takes the lock (a scheduler round) and then
+        sends (another). What the socket does not take at once is sent under the lock."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._close_reason:
+            raise ConnectionClosed(self._close_reason)
+        lock = self._stream_lock
+        stream = self._stream
+        if lock.locked() or not isinstance(stream, trio.SocketStream):
+            await super().send_message(message)
+            return
+        event: TextMessage | BytesMessage
+        if isinstance(message, str):
+            event = TextMessage(data=message)
+        elif isinstance(message, bytes):
+            event = BytesMessage(data=message)
+        else:
+            raise ValueError("message must be str or bytes")
+        data = self._wsproto.send(event)
+        try:
+            sent = _write(stream.socket.fileno(), data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = -1
+        if sent == len(data):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        broken = sent < 0
+        if not broken:
+            lock.acquire_nowait()  # free: nothing ran since it was checked
+            try:
+                await stream.send_all(memoryview(data)[sent:])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                broken = True
+            finally:
+                lock.release()
+        if broken:  # as trio-websocket's _send handles a broken stream, and
+            # closes it: a reader blocked on it then ends too, whatever the socket's state.
+            stream.socket.close()
+            await self._abort_web_socket()
+            assert self._close_reason is not None
+            raise ConnectionClosed(self._close_reason)
 
     async def _send_close_tail(self) -> None:
         broken = False

@@ -9,13 +9,15 @@ and that it loses nothing when the socket takes only part of the frame, or none 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
+from trio_websocket import WebSocketConnection
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Conn, ConnKind
@@ -46,6 +48,15 @@ class Closer(actorcore.Actor):
             await conn.send(message)
 
     @actorcore.action
+    async def send_raw(self, ctx: ActorContext, text: str) -> int:
+        """Send ``text`` to every raw connection of this actor (each send waits its turn)."""
+        raw = [c for c in ctx.conns if c.kind is ConnKind.RAW]
+        async with trio.open_nursery() as nursery:
+            for conn in raw:
+                nursery.start_soon(conn.send, text)
+        return len(raw)
+
+    @actorcore.action
     async def close_raw(self, ctx: ActorContext, code: int, reason: str) -> int:
         """Close every raw connection of this actor; how many."""
         raw = [c for c in ctx.conns if c.kind is ConnKind.RAW]
@@ -56,13 +67,14 @@ class Closer(actorcore.Actor):
 
 @pytest.fixture
 def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    """Record what start_close writes (and write it)."""
+    """Record the close frames written straight to the socket (messages go that way too)."""
     WRITES.clear()
     WRITTEN_AT_RETURN.clear()
 
     def write(fd: int, data: bytes) -> int:
         sent = os.write(fd, data)
-        WRITES.append(bytes(data[:sent]))
+        if data[:1] == b"\x88":  # FIN + close opcode
+            WRITES.append(bytes(data[:sent]))
         return sent
 
     monkeypatch.setattr(ws_server, "_write", write)
@@ -74,6 +86,23 @@ def raw_ws(
 ) -> AbstractAsyncContextManager[RawClient]:
     """A hand-made WebSocket client over loopback, upgraded on ``path``."""
     return _wire.raw_ws(port, path)
+
+
+@contextlib.asynccontextmanager
+async def behind_a_blocked_frame(
+    action: str, *args: object
+) -> AsyncIterator[tuple[RawClient, WebSocketConnection]]:
+    """A raw client of ``closer/k`` that asked for an 8 MiB frame and reads nothing yet (the
+    send blocks, holding the stream), and a protocol connection to the same actor that has
+    sent ``action(*args)``."""
+    registry = actorcore.Registry([Closer])
+    async with serve_loopback(registry) as server, raw_ws(server.port) as client:
+        await client.send_text("big")
+        async with server.connect("/actors/closer/k/connect") as ctl:
+            await receive_json(ctl)
+            frame = {"type": "action", "id": 1, "name": action, "args": list(args)}
+            await ctl.send_message(json.dumps(frame))
+            yield client, ctl
 
 
 def frame_of_close(code: int, reason: str) -> bytes:
@@ -140,23 +169,44 @@ async def test_a_close_never_cuts_into_a_frame_being_sent(writes: list[bytes]) -
     """A send blocked on a peer that does not read holds the stream: the close then waits its
     turn behind the frame (the writer sends it), so the peer gets the whole frame, then the
     close."""
-    registry = actorcore.Registry([Closer])
     with trio.fail_after(20):
-        async with serve_loopback(registry) as server, raw_ws(server.port) as client:
-            await client.send_text("big")
-            async with server.connect("/actors/closer/k/connect") as ctl:
-                await receive_json(ctl)
-                # Bounded by close_timeout: the blocked send is not cut before it.
-                await ctl.send_message(
-                    '{"type": "action", "id": 1, "name": "close_raw", '
-                    '"args": [4003, "after-the-frame"]}'
-                )
-                # The big frame is still going out: nothing was written around it.
-                assert (await receive_json(ctl))["output"] == 1
-                assert writes == []
-                frames, code = await client.read_until_close()
+        # Bounded by close_timeout: the blocked send is not cut before it.
+        async with behind_a_blocked_frame("close_raw", 4003, "after-the-frame") as (client, ctl):
+            # The big frame is still going out: nothing was written around it.
+            assert (await receive_json(ctl))["output"] == 1
+            assert writes == []
+            frames, code = await client.read_until_close()
     assert [(f.opcode, len(f.payload)) for f in frames] == [(OP_TEXT, 8 << 20)]
     assert code == (4003, "after-the-frame")
+
+
+async def test_a_message_never_cuts_into_a_frame_being_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sends go straight to the socket only when nothing else is being sent: behind a frame
+    blocked on a peer that does not read, a second message waits for the stream lock (it is
+    never written around the first, even where the socket would take it)."""
+    written_around: list[bytes] = []
+
+    def write(fd: int, data: bytes) -> int:
+        if len(data) > 1 << 20:
+            raise BlockingIOError  # the big frame goes under the stream lock, and blocks
+        if b"after" in data:
+            written_around.append(bytes(data))
+        return os.write(fd, data)
+
+    monkeypatch.setattr(ws_server, "_write", write)
+    with trio.fail_after(20):
+        async with behind_a_blocked_frame("send_raw", "after") as (client, ctl):
+            with trio.move_on_after(0.2):  # the action waits behind the blocked frame
+                await receive_json(ctl)
+                raise AssertionError("the second send did not wait for the first")
+            first = await client.read_frame()
+            second = await client.read_frame()
+            assert (await receive_json(ctl))["output"] == 1
+    assert first is not None and (first.opcode, len(first.payload)) == (OP_TEXT, 8 << 20)
+    assert second is not None and (second.opcode, second.payload) == (OP_TEXT, b"after")
+    assert written_around == []
 
 
 async def test_a_ping_that_crosses_our_close_is_ignored_and_the_server_keeps_serving(
