@@ -180,8 +180,10 @@ async def pipe(port: int, path: str, n: int) -> dict[str, Any]:
     return {"msgs_per_s": n / dt}
 
 
-async def action(port: int, path: str, n: int, warmup: int, baseline: bool) -> dict[str, Any]:
-    """Round trips of ``increment`` over /connect; the baseline echoes the same frame."""
+async def action(
+    port: int, path: str, n: int, warmup: int, baseline: bool, name: str = "increment"
+) -> dict[str, Any]:
+    """Round trips of action ``name`` over /connect; the baseline echoes the same frame."""
     async with ws_connect(port, path) as ws:
         if not baseline:
             await Protocol(ws).init()
@@ -189,7 +191,7 @@ async def action(port: int, path: str, n: int, warmup: int, baseline: bool) -> d
         for i in range(warmup + n):
             if i == warmup:
                 t0 = time.perf_counter()
-            frame = f'{{"type":"action","id":{i},"name":"increment","args":[]}}'
+            frame = f'{{"type":"action","id":{i},"name":"{name}","args":[]}}'
             await ws.send_message(frame)
             reply = await ws.get_message()
         dt = time.perf_counter() - t0
@@ -279,6 +281,7 @@ async def open_many(
     async def one(i: int, path: str) -> None:
         await gate.acquire()
         try:
+            ws: WebSocketConnection | leanws.LeanWebSocket
             with trio.fail_after(OPEN_TIMEOUT):
                 if lean:
                     ws = await leanws.connect(HOST, port, path)
@@ -630,6 +633,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("workload", choices=[*WORKLOADS, "serve"])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--path", default="/actors/echo/a/ws")
+    p.add_argument("--action", default="increment", help="action: the action to call")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--warmup", type=float, default=1000)
     p.add_argument("--baseline", action="store_true")
@@ -656,7 +660,7 @@ async def run_one(a: argparse.Namespace) -> dict[str, Any]:
         if w == "pipe":
             return await pipe(a.port, a.path, a.n)
         if w == "action":
-            return await action(a.port, a.path, a.n, int(a.warmup), a.baseline)
+            return await action(a.port, a.path, a.n, int(a.warmup), a.baseline, a.action)
         if w == "connect":
             return await connect(a.port, a.n, a.baseline, a.tag)
         if w == "hold":

@@ -128,6 +128,13 @@ def _actors() -> list[type[Any]]:
             ctx.state["count"] += by
             return int(ctx.state["count"])
 
+        @action
+        async def increment_awaiting(self, ctx: ActorContext, by: int = 1) -> int:
+            """``increment`` after an await: it runs in a task of its own, not inline."""
+            await trio.lowlevel.checkpoint()
+            ctx.state["count"] += by
+            return int(ctx.state["count"])
+
     class Drainer(Actor):
         name = "drainer"
         options = long
