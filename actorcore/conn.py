@@ -56,8 +56,10 @@ class Transport(Protocol):
 
     def start_close(self, code: int, reason: str) -> bool:
         """Put the close frame on the wire now, without waiting, if the transport can (nothing
-        of its own is being sent); :meth:`close` with the same code then finishes the
-        handshake. False if it did nothing (``close`` then sends the frame)."""
+        of its own is being sent). True: the transport then ends by itself once the peer
+        answers (``receive`` raises :class:`TransportClosed`); the caller bounds that wait
+        and calls :meth:`abort` if it runs out. False: :meth:`close` must follow (it sends
+        the frame, or what of it did not go out at once, and waits for the answer)."""
         ...
 
     async def close(self, code: int, reason: str) -> None:
@@ -133,6 +135,8 @@ class Conn:
     _flush_deadline: float = attrs.field(default=math.inf, init=False)
     _flush_scope: trio.CancelScope | None = attrs.field(default=None, init=False)
     _room: trio.Event | None = attrs.field(default=None, init=False)
+    _close_watched: bool = attrs.field(default=False, init=False)
+    """A close started by ``Transport.start_close`` is bounded by the watchdog."""
 
     def bind(
         self, transport: Transport, start_writer: Callable[[], None], watchdog: Watchdog
@@ -186,11 +190,17 @@ class Conn:
             return
         self._closing = _Close(code, reason)
         transport = self._transport
-        if transport is not None and not self._outbox:
-            # Nothing queued ahead of it: the frame leaves now, from this task (a finalize
-            # puts all its connections' frames out in one pass); the writer started below
-            # still runs the bounded rest of the handshake.
-            transport.start_close(code, reason)
+        if transport is not None and not self._outbox and transport.start_close(code, reason):
+            # Nothing was queued ahead of it: the frame left now, from this task (a finalize
+            # puts all its connections' frames out in one pass), and the transport ends by
+            # itself when the peer answers. No writer task: the wait for that answer is
+            # bounded like a direct send, by the watchdog (close_timeout, loop stalls left
+            # out), which aborts the stream if the peer never answers.
+            watchdog = self._watchdog
+            assert watchdog is not None
+            self._close_watched = True
+            watchdog.send_started(self, self.close_timeout, transport.abort)
+            return
         # A peer that does not read must not hold the close back: flushing what is queued gets
         # close_timeout, then the close handshake gets its own bounded attempt.
         self._flush_deadline = trio.current_time() + self.close_timeout
@@ -327,6 +337,10 @@ class Conn:
         self._start_writer = None
         self._outbox = None
         self._ended = True
+        if self._close_watched:
+            self._close_watched = False
+            assert self._watchdog is not None
+            self._watchdog.send_ended(self)
         if self._closed is not None:
             self._closed.set()
         room = self._room

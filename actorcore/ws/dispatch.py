@@ -89,14 +89,20 @@ class _Counting:
         self._counters.messages_out += 1
 
     def start_close(self, code: int, reason: str) -> bool:
-        return self._inner.start_close(code, reason)  # counted in close(), which follows
+        if not self._inner.start_close(code, reason):
+            return False
+        self._count_close(code, reason)
+        return True
 
     async def close(self, code: int, reason: str) -> None:
+        self._count_close(code, reason)
+        await self._inner.close(code, reason)
+
+    def _count_close(self, code: int, reason: str) -> None:
         self._counters.closes_by_code[code] += 1
         log.info(
             "closing connection: %d %s", code, reason, extra={"close_code": code, "reason": reason}
         )
-        await self._inner.close(code, reason)
 
     async def abort(self) -> None:
         await self._inner.abort()
@@ -328,6 +334,16 @@ class _ConnHandler:
         refused = await self._open(entry, conn) is None
         self.request = self.resolve_scope = self.setup_scope = None  # setup is over
         if refused:
+            # The close is queued or already on the wire; a close started by the transport
+            # ends when the reader sees the peer's answer (or the watchdog aborts it), so read
+            # (and drop) until then, as the read loop would.
+            receive = self.transport.receive
+            while not conn.ended:
+                try:
+                    await receive()
+                except TransportClosed:
+                    break
+            conn.mark_closed()
             await conn.wait_closed()
             return
         protocol = conn.kind is ConnKind.PROTOCOL

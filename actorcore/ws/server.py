@@ -76,7 +76,7 @@ class TrioWebSocketTransport:
 
     def start_close(self, code: int, reason: str) -> bool:
         """Write the close frame now if nothing else is being sent (see
-        :meth:`_ServerConnection.start_close`); :meth:`close` then finishes the handshake."""
+        :meth:`_ServerConnection.start_close` and :meth:`actorcore.conn.Transport.start_close`)."""
         ws = self._ws
         return isinstance(ws, _ServerConnection) and ws.start_close(code, reason)
 
@@ -140,9 +140,11 @@ class _ServerConnection(WebSocketConnection):
     def start_close(self, code: int, reason: str) -> bool:
         """Begin our close handshake from the calling task, without yielding: the frame is
         encoded (wsproto is then closing) and written to the socket as far as it takes it
-        at once. False, and nothing done, unless the connection is open, nothing is being
-        sent or waiting to be (the stream lock is free, so no frame can be cut or
-        overtaken) and the stream is a plain TCP stream."""
+        at once. Nothing is done unless the connection is open, nothing is being sent or
+        waiting to be (the stream lock is free, so no frame can be cut or overtaken) and the
+        stream is a plain TCP stream. True: the whole frame is out, and the reader ends the
+        connection when the peer answers. False: nothing was done, or the socket took only
+        part of the frame; ``aclose()`` then sends the rest and waits for the answer."""
         if (
             self._close_reason is not None
             or self._wsproto.state is not ConnectionState.OPEN
@@ -163,6 +165,7 @@ class _ServerConnection(WebSocketConnection):
             sent = 0  # a broken stream: the tail's send finds out and aborts, as _send does
         if sent < len(data):
             self._close_tail = bytes(data[sent:])
+            return False  # close() sends the rest first, then waits for the answer
         return True
 
     async def send_message(self, message: str | bytes) -> None:
@@ -237,7 +240,7 @@ class _ServerConnection(WebSocketConnection):
             if self._close_tail:
                 await self._send_close_tail()
             self._recv_channel.close()
-            if not self._close_handshake.is_set():
+            if self._reader_running and not self._close_handshake.is_set():
                 await self._close_handshake.wait()
         except ConnectionClosed:
             pass
@@ -312,6 +315,7 @@ class _ServerConnection(WebSocketConnection):
                 self._send_channel.close()
                 self._close_handshake.set()
                 self._reader_running = False
+                self._close_started = False  # done: nothing left for _aclose
                 stream.socket.close()
                 return
         await super()._handle_close_connection_event(event)

@@ -259,3 +259,28 @@ async def test_a_crash_in_the_websocket_library_ends_only_its_connection(
     crashes = [r for r in caplog.records if r.getMessage().startswith("connection crashed")]
     assert len(crashes) == 1
     assert "a bug in the reader task" in (crashes[0].exc_text or "")
+
+
+class Quick(Closer):
+    name = "quick"
+    options = ActorOptions(close_timeout=0.5, sleep_timeout=1000.0)
+
+
+async def test_a_started_close_the_peer_never_answers_is_cut_after_close_timeout() -> None:
+    """With the frame out, the transport ends when the peer answers; a peer that never does is
+    cut by the watchdog after ``close_timeout`` (the stream is closed: it sees EOF)."""
+    registry = actorcore.Registry([Quick])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server:
+            async with raw_ws(server.port, b"/actors/quick/k/ws") as client:
+                await client.send_text("close:4005:no-answer")
+                frame = await client.read_frame()
+                assert frame is not None and frame.close_code() == (4005, "no-answer")
+                closed_at = trio.current_time()
+                assert await client.read_frame() is None  # no answer from us: EOF
+                waited = trio.current_time() - closed_at
+            stats = registry.statistics()
+    # The watchdog checks every TICK (0.25 s); a loaded machine may add a little.
+    assert 0.4 <= waited <= 0.5 + 0.25 + 1.0, waited
+    assert stats.closes_by_code == {4005: 1}
+    assert registry.watchdog.statistics().sends_cut >= 1
