@@ -344,7 +344,6 @@ class _ConnHandler:
                 except TransportClosed:
                     break
             conn.mark_closed()
-            await conn.wait_closed()
             return
         protocol = conn.kind is ConnKind.PROTOCOL
         # Protocol connections are always hibernatable (see _start).

@@ -95,6 +95,19 @@ class TrioWebSocketTransport:
 #: Writes what a non-blocking socket takes now (a module name, so tests can make it short).
 _write: Callable[[int, bytes], int] = os.write
 
+
+def _write_now(stream: trio.SocketStream, data: bytes) -> int:
+    """Write ``data`` to the stream's non-blocking socket without waiting: the bytes it took
+    (0 if it would block), or -1 if the socket is broken. Only when nothing else is being
+    sent on it (the caller checked the stream lock)."""
+    try:
+        return _write(stream.socket.fileno(), data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError:
+        return -1
+
+
 #: ``accept()`` errors that mean "out of a resource, try again" (as in trio.serve_listeners).
 _ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -157,12 +170,8 @@ class _ServerConnection(WebSocketConnection):
         data = self._wsproto.send(CloseConnection(code=code, reason=reason))
         self._close_reason = CloseReason(1000, None)  # what aclose() sets when it sends
         self._close_started = True
-        try:
-            sent = _write(stream.socket.fileno(), data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # a broken stream: the tail's send finds out and aborts, as _send does
+        # A broken stream (-1) is left to the tail's send, which finds out and aborts.
+        sent = max(0, _write_now(stream, data))
         if sent < len(data):
             self._close_tail = bytes(data[sent:])
             return False  # close() sends the rest first, then waits for the answer
@@ -189,12 +198,7 @@ class _ServerConnection(WebSocketConnection):
         else:
             raise ValueError("message must be str or bytes")
         data = self._wsproto.send(event)
-        try:
-            sent = _write(stream.socket.fileno(), data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = -1
+        sent = _write_now(stream, data)
         if sent == len(data):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
@@ -207,12 +211,8 @@ class _ServerConnection(WebSocketConnection):
                 broken = True
             finally:
                 lock.release()
-        if broken:  # as trio-websocket's _send handles a broken stream, and
-            # closes it: a reader blocked on it then ends too, whatever the socket's state.
-            stream.socket.close()
-            await self._abort_web_socket()
-            assert self._close_reason is not None
-            raise ConnectionClosed(self._close_reason)
+        if broken:
+            await self._broken()
 
     async def _send_close_tail(self) -> None:
         broken = False
@@ -223,10 +223,25 @@ class _ServerConnection(WebSocketConnection):
                     await self._stream.send_all(tail)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     broken = True
-        if broken:  # as trio-websocket's _send handles a broken stream
-            await self._abort_web_socket()
-            assert self._close_reason is not None
-            raise ConnectionClosed(self._close_reason)
+        if broken:
+            await self._broken()
+
+    async def _broken(self) -> NoReturn:
+        """The stream broke under a send: what trio-websocket's ``_send`` does then, and the
+        stream is closed too, so that a reader blocked on it ends whatever the socket's
+        state. Raises ConnectionClosed."""
+        self._close_socket()
+        await self._abort_web_socket()
+        assert self._close_reason is not None
+        raise ConnectionClosed(self._close_reason)
+
+    def _close_socket(self) -> None:
+        """End the reader and close the TCP socket: synchronous, idempotent (the stream is a
+        SocketStream wherever this is called)."""
+        self._reader_running = False
+        stream = self._stream
+        assert isinstance(stream, trio.SocketStream)
+        stream.socket.close()
 
     async def _aclose(self, code: int, reason: str | None) -> None:
         if not self._close_started:
@@ -245,10 +260,7 @@ class _ServerConnection(WebSocketConnection):
         except ConnectionClosed:
             pass
         finally:
-            self._reader_running = False
-            stream = self._stream
-            assert isinstance(stream, trio.SocketStream)
-            stream.socket.close()
+            self._close_socket()
 
     async def _handle_ping_event(self, event: Ping) -> None:
         if self._wsproto.state is ConnectionState.OPEN:
@@ -307,16 +319,14 @@ class _ServerConnection(WebSocketConnection):
                     else:
                         async with self._stream_lock:
                             pass  # a close frame queued before this is out now
-            stream = self._stream
-            if state is ConnectionState.CLOSED and isinstance(stream, trio.SocketStream):
+            if state is ConnectionState.CLOSED and isinstance(self._stream, trio.SocketStream):
                 # The peer answered our close: what trio-websocket does then, without its
                 # two checkpoints (closing a channel and a socket is synchronous).
                 self._close_reason = CloseReason(event.code, event.reason or None)
                 self._send_channel.close()
                 self._close_handshake.set()
-                self._reader_running = False
                 self._close_started = False  # done: nothing left for _aclose
-                stream.socket.close()
+                self._close_socket()
                 return
         await super()._handle_close_connection_event(event)
 
