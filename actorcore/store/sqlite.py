@@ -5,14 +5,14 @@ Three connections, each used by one thread at a time:
 * the **writer**, used by the task running :meth:`SQLiteStore.run`. Writes are queued on a
   bounded trio memory channel; the writer takes every request currently queued and applies them
   in ONE transaction (group commit), so many concurrent saves cost one fsync-free WAL commit
-  (``synchronous=NORMAL``). Opt-in (``inline_max_bytes > 0``): a small batch is applied
-  right in the writer task, on the event loop: it costs SQLite tens of microseconds, where a
-  thread hop costs several times that, but it blocks the loop for as long as the disk takes.
-  Then a lone small write that finds the writer idle skips even the writer task: its caller
-  applies it directly (at most the first write of a burst; the rest queue for the writer and
-  share its commits). A bigger batch, or one that finds another process holding the write
-  lock, runs in ONE worker-thread call: the event loop never busy-waits (``busy_timeout``
-  applies only in the thread). SQLite's
+  (``synchronous=NORMAL``); a batch runs in ONE worker-thread call. A lone write that finds
+  the writer idle skips the writer task: its caller makes that thread call itself, holding
+  the writer's limiter (at most the first write of a burst; the rest queue for the writer and
+  share its commits). Opt-in (``inline_max_bytes > 0``): a small batch is applied on the event
+  loop instead: it costs SQLite tens of microseconds, where a thread hop costs several times
+  that, but it blocks the loop for as long as the disk takes. A bigger batch, or one that
+  finds another process holding the write lock, still goes to a worker thread: the event
+  loop never busy-waits (``busy_timeout`` applies only in the thread). SQLite's
   automatic WAL checkpoint is off (it would run inside a commit, on the event loop); the writer
   checkpoints in a worker thread instead, after about 4 MiB of writes. Each request of a batch
   runs in its own savepoint and gets its own result or error; only a failed COMMIT fails the
@@ -151,16 +151,22 @@ async def _in_worker_thread(fn: Callable[[], _T], limiter: trio.CapacityLimiter)
     except trio.WouldBlock:
         await limiter.acquire()
     try:
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
-
-        def deliver(result: outcome.Outcome[_T]) -> None:
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-        trio.lowlevel.start_thread_soon(fn, deliver, name="actorcore sqlite")
-        return cast(_T, await trio.lowlevel.wait_task_rescheduled(_never_abort))
+        return await _in_thread_holding(fn)
     finally:
         limiter.release()
+
+
+async def _in_thread_holding(fn: Callable[[], _T]) -> _T:
+    """Run ``fn`` in a cached worker thread and wait for it, uncancellably (the caller holds
+    whatever limiter guards ``fn``'s connection)."""
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(result: outcome.Outcome[_T]) -> None:
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(fn, deliver, name="actorcore sqlite")
+    return cast(_T, await trio.lowlevel.wait_task_rescheduled(_never_abort))
 
 
 @attrs.define(eq=False)
@@ -508,7 +514,7 @@ class SQLiteStore(Store):
             raise StoreError(f"{request.operation} failed: the store is not running")
         if time.perf_counter() >= self._direct_after:
             await trio.lowlevel.checkpoint_if_cancelled()
-            if self._write_directly(request, send):
+            if await self._write_directly(request, send):
                 return request.unwrap()
         try:
             # Queued at once (no scheduling round) unless the queue is full; the wait below is
@@ -526,18 +532,20 @@ class SQLiteStore(Store):
                 request.abandoned = True
         return request.unwrap()
 
-    def _write_directly(
+    async def _write_directly(
         self, request: _Request[Any], send: trio.MemorySendChannel[_Request[Any]]
     ) -> bool:
         """The writer's fast path, taken in the caller's own task: if the writer is idle
         (nothing queued, no batch in flight, no checkpoint due) and no other write took this
-        path just before (``_DIRECT_GAP``), a small write is applied right here, in a
-        transaction of its own (on the event loop, as ``_write_batch_inline``). That saves the
-        two scheduling rounds of a trip to the writer task and back, a good part of a lone
-        write's latency. In a burst (tasks of one scheduling round, running back to back) the
-        first write may go this way; the next one finds the gap too short and queues, and the
-        rest find the queue non-empty: they are still group-committed by the writer. Returns
-        False if the write was not applied."""
+        path just before (``_DIRECT_GAP``), the write is applied right from here, in a
+        transaction of its own: on the event loop if ``_write_batch_inline`` takes it, else in
+        one worker-thread call made by this task while it holds the writer's limiter (one
+        writer at a time, as always). That saves the two scheduling rounds of a trip to the
+        writer task and back, a good part of a lone write's latency. In a burst (tasks of one
+        scheduling round, running back to back) the first write may go this way; the others
+        find the limiter taken, or the gap too short, or the queue non-empty, and queue: they
+        are still group-committed by the writer. Returns False if the write was not applied
+        (the caller queues it)."""
         if (
             self.fail_commits  # the fault hook is about the writer's batches
             or self._wal_estimate >= _CHECKPOINT_BYTES
@@ -547,15 +555,24 @@ class SQLiteStore(Store):
         batch = [request]
         try:
             committed = self._write_batch_inline(batch, False)
+            if committed is None:
+                try:
+                    self._write_limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    return False  # the writer (or a direct write) has the connection
+                try:
+                    committed = await _in_thread_holding(
+                        functools.partial(self._write_batch_sync, batch, False, False)
+                    )
+                finally:
+                    self._write_limiter.release()
         except BaseException:
             self._fail_batch(batch, "the writer failed unexpectedly")
             self._settle(batch)
             raise
         finally:
             self._direct_after = time.perf_counter() + _DIRECT_GAP
-        if committed is None:
-            return False
-        self._batch_done(batch, committed)
+        self._batch_done(batch, committed is True)  # (the thread path never answers None)
         return True
 
     def _batch_done(self, batch: list[_Request[Any]], committed: bool) -> None:

@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+import actorcore.store.sqlite as sqlite_module
 from actorcore.errors import ActorNotFound, StaleGeneration, StoreError
 from actorcore.store import ActorRecord, MemoryStore, SQLiteStore, Store, open_store
 
@@ -505,6 +506,44 @@ async def test_sqlite_small_writes_skip_the_thread_hop(
         async with open_store(SQLiteStore(tmp_path / "actors.db")) as store:
             await store.begin_or_create("counter", "k1", "a1", None)
             assert write_threads == [False], "by default every write is in the writer thread"
+
+
+async def test_sqlite_a_lone_write_makes_its_thread_call_from_its_own_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default (no writes on the event loop), a write that finds the writer idle makes its
+    worker-thread call from its caller's task, holding the writer's limiter: no trip to the
+    writer task and back. Writes of a burst still go to the writer task."""
+    callers: list[str] = []
+    original = sqlite_module._in_thread_holding
+
+    async def spy(fn: Callable[[], Any]) -> Any:
+        callers.append(trio.lowlevel.current_task().name)
+        return await original(fn)
+
+    monkeypatch.setattr(sqlite_module, "_in_thread_holding", spy)
+    with trio.fail_after(TIMEOUT):
+        async with open_store(SQLiteStore(tmp_path / "actors.db")) as store:
+            me = trio.lowlevel.current_task().name
+            callers.clear()
+            record = await store.begin_or_create("counter", "k", "a", None)
+            assert callers == [me]
+            await trio.sleep(0.001)  # past the gap that sends a burst's next write to the writer
+            await store.save("a", record.generation, b"1")
+            assert callers == [me, me]
+            stored = await store.get_by_id("a")
+            assert stored is not None and stored.state == b"1"
+            await store.create_many([(f"b{i}", "counter", f"b{i}", None) for i in range(20)])
+            gens = [
+                (await store.begin_or_create("counter", f"b{i}", "-", None)).generation
+                for i in range(20)
+            ]
+            callers.clear()
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(store.save, f"b{i}", gens[i], b"2")
+            assert any(name.endswith("SQLiteStore.run") for name in callers), callers
+            assert store.statistics().writes == 2 + 1 + 20 + 20
 
 
 async def test_sqlite_a_burst_is_still_group_committed(tmp_path: Path) -> None:
