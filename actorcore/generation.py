@@ -84,6 +84,14 @@ class GenerationHost(Protocol):
         (the start then begins one itself)."""
         ...
 
+    def is_unstored(self, entry: ActorEntry) -> bool:
+        """Whether the entry is a new actor the store does not hold yet."""
+        ...
+
+    def note_stored(self, entry: ActorEntry) -> None:
+        """The store now holds the entry's actor (its first start wrote it)."""
+        ...
+
     def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
         """Count and surface a failed state save."""
         ...
@@ -540,12 +548,23 @@ class Generation:
             if self._save_lock is lock and not lock.locked():
                 self._save_lock = None
 
+    def _encoded_state(self) -> bytes:
+        try:
+            return jsoncodec.dumps_compact(self.state).encode()
+        except (TypeError, ValueError, RecursionError) as exc:  # too deep: not JSON either
+            raise StateError(f"state of actor {self.actor_id} is not JSON: {exc}") from exc
+
+    async def _store_created(self) -> None:
+        """Write a new actor, created and initialized, in one write (the first start of an
+        actor the store does not hold yet; nothing else can save before it)."""
+        data = self._encoded_state()
+        await self.host.store.create_initialized(self.actor_id, self.entry.name, self.key, data)
+        self._saved = data
+        self.host.note_stored(self.entry)
+
     async def _save_locked(self, lock: trio.Lock, reason: str) -> None:
         async with lock:
-            try:
-                data = jsoncodec.dumps_compact(self.state).encode()
-            except (TypeError, ValueError, RecursionError) as exc:  # too deep: not JSON either
-                raise StateError(f"state of actor {self.actor_id} is not JSON: {exc}") from exc
+            data = self._encoded_state()
             if data == self._saved:
                 return
             await self.host.store.save(self.actor_id, self.number, data)
@@ -634,6 +653,7 @@ class Generation:
                 ) from None
         else:
             record = begun
+        unstored = begun is not None and self.host.is_unstored(entry)
         self.number = record.generation
         entry.last_generation = record.generation
         ctx = self.ctx
@@ -660,7 +680,9 @@ class Generation:
                 in_store = True
                 saving_since = trio.current_time()
                 with trio.fail_after(timeout):
-                    if not record.initialized:
+                    if unstored:
+                        await self._store_created()
+                    elif not record.initialized:
                         await self.save_state(reason="created")
                     else:
                         await self.save_state(reason="pending state from a failed save")

@@ -161,6 +161,9 @@ class Registry:
         self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._begun: dict[str, tuple[ActorEntry, ActorRecord]] = {}
         """Generations a lookup began in the store for an entry it made (see :meth:`take_begun`)."""
+        self._unstored: dict[str, tuple[ActorEntry, bytes | None]] = {}
+        """New actors not yet written to the store, with their encoded input: the first
+        generation's start writes each one, created, in one write (see :meth:`is_unstored`)."""
         self._pending_deletes: dict[str, tuple[int, ActorError]] = {}
         """Destroyed actors whose delete failed: id -> (last generation, the store's error)."""
         self._retrying_deletes = False
@@ -561,6 +564,15 @@ class Registry:
                 encoded = _encode_input(input)
             except TypeError as exc:
                 bad_input = exc
+            if self._store.key_exists_nowait(name, key) is False:
+                # A new actor: nothing is written yet. Its first start runs the creation
+                # hooks and then writes the actor, created and initialized, in one write
+                # (Store.create_initialized); begin_or_create and a first save would be two.
+                if bad_input is not None:
+                    raise bad_input
+                entry = self._add_entry(uuid.uuid4().hex, key, definition)
+                self._unstored[entry.actor_id] = (entry, encoded)
+                return entry
             if bad_input is not None and await self._store.get_by_key(name, key) is None:
                 raise bad_input  # only a new actor needs its input
             failed: StoreError | None = None
@@ -602,11 +614,27 @@ class Registry:
 
     def take_begun(self, entry: ActorEntry) -> ActorRecord | None:
         """The store record of the generation that ``entry``'s lookup began, once; None when
-        there is none (the generation's start then calls :meth:`Store.begin_generation`)."""
+        there is none (the generation's start then calls :meth:`Store.begin_generation`).
+        For an actor not yet in the store (:meth:`is_unstored`): the record its first
+        generation starts from, every time until the store has it."""
+        unstored = self._unstored.get(entry.actor_id)
+        if unstored is not None and unstored[0] is entry:
+            return ActorRecord(entry.actor_id, entry.name, entry.key, 1, False, None, unstored[1])
         begun = self._begun.pop(entry.actor_id, None)
         if begun is None or begun[0] is not entry:
             return None
         return begun[1]
+
+    def is_unstored(self, entry: ActorEntry) -> bool:
+        """Whether ``entry`` is a new actor the store does not hold yet: its start writes it
+        with :meth:`Store.create_initialized` (and then calls :meth:`note_stored`)."""
+        unstored = self._unstored.get(entry.actor_id)
+        return unstored is not None and unstored[0] is entry
+
+    def note_stored(self, entry: ActorEntry) -> None:
+        """The store now holds ``entry``'s actor."""
+        if self.is_unstored(entry):
+            del self._unstored[entry.actor_id]
 
     def _drop_key_lock(self, key: tuple[str, str], lock: trio.Lock) -> None:
         if (
@@ -632,6 +660,7 @@ class Registry:
             and not entry.conns
             and entry.pending_state is None
             and not entry.lifecycle.destroy_requested
+            and not self.is_unstored(entry)  # its first start will write it
         ):
             self._retire(entry)
 
@@ -640,6 +669,7 @@ class Registry:
         begun = self._begun.get(entry.actor_id)
         if begun is not None and begun[0] is entry:
             del self._begun[entry.actor_id]
+        self.note_stored(entry)  # a new actor retired unwritten never existed
         if self._by_id.get(entry.actor_id) is entry:
             del self._by_id[entry.actor_id]
         if self._by_key.get((entry.name, entry.key)) is entry:

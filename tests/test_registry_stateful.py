@@ -145,6 +145,13 @@ class RecordingStore(MemoryStore):
             self.saved[actor_id] = None
         return record
 
+    async def create_initialized(
+        self, actor_id: str, name: str, key: str, state: bytes
+    ) -> actorcore.ActorRecord:
+        record = await super().create_initialized(actor_id, name, key, state)
+        self.saved[actor_id] = state
+        return record
+
     async def save(self, actor_id: str, generation: int, state: bytes) -> None:
         await super().save(actor_id, generation, state)
         self.saved[actor_id] = state

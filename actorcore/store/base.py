@@ -113,6 +113,30 @@ class Store(abc.ABC):
             record = await self.create(actor_id, name, key, input)
         return await self.begin_generation(record.actor_id)
 
+    def key_exists_nowait(self, name: str, key: str) -> bool | None:
+        """Whether an actor ``(name, key)`` exists, answered synchronously (an indexed point
+        read), or None when this store cannot tell cheaply (the default). The registry uses it
+        to give a new actor one write instead of two (see :meth:`create_initialized`)."""
+        return None
+
+    async def create_initialized(
+        self, actor_id: str, name: str, key: str, state: bytes
+    ) -> ActorRecord:
+        """Insert a new actor whose first generation has already run its creation hooks: at
+        generation 1, initialized, holding ``state`` (no input kept). Raises StoreError if
+        ``(name, key)`` or ``actor_id`` exists.
+
+        This is the one write of a new actor on the connect path: the registry calls it only
+        after :meth:`key_exists_nowait` said False, once ``create_state`` and ``on_create``
+        succeeded, and a store should make it one atomic operation (MemoryStore and
+        SQLiteStore do). The default composes :meth:`create`, :meth:`begin_generation` and
+        :meth:`save`, which is correct for a single registry but not atomic.
+        """
+        record = await self.create(actor_id, name, key, None)
+        record = await self.begin_generation(record.actor_id)
+        await self.save(actor_id, record.generation, state)
+        return attrs.evolve(record, initialized=True, state=state, input=None)
+
     @abc.abstractmethod
     async def save(self, actor_id: str, generation: int, state: bytes) -> None:
         """Store ``state`` and mark the actor initialized.

@@ -117,6 +117,27 @@ class MemoryStore(Store):
         self._check_open("exists_nowait")
         return actor_id in self._by_id
 
+    def key_exists_nowait(self, name: str, key: str) -> bool:
+        """Whether an actor ``(name, key)`` exists."""
+        self._check_open("key_exists_nowait")
+        return (name, key) in self._by_key
+
+    async def create_initialized(
+        self, actor_id: str, name: str, key: str, state: bytes
+    ) -> ActorRecord:
+        """Insert a new actor at generation 1, initialized with ``state``. One write."""
+        await self._before_write("create_initialized")
+        if (name, key) in self._by_key or actor_id in self._by_id:
+            self._write_errors += 1
+            raise StoreError(
+                f"create_initialized failed: actor name={name!r} key={key!r} "
+                f"(id {actor_id!r}) already exists"
+            )
+        record = ActorRecord(actor_id, name, key, 1, True, state, None)
+        self._insert(record)
+        self._writes += 1
+        return record
+
     async def begin_generation(self, actor_id: str) -> ActorRecord:
         """Increment the actor's generation and return the updated record."""
         await self._before_write("begin_generation")

@@ -398,22 +398,38 @@ class SQLiteStore(Store):
 
     async def create(self, actor_id: str, name: str, key: str, input: bytes | None) -> ActorRecord:
         """Insert a new actor with generation 0. Raises StoreError if ``(name, key)`` exists."""
+        record = ActorRecord(actor_id, name, key, 0, False, None, input)
+        return await self._submit(self._insert("create", record))
+
+    @staticmethod
+    def _insert(operation: str, record: ActorRecord) -> _Request[ActorRecord]:
+        """A write request inserting ``record`` (StoreError if its key or id exists)."""
 
         def apply(conn: sqlite3.Connection) -> ActorRecord:
             try:
                 conn.execute(
                     "INSERT INTO actors (actor_id, name, key, generation, initialized, state, "
-                    "input, updated_at) VALUES (?, ?, ?, 0, 0, NULL, ?, ?)",
-                    (actor_id, name, key, input, time.time()),
+                    "input, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.actor_id,
+                        record.name,
+                        record.key,
+                        record.generation,
+                        int(record.initialized),
+                        record.state,
+                        record.input,
+                        time.time(),
+                    ),
                 )
             except sqlite3.IntegrityError as exc:
                 raise StoreError(
-                    f"create failed: actor name={name!r} key={key!r} (id {actor_id!r}) "
-                    f"already exists ({exc})"
+                    f"{operation} failed: actor name={record.name!r} key={record.key!r} "
+                    f"(id {record.actor_id!r}) already exists ({exc})"
                 ) from exc
-            return ActorRecord(actor_id, name, key, 0, False, None, input)
+            return record
 
-        return await self._submit(_Request("create", apply, actor_delta=1, size=len(input or b"")))
+        size = len(record.state or b"") + len(record.input or b"")
+        return _Request(operation, apply, actor_delta=1, size=size)
 
     async def create_many(self, rows: list[tuple[str, str, str, bytes | None]]) -> None:
         """Insert ``(actor_id, name, key, input)`` rows at generation 0, all or none."""
@@ -481,6 +497,14 @@ class SQLiteStore(Store):
 
         request = _Request("begin_or_create", apply, size=len(input or b""))
         return await self._submit(request)
+
+    async def create_initialized(
+        self, actor_id: str, name: str, key: str, state: bytes
+    ) -> ActorRecord:
+        """Insert a new actor at generation 1, initialized with ``state``: one write request,
+        one transaction."""
+        record = ActorRecord(actor_id, name, key, 1, True, state, None)
+        return await self._submit(self._insert("create_initialized", record))
 
     async def save(self, actor_id: str, generation: int, state: bytes) -> None:
         """Store ``state``, mark the actor initialized and drop its creation input. Fenced."""
@@ -803,6 +827,17 @@ class SQLiteStore(Store):
                 raise StoreError("exists_nowait failed: the store is not running")
             row = self._probe.execute(
                 "SELECT 1 FROM actors WHERE actor_id = ?", (actor_id,)
+            ).fetchone()
+            return row is not None
+
+    def key_exists_nowait(self, name: str, key: str) -> bool:
+        """Whether an actor ``(name, key)`` exists: a unique-index point read on the probe
+        connection."""
+        with self._probe_lock, _map_sqlite_errors("key_exists_nowait"):
+            if self._probe is None:
+                raise StoreError("key_exists_nowait failed: the store is not running")
+            row = self._probe.execute(
+                "SELECT 1 FROM actors WHERE name = ? AND key = ?", (name, key)
             ).fetchone()
             return row is not None
 

@@ -263,9 +263,9 @@ async def test_create_and_wake_faults_close_with_documented_codes(
         await registry.sleep(asleep.actor_id)
 
         store.fail_writes = DISK_FULL
-        # A new actor cannot be created: the store error ends the connection (1011).
+        # A new actor cannot be written: its start fails (1011 actor.start_failed).
         async with server.connect("/actors/counter/new/connect") as ws:
-            assert await close_code(ws) == (1011, "actor.internal_error")
+            assert await close_code(ws) == (1011, "actor.start_failed")
         # An asleep actor cannot begin a generation: 1011 actor.start_failed.
         async with server.connect("/actors/counter/asleep/connect") as ws:
             assert await close_code(ws) == (1011, "actor.start_failed")

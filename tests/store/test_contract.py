@@ -24,16 +24,18 @@ AnyStore = MemoryStore | SQLiteStore
 
 
 class _ComposedMemoryStore(MemoryStore):
-    """A MemoryStore that keeps the Store base class's composed ``begin_or_create`` (what a
-    store that does not implement the operation gets)."""
+    """A MemoryStore that keeps the Store base class's composed ``begin_or_create`` and
+    ``create_initialized`` (what a store that does not implement them gets)."""
 
     begin_or_create = Store.begin_or_create
+    create_initialized = Store.create_initialized
 
 
-@pytest.fixture(params=["memory", "memory-composed", "sqlite", "sqlite-threaded"])
+@pytest.fixture(params=["memory", "memory-composed", "sqlite", "sqlite-inline"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AnyStore]:
-    """A running store of each kind (SQLite in a fresh file; ``sqlite-threaded`` applies every
-    batch in a worker thread, ``sqlite`` small batches on the event loop)."""
+    """A running store of each kind (SQLite in a fresh file; ``sqlite`` as configured by
+    default, every write in a worker thread; ``sqlite-inline`` applies small batches on the
+    event loop)."""
     instance: AnyStore
     if request.param == "memory":
         instance = MemoryStore()
@@ -42,7 +44,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     elif request.param == "sqlite":
         instance = SQLiteStore(tmp_path / "actors.db")
     else:
-        instance = SQLiteStore(tmp_path / "actors.db", inline_max_bytes=0)
+        instance = SQLiteStore(tmp_path / "actors.db", inline_max_bytes=64 * 1024)
     async with open_store(instance):
         yield instance
 
@@ -89,6 +91,35 @@ async def test_create_duplicate_key_fails(store: AnyStore) -> None:
         # The same key under another name is a different actor.
         await store.create("a3", "timer", "k1", None)
         assert store.statistics().write_errors == 1
+
+
+async def test_create_initialized_writes_a_started_actor(store: AnyStore) -> None:
+    """A new actor whose first generation ran its creation hooks, written in one operation:
+    generation 1, initialized, with its state; fenced like any other."""
+    with trio.fail_after(TIMEOUT):
+        assert store.key_exists_nowait("counter", "k1") is False
+        record = await store.create_initialized("a1", "counter", "k1", b'{"count":3}')
+        assert record == ActorRecord("a1", "counter", "k1", 1, True, b'{"count":3}', None)
+        assert await store.get_by_key("counter", "k1") == record
+        assert store.key_exists_nowait("counter", "k1") is True
+        assert store.key_exists_nowait("timer", "k1") is False
+        assert store.exists_nowait("a1")
+        assert store.statistics().actors == 1
+        await store.save("a1", 1, b'{"count":4}')
+        with pytest.raises(StaleGeneration):
+            await store.save("a1", 0, b"{}")
+        woken = await store.begin_generation("a1")
+        assert (woken.generation, woken.initialized, woken.state) == (2, True, b'{"count":4}')
+        errors = store.statistics().write_errors
+        with pytest.raises(StoreError) as info:
+            await store.create_initialized("a2", "counter", "k1", b"{}")  # the key exists
+        assert not isinstance(info.value, StaleGeneration)
+        with pytest.raises(StoreError):
+            await store.create_initialized("a1", "counter", "k2", b"{}")  # the id exists
+        assert store.statistics().write_errors == errors + 2
+        assert await store.get_by_id("a2") is None
+        assert await store.get_by_key("counter", "k2") is None
+        assert store.statistics().actors == 1
 
 
 async def test_begin_generation_increments(store: AnyStore) -> None:
