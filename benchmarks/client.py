@@ -155,48 +155,100 @@ async def control(port: int) -> AsyncIterator[Protocol]:
 # ---------------------------------------------------------------------------- throughput
 
 
-async def rtt(port: int, path: str, n: int, warmup: int) -> dict[str, Any]:
-    async with ws_connect(port, path) as ws:
-        for _ in range(warmup):
-            await ws.send_message(MSG32)
-            await ws.get_message()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            await ws.send_message(MSG32)
-            await ws.get_message()
-        dt = time.perf_counter() - t0
-    return {"msgs_per_s": n / dt, "us_per_rtt": dt / n * 1e6}
+PAIR_CHUNKS = 20
+"""Chunks per side of a paired run (``--pair-port``); a run on one server is one side of it."""
 
 
-async def pipe(port: int, path: str, n: int) -> dict[str, Any]:
-    sep = "&" if "?" in path else "?"
-    async with ws_connect(port, f"{path}{sep}params=%7B%22n%22%3A{n}%7D") as ws:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            await ws.send_message(MSG32)
-        reply = await ws.get_message()
-        dt = time.perf_counter() - t0
-    assert reply == "done", reply
-    return {"msgs_per_s": n / dt}
+class _Side:
+    """One server of a paired run: ``chunk(k)`` does k units of the workload and returns the
+    seconds they took (the connection set-up of each side is not timed)."""
 
+    def __init__(self, workload: str, port: int, path: str, action: str, baseline: bool):
+        self.workload, self.port, self.path = workload, port, path
+        self.action, self.baseline = action, baseline
+        self.ws: WebSocketConnection | None = None
+        self.next_id = 0
 
-async def action(
-    port: int, path: str, n: int, warmup: int, baseline: bool, name: str = "increment"
-) -> dict[str, Any]:
-    """Round trips of action ``name`` over /connect; the baseline echoes the same frame."""
-    async with ws_connect(port, path) as ws:
-        if not baseline:
-            await Protocol(ws).init()
-        t0 = 0.0
-        for i in range(warmup + n):
-            if i == warmup:
+    async def open(self, stack: contextlib.AsyncExitStack, warmup: int) -> None:
+        if self.workload == "pipe":
+            await self.chunk(warmup)  # a connection per chunk: the sink answers once per one
+            return
+        self.ws = await stack.enter_async_context(ws_connect(self.port, self.path))
+        if self.workload == "action" and not self.baseline:
+            await Protocol(self.ws).init()
+        await self.chunk(warmup)
+
+    async def chunk(self, k: int) -> float:
+        if self.workload == "pipe":
+            sep = "&" if "?" in self.path else "?"
+            path = f"{self.path}{sep}params=%7B%22n%22%3A{k}%7D"
+            async with ws_connect(self.port, path) as sink:
                 t0 = time.perf_counter()
-            frame = f'{{"type":"action","id":{i},"name":"{name}","args":[]}}'
-            await ws.send_message(frame)
-            reply = await ws.get_message()
-        dt = time.perf_counter() - t0
-    assert isinstance(reply, str) and str(warmup + n - 1) in reply, reply
-    return {"msgs_per_s": n / dt, "us_per_rtt": dt / n * 1e6, "last_reply": reply[:120]}
+                for _ in range(k):
+                    await sink.send_message(MSG32)
+                done = await sink.get_message()
+                dt = time.perf_counter() - t0
+            assert done == "done", done
+            return dt
+        ws = self.ws
+        assert ws is not None
+        t0 = time.perf_counter()
+        if self.workload == "rtt":
+            for _ in range(k):
+                await ws.send_message(MSG32)
+                await ws.get_message()
+        else:
+            name = self.action
+            reply: str | bytes = ""
+            for i in range(self.next_id, self.next_id + k):
+                await ws.send_message(f'{{"type":"action","id":{i},"name":"{name}","args":[]}}')
+                reply = await ws.get_message()
+            self.next_id += k
+            last = self.next_id - 1  # the echo has it compact, actorcore's reply with a space
+            assert isinstance(reply, str) and f'"id":{last},' in reply.replace(" ", ""), reply
+        return time.perf_counter() - t0
+
+
+async def paired(
+    workload: str,
+    ports: tuple[int, ...],
+    path: str,
+    n: int,
+    warmup: int,
+    action_name: str,
+    baseline: bool,
+) -> dict[str, Any]:
+    """``workload`` (rtt, pipe or action) on one server, or on two at once: actorcore on
+    ``ports[0]`` and the baseline on ``ports[1]``, in alternating chunks of ``n /
+    PAIR_CHUNKS`` (the order flips every chunk). On a host whose speed drifts from one moment
+    to the next, both sides see the same drift: each side's rate is its units over its own
+    summed time, and ``chunk_ratios`` are the per-chunk actorcore/baseline rate ratios. With
+    one port, ``baseline`` says which server it is (the action frame is echoed, not answered)."""
+    k = max(1, n // PAIR_CHUNKS)
+    kinds = [baseline] if len(ports) == 1 else [False, True]
+    sides = [
+        _Side(workload, port, path, action_name, kind)
+        for port, kind in zip(ports, kinds, strict=True)
+    ]
+    spent = [0.0] * len(sides)
+    ratios = []
+    async with contextlib.AsyncExitStack() as stack:
+        for side in sides:
+            await side.open(stack, warmup)
+        for c in range(PAIR_CHUNKS):
+            order = range(len(sides)) if c % 2 == 0 else reversed(range(len(sides)))
+            took = [0.0] * len(sides)
+            for i in order:
+                took[i] = await sides[i].chunk(k)
+                spent[i] += took[i]
+            if len(sides) == 2:
+                ratios.append(round(took[1] / took[0], 4))
+    units = k * PAIR_CHUNKS
+    result: dict[str, Any] = {"msgs_per_s": units / spent[0], "us_per_unit": spent[0] / units * 1e6}
+    if len(sides) == 2:
+        result["baseline_msgs_per_s"] = units / spent[1]
+        result["chunk_ratios"] = ratios
+    return result
 
 
 # ---------------------------------------------------------------------------- connect latency
@@ -216,25 +268,38 @@ async def connect_series(port: int, paths: list[str]) -> list[float]:
     return out
 
 
-async def connect(port: int, n: int, baseline: bool, tag: str) -> dict[str, Any]:
-    if baseline:
-        await connect_series(port, ["/actors/echo/warm/ws"] * 20)
-        lat = await connect_series(port, [f"/actors/echo/awake/ws?i={i}" for i in range(n)])
-        return {"baseline": percentiles(lat)}
+async def connect_paired(ports: tuple[int, int], n: int, tag: str) -> dict[str, Any]:
+    """The three actorcore series of :func:`connect` (on ``ports[0]``) and the baseline series
+    (on ``ports[1]``), interleaved: ``PAIR_CHUNKS`` rounds, each a block of ``n /
+    PAIR_CHUNKS`` connects of every series, the order rotating from round to round, so that
+    every series samples the same seconds of a host whose speed drifts."""
+    ours, base = ports
+    await connect_series(base, ["/actors/echo/warm/ws"] * 20)
+    await connect_series(ours, ["/actors/echo/awake/ws"] * 20)  # wakes it; warms the path
+    await connect_series(ours, [f"/actors/echo/warm-{i}/ws" for i in range(20)])
     out: dict[str, Any] = {}
-    await connect_series(port, ["/actors/echo/awake/ws"] * 20)  # wakes it; warms the path
-    await connect_series(port, [f"/actors/echo/warm-{i}/ws" for i in range(20)])
-    lat = await connect_series(port, ["/actors/echo/awake/ws"] * n)
-    out["awake"] = percentiles(lat)
-    lat = await connect_series(port, [f"/actors/echo/new{tag}-{i}/ws" for i in range(n)])
-    out["new"] = percentiles(lat)
-    async with control(port) as ctl:
+    async with control(ours) as ctl:
         out["setup_wake_s"] = await ctl.call("wake_many", "echo", f"asleep{tag}-", n)
         out["setup_sleep_s"] = await ctl.call("sleep_many", "echo", f"asleep{tag}-", n)
         stats = await ctl.call("stats")
     out["awake_actors_after_sleep"] = stats["actors_by_state"]
-    lat = await connect_series(port, [f"/actors/echo/asleep{tag}-{i}/ws" for i in range(n)])
-    out["asleep"] = percentiles(lat)
+    k = max(1, n // PAIR_CHUNKS)
+    # name -> (port, path pattern; {i} is the connect's index)
+    series = {
+        "baseline": (base, "/actors/echo/awake/ws?i={i}"),
+        "awake": (ours, "/actors/echo/awake/ws"),
+        "new": (ours, f"/actors/echo/new{tag}-{{i}}/ws"),
+        "asleep": (ours, f"/actors/echo/asleep{tag}-{{i}}/ws"),
+    }
+    names = list(series)
+    lat: dict[str, list[float]] = {name: [] for name in names}
+    for c in range(PAIR_CHUNKS):
+        for name in names[c % 4 :] + names[: c % 4]:
+            port, pattern = series[name]
+            paths = [pattern.format(i=i) for i in range(c * k, c * k + k)]
+            lat[name] += await connect_series(port, paths)
+    for name in names:
+        out[name] = percentiles(lat[name])
     return out
 
 
@@ -339,7 +404,7 @@ async def hold(port: int, n: int, path: str, warmup: int, abort: bool) -> dict[s
     name, key = _target(path)
     async with control(port) as ctl:
         if warmup:
-            await rtt(port, path, warmup, 0)
+            await paired("rtt", (port,), path, warmup, 0, "", baseline=False)
         await ready("before")
         async with trio.open_nursery() as nursery:
             t0 = time.perf_counter()
@@ -637,6 +702,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--warmup", type=float, default=1000)
     p.add_argument("--baseline", action="store_true")
+    p.add_argument(
+        "--pair-port",
+        type=int,
+        default=0,
+        help="rtt, pipe, action, connect: also run the baseline server on this port, "
+        "interleaved with --port in alternating chunks (see paired(), connect_paired())",
+    )
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--per", type=int, default=10)
     p.add_argument("--rate", type=float, default=2.0)
@@ -655,14 +727,15 @@ def parser() -> argparse.ArgumentParser:
 async def run_one(a: argparse.Namespace) -> dict[str, Any]:
     with trio.fail_after(HARD_TIMEOUT):
         w = a.workload
-        if w == "rtt":
-            return await rtt(a.port, a.path, a.n, int(a.warmup))
-        if w == "pipe":
-            return await pipe(a.port, a.path, a.n)
-        if w == "action":
-            return await action(a.port, a.path, a.n, int(a.warmup), a.baseline, a.action)
+        ports = (a.port, a.pair_port) if a.pair_port else (a.port,)
+        if w in ("rtt", "pipe", "action"):
+            return await paired(w, ports, a.path, a.n, int(a.warmup), a.action, a.baseline)
         if w == "connect":
-            return await connect(a.port, a.n, a.baseline, a.tag)
+            if not a.pair_port:
+                raise ValueError("connect compares two servers: give --pair-port")
+            return await connect_paired((a.port, a.pair_port), a.n, a.tag)
+        if a.pair_port:
+            raise ValueError(f"--pair-port does not apply to {w}")
         if w == "hold":
             return await hold(a.port, a.n, a.path, int(a.warmup), a.abort)
         if w == "finalize":

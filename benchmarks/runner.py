@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -60,12 +61,12 @@ class Sizes:
 
 
 FULL = Sizes(
-    echo_n=5_000,
+    echo_n=20_000,
     echo_warmup=500,
-    pipe_n=30_000,
-    action_n=3_000,
+    pipe_n=100_000,
+    action_n=12_000,
     action_warmup=300,
-    connect_n=300,
+    connect_n=1_000,
     tail_conns=5_000,
     tail_actors=500,
     tail_duration=5.0,
@@ -308,6 +309,17 @@ class Bench:
                         res[kind].append(fn(kind, port, rep))
         return res
 
+    def paired_runs(self, fn: Callable[[int, int], dict[str, Any]]) -> list[dict[str, Any]]:
+        """``fn(actorcore_port, baseline_port)`` once per repetition, both servers up (fresh
+        ones per repetition unless shared): a client run that interleaves its load on the two
+        (``client.paired``, ``client.connect_paired``). Returns the runs' results."""
+        out: list[dict[str, Any]] = []
+        for _ in range(1 if self.shared else self.reps):
+            with contextlib.ExitStack() as stack:
+                ports = [stack.enter_context(self.server(kind))[0] for kind in BOTH]
+                out.extend(fn(*ports) for _ in range(self.reps if self.shared else 1))
+        return out
+
 
 BOTH = ("actorcore", "baseline")
 
@@ -397,44 +409,58 @@ def row(
 # ---------------------------------------------------------------------------- workloads
 
 
+def _paired_row(
+    b: Bench,
+    workload: str,
+    metric: str,
+    unit: str,
+    target: str,
+    check: Callable[[float, float | None], bool] | None,
+    client_args: list[Any],
+) -> dict[str, Any]:
+    """A throughput row measured with both servers up and the load interleaved on them
+    (``client.paired``): each repetition yields both sides' rates from the same seconds."""
+    res = b.paired_runs(
+        lambda port, pair: b.client(*client_args[:1], port, "--pair-port", pair, *client_args[1:])
+    )
+    return row(
+        workload,
+        metric,
+        unit,
+        [r["msgs_per_s"] for r in res],
+        [r["baseline_msgs_per_s"] for r in res],
+        target,
+        check,
+        extra={"chunk_ratios": [r["chunk_ratios"] for r in res]},
+    )
+
+
 def w_echo(b: Bench) -> list[dict[str, Any]]:
     s = b.sizes
-    res = b.runs(
-        BOTH,
-        lambda kind, port, rep: b.client("rtt", port, "--n", s.echo_n, "--warmup", s.echo_warmup)[
-            "msgs_per_s"
-        ],
-    )
     return [
-        row(
+        _paired_row(
+            b,
             "echo round trip, 32 B, one connection",
             "msgs/s",
             "msgs/s",
-            res["actorcore"],
-            res["baseline"],
             ">= 0.95 x baseline",
             lambda a, base: base is not None and a >= 0.95 * base,
+            ["rtt", "--n", s.echo_n, "--warmup", s.echo_warmup],
         )
     ]
 
 
 def w_oneway(b: Bench) -> list[dict[str, Any]]:
     s = b.sizes
-    res = b.runs(
-        BOTH,
-        lambda kind, port, rep: b.client(
-            "pipe", port, "--path", "/actors/sink/s/ws", "--n", s.pipe_n
-        )["msgs_per_s"],
-    )
     return [
-        row(
+        _paired_row(
+            b,
             "one-way throughput, 32 B, pipelined",
             "msgs/s",
             "msgs/s",
-            res["actorcore"],
-            res["baseline"],
             ">= 0.95 x baseline",
             lambda a, base: base is not None and a >= 0.95 * base,
+            ["pipe", "--path", "/actors/sink/s/ws", "--n", s.pipe_n, "--warmup", 500],
         )
     ]
 
@@ -444,43 +470,32 @@ def w_action(b: Bench) -> list[dict[str, Any]]:
     row; ``increment_awaiting`` (the same after one checkpoint: its own task) is shown
     beside it, against the same plain echo."""
     s = b.sizes
-    rows = []
     variants: list[tuple[str, str, Callable[[float, float | None], bool] | None]] = [
         ("increment", ">= 0.90 x plain echo", lambda a, base: base is not None and a >= 0.9 * base),
         ("increment_awaiting", "-", None),
     ]
-    for name, target, check in variants:
-
-        def one(kind: str, port: int, rep: int, name: str = name) -> float:
-            return float(
-                b.client(
-                    "action",
-                    port,
-                    "--path",
-                    "/actors/counter/c/connect",
-                    "--action",
-                    name,
-                    "--n",
-                    s.action_n,
-                    "--warmup",
-                    s.action_warmup,
-                    *(["--baseline"] if kind == "baseline" else []),
-                )["msgs_per_s"]
-            )
-
-        res = b.runs(BOTH, one)
-        rows.append(
-            row(
-                f"action round trip over /connect ({name})",
-                "round trips/s",
-                "rt/s",
-                res["actorcore"],
-                res["baseline"],
-                target,
-                check,
-            )
+    return [
+        _paired_row(
+            b,
+            f"action round trip over /connect ({name})",
+            "round trips/s",
+            "rt/s",
+            target,
+            check,
+            [
+                "action",
+                "--path",
+                "/actors/counter/c/connect",
+                "--action",
+                name,
+                "--n",
+                s.action_n,
+                "--warmup",
+                s.action_warmup,
+            ],
         )
-    return rows
+        for name, target, check in variants
+    ]
 
 
 def w_connect(b: Bench) -> list[dict[str, Any]]:
@@ -490,18 +505,17 @@ def w_connect(b: Bench) -> list[dict[str, Any]]:
     }
     base: dict[str, list[float]] = {"p50": [], "p99": []}
 
-    def one(kind: str, port: int, rep: int) -> None:
-        if kind == "baseline":
-            r = b.client("connect", port, "--n", s.connect_n, "--baseline")
-            for q in ("p50", "p99"):
-                base[q].append(r["baseline"][q])
-            return
-        r = b.client("connect", port, "--n", s.connect_n, "--tag", rep)
-        for k in ours:
-            for q in ("p50", "p99"):
+    tags = itertools.count()  # keys unique per run: a shared server keeps its actors
+    runs = b.paired_runs(
+        lambda port, pair: b.client(
+            "connect", port, "--pair-port", pair, "--n", s.connect_n, "--tag", next(tags)
+        )
+    )
+    for r in runs:
+        for q in ("p50", "p99"):
+            base[q].append(r["baseline"][q])
+            for k in ours:
                 ours[k][q].append(r[k][q])
-
-    b.runs(BOTH, one)
     rows = []
     labels = {
         "awake": ("connect + first reply, awake actor", "p50 <= 1.1 x baseline p50"),
