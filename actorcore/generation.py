@@ -765,12 +765,16 @@ class Generation:
             closing = [c for c in entry.conns if not c.hibernatable]
             close = closecodes.ACTOR_SLEEPING
         if closing:
+            # Every close frame first, in one pass with no checkpoint (each leaves from here
+            # when its socket is free): clients get theirs before any hook runs, and a reader
+            # woken by a peer's answer does not delay the frames of the others.
+            closing = [c for c in closing if self._start_close(c, close.code, close.reason)]
             # Bounded by the closes' deadlines; see actorcore/gcpause.py for why.
             many = len(closing) >= GC_PAUSE_CLOSES
             with gcpause.paused() if many else contextlib.nullcontext():
                 async with trio.open_nursery() as nursery:
                     for conn in closing:
-                        nursery.start_soon(self._close_conn, conn, close.code, close.reason)
+                        nursery.start_soon(self._finish_close, conn, close.code, close.reason)
         if destroying:
             try:
                 await self.host.store.delete(self.actor_id, self.number)
@@ -799,17 +803,23 @@ class Generation:
                     exc,
                 )
 
-    async def _close_conn(self, conn: Conn, code: int, reason: str) -> None:
-        options = self.definition.options
+    def _start_close(self, conn: Conn, code: int, reason: str) -> bool:
+        """Take ``conn`` from the actor and close it; False if it had already left."""
         entry = self.entry
         # Whoever removes the connection from the actor runs its disconnect hooks, once. Remove
         # it before closing: the handler then sees that finalize owns them (it would otherwise
         # run them again, waking the actor to do so); if it left first, the handler owns them.
         if conn not in entry.conns:
-            return
+            return False
         entry.discard_conn(conn)
         self.conn_detached(conn)
         conn.close_nowait(code, reason)
+        return True
+
+    async def _finish_close(self, conn: Conn, code: int, reason: str) -> None:
+        """Wait for a connection :meth:`_start_close` closed, then run its disconnect hooks."""
+        options = self.definition.options
+        entry = self.entry
         with trio.move_on_after(options.close_timeout + 0.5):
             await conn.wait_closed()
         assert self.instance is not None
