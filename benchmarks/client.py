@@ -457,18 +457,21 @@ async def finalize(
     ``abort``: see ``exit_with``."""
     key = f"fin-{n}{tag}"
     closed: list[tuple[float, int]] = []
-    all_closed = trio.Event()
+    conns: list[leanws.LeanWebSocket] = []
     probed = trio.Event()
+    release = trio.Event()
 
     async def watch(i: int, ws: leanws.LeanWebSocket) -> None:
         if i == 0:  # prove the actor is live end to end before the trigger
-            with contextlib.suppress(leanws.LeanClosed):  # counted below via its close code
+            with contextlib.suppress(leanws.LeanClosed):  # then its close is counted below
                 await ws.send_message(MSG32)
                 await ws.get_message()
             probed.set()
-        closed.append(await await_close(ws))
-        if len(closed) == n:
-            all_closed.set()
+        conns.append(ws)
+        await release.wait()  # its close frame is read by the CloseWatcher
+
+    async def watch_closes(watcher: leanws.CloseWatcher) -> None:
+        closed.extend(await trio.to_thread.run_sync(watcher.run, close_wait))
 
     after: dict[str, Any] | None = None
     phases = Phases()
@@ -482,17 +485,19 @@ async def finalize(
         with trio.move_on_after(LIVE_TIMEOUT):
             await probed.wait()
         stats = await ctl.call("stats")
-        t0 = time.perf_counter()
+        watching = len(conns)  # n, unless the probe connection was refused
         sleep_error = None
-        try:
-            server_s = await ctl.call("sleep_actor", "echo", key)
-        except RuntimeError as exc:  # e.g. actor.stopping: the sleep outran its budget
-            server_s = None
-            sleep_error = str(exc)[:300]
-        phases.mark("sleep_actor")
-        with trio.move_on_after(close_wait):
-            await all_closed.wait()
+        async with trio.open_nursery() as watchers:
+            watchers.start_soon(watch_closes, leanws.CloseWatcher(conns))
+            t0 = time.perf_counter()
+            try:
+                server_s = await ctl.call("sleep_actor", "echo", key)
+            except RuntimeError as exc:  # e.g. actor.stopping: the sleep outran its budget
+                server_s = None
+                sleep_error = str(exc)[:300]
+            phases.mark("sleep_actor")
         phases.mark("all_closed")
+        release.set()
         if not baseline:
             await trio.sleep(SETTLE)
             after = await ctl.call("lifecycle", "echo", key)
@@ -512,6 +517,7 @@ async def finalize(
             "codes": {str(k): v for k, v in codes.items()},
             "abnormal": n - codes.get(1001, 0),
             "closed": len(closed),
+            "watched": watching,
             "sleep_error": sleep_error,
             "actor_after": after,
             "phases": phases.out,

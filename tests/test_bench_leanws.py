@@ -5,6 +5,7 @@ anything. Real loopback sockets against actorcore's server."""
 from __future__ import annotations
 
 import functools
+import socket
 import time
 
 import pytest
@@ -81,3 +82,42 @@ async def test_lean_client_refuses_a_failed_upgrade(answer: bytes, error: str) -
             with pytest.raises(leanws.LeanProtocolError, match=error):
                 await leanws.connect("127.0.0.1", port, "/actors/echo/k/ws")
             nursery.cancel_scope.cancel()
+
+
+async def test_close_watcher_reads_and_answers_every_close_frame() -> None:
+    """The watcher (one epoll set in a worker thread) sees every connection's close frame,
+    answers it (the server records clean closes, no 1006) and reports EOF without a frame as
+    1006."""
+    registry = actorcore.Registry([Echo])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server:
+            conns = [
+                await leanws.connect("127.0.0.1", server.port, "/actors/echo/k/ws")
+                for _ in range(50)
+            ]
+            try:
+                for ws in conns:  # live on the actor before the sleep
+                    await ws.send_message("hi")
+                    assert await ws.get_message() == b"hi"
+                handle = await registry.get("echo", "k")
+                watcher = leanws.CloseWatcher(conns)  # registered before the closes start
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(registry.sleep, handle.actor_id)
+                    before = time.perf_counter()
+                    ended = await trio.to_thread.run_sync(watcher.run, 10.0)
+                assert [code for _, code in ended] == [1001] * 50
+                assert all(before <= at <= time.perf_counter() for at, _ in ended)
+            finally:
+                for ws in conns:
+                    ws.close()
+            assert registry.statistics().closes_by_code == {1001: 50}
+
+            aborted = await leanws.connect("127.0.0.1", server.port, "/actors/echo/k2/ws")
+            try:
+                watcher = leanws.CloseWatcher([aborted])
+                aborted._sock.shutdown(socket.SHUT_RD)  # reads now see EOF, as if the server left
+                assert [code for _, code in await trio.to_thread.run_sync(watcher.run, 5.0)] == [
+                    1006
+                ]
+            finally:
+                aborted.close()
