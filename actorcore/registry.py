@@ -660,7 +660,9 @@ class Registry:
             and not entry.conns
             and entry.pending_state is None
             and not entry.lifecycle.destroy_requested
-            and not self.is_unstored(entry)  # its first start will write it
+            # A new actor not written yet stays for its first start (a failed one drops it:
+            # it never existed).
+            and not (self.is_unstored(entry) and entry.wakes == 0)
         ):
             self._retire(entry)
 
@@ -724,6 +726,10 @@ class Registry:
             ) from None
         finally:
             entry.held -= 1
+            if not entry.held:
+                # The last waiter of a failed start (or of a refused one) leaves: an entry
+                # nothing needs goes, or failed creates of distinct keys would pile up.
+                self._release(entry)
 
     # ---------------------------------------------------------------- calls
 

@@ -737,6 +737,47 @@ async def test_a_new_actor_costs_one_write_and_an_asleep_one_one(
     assert Counter.log == ["create:1", "wake:1", "sleep:1", "wake:2"]
 
 
+async def test_failed_starts_leave_no_entries_behind(
+    autojump_clock: Any, make_registry: Any
+) -> None:
+    """Once the last request waiting on a failed start has its error, the entry goes: a new
+    actor whose creation failed never existed (no entry, no row), and an existing actor whose
+    wake failed is again only its row. Failing creates of distinct keys do not pile up."""
+
+    class Refuses(Counter):
+        name = "refuses"
+        fail = True
+
+        async def on_create(self, ctx: ActorContext) -> None:
+            if type(self).fail:
+                raise RuntimeError("not today")
+
+        async def on_wake(self, ctx: ActorContext) -> None:
+            if type(self).fail:
+                raise RuntimeError("not today")
+
+    store = actorcore.MemoryStore()
+    registry = await make_registry([Refuses], store=store)
+    for i in range(20):
+        with pytest.raises(actorcore.ActorStartFailed):
+            await registry.get_or_create("refuses", f"new-{i}")
+    assert registry.entries() == []
+    assert store.statistics().actors == 0
+    Refuses.fail = False
+    try:
+        handle = await registry.get_or_create("refuses", "old")
+        await registry.sleep(handle.actor_id)
+        Refuses.fail = True
+        with pytest.raises(actorcore.ActorStartFailed):
+            await handle.call("get")
+        assert registry.entries() == []
+        assert registry.lifecycle(handle.actor_id) is S.ASLEEP, "still its row in the store"
+        Refuses.fail = False
+        assert await handle.call("get") == 0
+    finally:
+        Refuses.fail = True
+
+
 class _CannotTellStore(actorcore.MemoryStore):
     """A store that cannot answer ``key_exists_nowait`` (the Store default)."""
 
