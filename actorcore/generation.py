@@ -768,7 +768,8 @@ class Generation:
             # Every close frame first, in one pass with no checkpoint (each leaves from here
             # when its socket is free): clients get theirs before any hook runs, and a reader
             # woken by a peer's answer does not delay the frames of the others.
-            closing = [c for c in closing if self._start_close(c, close.code, close.reason)]
+            for conn in closing:
+                self._start_close(conn, close.code, close.reason)
             # Bounded by the closes' deadlines; see actorcore/gcpause.py for why.
             many = len(closing) >= GC_PAUSE_CLOSES
             with gcpause.paused() if many else contextlib.nullcontext():
@@ -803,18 +804,15 @@ class Generation:
                     exc,
                 )
 
-    def _start_close(self, conn: Conn, code: int, reason: str) -> bool:
-        """Take ``conn`` from the actor and close it; False if it had already left."""
-        entry = self.entry
+    def _start_close(self, conn: Conn, code: int, reason: str) -> None:
+        """Take ``conn`` (one of the actor's connections: the pass that calls this has no
+        checkpoint, so none can have left) from the actor and close it."""
         # Whoever removes the connection from the actor runs its disconnect hooks, once. Remove
         # it before closing: the handler then sees that finalize owns them (it would otherwise
-        # run them again, waking the actor to do so); if it left first, the handler owns them.
-        if conn not in entry.conns:
-            return False
-        entry.discard_conn(conn)
+        # run them again, waking the actor to do so).
+        self.entry.discard_conn(conn)
         self.conn_detached(conn)
         conn.close_nowait(code, reason)
-        return True
 
     async def _finish_close(self, conn: Conn, code: int, reason: str) -> None:
         """Wait for a connection :meth:`_start_close` closed, then run its disconnect hooks."""

@@ -617,9 +617,9 @@ class Registry:
         there is none (the generation's start then calls :meth:`Store.begin_generation`).
         For an actor not yet in the store (:meth:`is_unstored`): the record its first
         generation starts from, every time until the store has it."""
-        unstored = self._unstored.get(entry.actor_id)
-        if unstored is not None and unstored[0] is entry:
-            return ActorRecord(entry.actor_id, entry.name, entry.key, 1, False, None, unstored[1])
+        if self.is_unstored(entry):
+            input = self._unstored[entry.actor_id][1]
+            return ActorRecord(entry.actor_id, entry.name, entry.key, 1, False, None, input)
         begun = self._begun.pop(entry.actor_id, None)
         if begun is None or begun[0] is not entry:
             return None

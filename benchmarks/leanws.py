@@ -79,20 +79,35 @@ class LeanWebSocket:
         self._buf = bytearray(rest)
         self._closed: LeanClosed | None = None
 
+    def _recv_nowait(self) -> bool | None:
+        """Add what the socket has now to the buffer: True; False at EOF or a reset; None if
+        it has nothing yet."""
+        try:
+            data = self._sock.recv(_READ)
+        except BlockingIOError:
+            return None
+        except (ConnectionResetError, BrokenPipeError):
+            return False
+        if not data:
+            return False
+        self._buf += data
+        return True
+
     async def _fill(self) -> bool:
         """Read what the socket has (waiting for it); False at EOF or a reset."""
-        while True:
-            try:
-                data = self._sock.recv(_READ)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._sock)
-                continue
-            except (ConnectionResetError, BrokenPipeError):
-                return False
-            if not data:
-                return False
-            self._buf += data
-            return True
+        while (got := self._recv_nowait()) is None:
+            await trio.lowlevel.wait_readable(self._sock)
+        return got
+
+    def _ended(self, code: int) -> LeanClosed:
+        """Note the end of the connection, read just now: a close frame's ``code``, or 1006."""
+        self._closed = LeanClosed(code, time.perf_counter())
+        return self._closed
+
+    def _server_closed(self, payload: bytes) -> bytes:
+        """Note the server's close frame (its ``payload``), read just now; the answer to send."""
+        self._ended(struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005)
+        return _mask_frame(OP_CLOSE, payload[:2])
 
     async def _send(self, data: bytes) -> None:
         view = memoryview(data)
@@ -145,18 +160,15 @@ class LeanWebSocket:
             frame = self._frame()
             if frame is None:
                 if not await self._fill():
-                    self._closed = LeanClosed(1006, time.perf_counter())
-                    raise self._closed
+                    raise self._ended(1006)
                 continue
             opcode, payload = frame
             if opcode == OP_CLOSE:
-                at = time.perf_counter()
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-                self._closed = LeanClosed(code, at)
-                await self._send(_mask_frame(OP_CLOSE, payload[:2]))
+                await self._send(self._server_closed(payload))
                 with trio.move_on_after(EOF_WAIT):
                     while await self._fill():
                         self._buf.clear()
+                assert self._closed is not None
                 raise self._closed
             if opcode == OP_PING:
                 await self._send(_mask_frame(OP_PONG, payload))
@@ -167,27 +179,19 @@ class LeanWebSocket:
         """Without waiting (for :class:`CloseWatcher`): read what the socket has; at the
         server's close frame answer it and return (time read, code), at EOF (time, 1006);
         None while neither came. Pings are answered, messages dropped."""
-        while True:
-            try:
-                data = self._sock.recv(_READ)
-            except BlockingIOError:
-                return None
-            except (ConnectionResetError, BrokenPipeError):
-                data = b""
-            if not data:
-                self._closed = LeanClosed(1006, time.perf_counter())
-                return self._closed.at, 1006
-            self._buf += data
+        while (got := self._recv_nowait()) is not None:
+            if not got:
+                ended = self._ended(1006)
+                return ended.at, ended.code
             while (frame := self._frame()) is not None:
                 opcode, payload = frame
                 if opcode == OP_CLOSE:
-                    at = time.perf_counter()
-                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-                    self._closed = LeanClosed(code, at)
-                    self._send_nowait(_mask_frame(OP_CLOSE, payload[:2]))
-                    return at, code
+                    self._send_nowait(self._server_closed(payload))
+                    assert self._closed is not None
+                    return self._closed.at, self._closed.code
                 if opcode == OP_PING:
                     self._send_nowait(_mask_frame(OP_PONG, payload))
+        return None
 
     def _send_nowait(self, data: bytes) -> None:
         """A small control frame on a socket with room for it (a full buffer drops it: the

@@ -708,6 +708,16 @@ async def test_lookups_of_asleep_actors_leave_nothing_in_memory(
 # ---------------------------------------------------------------- the connect path's store work
 
 
+def started_info(generation: int) -> dict[str, Any]:
+    """What ``Counter.info`` answers in a started generation ``generation``."""
+    return {
+        "generation": generation,
+        "lifecycle": "started",
+        "started": True,
+        "sleep_requested": False,
+    }
+
+
 async def test_a_new_actor_costs_one_write_and_an_asleep_one_one(
     autojump_clock: Any, make_registry: Any
 ) -> None:
@@ -727,12 +737,7 @@ async def test_a_new_actor_costs_one_write_and_an_asleep_one_one(
     again = await registry.get_or_create("counter", "k", input={"start": 99})
     assert again.actor_id == handle.actor_id
     assert store.statistics().writes - before.writes == 1
-    assert await again.call("info") == {
-        "generation": 2,
-        "lifecycle": "started",
-        "started": True,
-        "sleep_requested": False,
-    }
+    assert await again.call("info") == started_info(2)
     assert await again.call("get") == 4, "an existing actor ignores the input"
     assert Counter.log == ["create:1", "wake:1", "sleep:1", "wake:2"]
 
@@ -876,12 +881,7 @@ async def test_a_begun_generation_that_never_starts_is_dropped(
     handle = await registry.get("counter", "k")
     assert registry.entry(handle.actor_id) is None
     assert registry.take_begun(entry) is None
-    assert await handle.call("info") == {
-        "generation": 3,  # 2 began and was never used
-        "lifecycle": "started",
-        "started": True,
-        "sleep_requested": False,
-    }
+    assert await handle.call("info") == started_info(3)  # 2 began and was never used
     assert await handle.call("get") == 3
     assert Counter.log == ["create:1", "wake:1", "sleep:1", "wake:3"]
 
@@ -900,12 +900,7 @@ async def test_a_new_actor_is_written_at_its_first_start(
     handle = await registry.get("counter", "k")
     assert handle.actor_id == entry.actor_id
     assert registry.entry(handle.actor_id) is entry
-    assert await handle.call("info") == {
-        "generation": 1,
-        "lifecycle": "started",
-        "started": True,
-        "sleep_requested": False,
-    }
+    assert await handle.call("info") == started_info(1)
     assert await handle.call("get") == 3, "the creation input is used at the first start"
     assert not registry.is_unstored(entry)
     record = await store.get_by_key("counter", "k")

@@ -67,13 +67,17 @@ class MemoryStore(Store):
 
     async def create(self, actor_id: str, name: str, key: str, input: bytes | None) -> ActorRecord:
         """Insert a new actor with generation 0. Raises StoreError if ``(name, key)`` exists."""
-        await self._before_write("create")
-        if (name, key) in self._by_key or actor_id in self._by_id:
+        return await self._create("create", ActorRecord(actor_id, name, key, 0, False, None, input))
+
+    async def _create(self, operation: str, record: ActorRecord) -> ActorRecord:
+        """Insert ``record`` as one write; StoreError if its key or id exists."""
+        await self._before_write(operation)
+        if (record.name, record.key) in self._by_key or record.actor_id in self._by_id:
             self._write_errors += 1
             raise StoreError(
-                f"create failed: actor name={name!r} key={key!r} (id {actor_id!r}) already exists"
+                f"{operation} failed: actor name={record.name!r} key={record.key!r} "
+                f"(id {record.actor_id!r}) already exists"
             )
-        record = ActorRecord(actor_id, name, key, 0, False, None, input)
         self._insert(record)
         self._writes += 1
         return record
@@ -126,17 +130,8 @@ class MemoryStore(Store):
         self, actor_id: str, name: str, key: str, state: bytes
     ) -> ActorRecord:
         """Insert a new actor at generation 1, initialized with ``state``. One write."""
-        await self._before_write("create_initialized")
-        if (name, key) in self._by_key or actor_id in self._by_id:
-            self._write_errors += 1
-            raise StoreError(
-                f"create_initialized failed: actor name={name!r} key={key!r} "
-                f"(id {actor_id!r}) already exists"
-            )
         record = ActorRecord(actor_id, name, key, 1, True, state, None)
-        self._insert(record)
-        self._writes += 1
-        return record
+        return await self._create("create_initialized", record)
 
     async def begin_generation(self, actor_id: str) -> ActorRecord:
         """Increment the actor's generation and return the updated record."""

@@ -822,24 +822,23 @@ class SQLiteStore(Store):
 
     def exists_nowait(self, actor_id: str) -> bool:
         """Whether the actor exists: a primary-key point read on the probe connection."""
-        with self._probe_lock, _map_sqlite_errors("exists_nowait"):
-            if self._probe is None:
-                raise StoreError("exists_nowait failed: the store is not running")
-            row = self._probe.execute(
-                "SELECT 1 FROM actors WHERE actor_id = ?", (actor_id,)
-            ).fetchone()
-            return row is not None
+        return self._probe_exists(
+            "exists_nowait", "SELECT 1 FROM actors WHERE actor_id = ?", (actor_id,)
+        )
 
     def key_exists_nowait(self, name: str, key: str) -> bool:
         """Whether an actor ``(name, key)`` exists: a unique-index point read on the probe
         connection."""
-        with self._probe_lock, _map_sqlite_errors("key_exists_nowait"):
+        return self._probe_exists(
+            "key_exists_nowait", "SELECT 1 FROM actors WHERE name = ? AND key = ?", (name, key)
+        )
+
+    def _probe_exists(self, operation: str, query: str, params: tuple[str, ...]) -> bool:
+        """Whether ``query`` finds a row, read synchronously on the probe connection."""
+        with self._probe_lock, _map_sqlite_errors(operation):
             if self._probe is None:
-                raise StoreError("key_exists_nowait failed: the store is not running")
-            row = self._probe.execute(
-                "SELECT 1 FROM actors WHERE name = ? AND key = ?", (name, key)
-            ).fetchone()
-            return row is not None
+                raise StoreError(f"{operation} failed: the store is not running")
+            return self._probe.execute(query, params).fetchone() is not None
 
     async def _read(self, operation: str, query: Callable[[sqlite3.Connection], _T]) -> _T:
         conn = self._reader

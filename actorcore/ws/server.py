@@ -202,29 +202,30 @@ class _ServerConnection(WebSocketConnection):
         if sent == len(data):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
-        broken = sent < 0
-        if not broken:
+        sent_all = False
+        if sent >= 0:
             lock.acquire_nowait()  # free: nothing ran since it was checked
             try:
-                await stream.send_all(memoryview(data)[sent:])
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                broken = True
+                sent_all = await self._send_locked(memoryview(data)[sent:])
             finally:
                 lock.release()
-        if broken:
+        if not sent_all:
             await self._broken()
 
     async def _send_close_tail(self) -> None:
-        broken = False
         async with self._stream_lock:
             tail, self._close_tail = self._close_tail, b""
-            if tail:
-                try:
-                    await self._stream.send_all(tail)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    broken = True
-        if broken:
+            sent_all = not tail or await self._send_locked(tail)
+        if not sent_all:
             await self._broken()
+
+    async def _send_locked(self, data: bytes | memoryview) -> bool:
+        """Send ``data`` (the caller holds the stream lock); False if the stream broke."""
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
 
     async def _broken(self) -> NoReturn:
         """The stream broke under a send: what trio-websocket's ``_send`` does then, and the
