@@ -199,6 +199,26 @@ class LeanWebSocket:
         with contextlib.suppress(BlockingIOError, ConnectionResetError, BrokenPipeError):
             self._sock.send(data)
 
+    async def aclose(self, within: float) -> None:
+        """The client-initiated close handshake (1000), then close the socket: send a close
+        frame, read until the server's answering close frame or EOF (bounded by ``within``).
+        After the server's own close (:class:`LeanClosed` raised) it only closes the socket."""
+        try:
+            if self._closed is None:
+                with trio.move_on_after(within):
+                    await self._send(_mask_frame(OP_CLOSE, struct.pack("!H", 1000)))
+                    while self._closed is None:
+                        frame = self._frame()
+                        if frame is None:
+                            if not await self._fill():
+                                self._ended(1006)
+                        elif frame[0] == OP_CLOSE:
+                            self._ended(1000)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        finally:
+            self.close()
+
     def close(self) -> None:
         """Close the socket (no handshake: use it after the server's close, or to abort)."""
         trio.lowlevel.notify_closing(self._sock)

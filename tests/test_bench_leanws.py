@@ -4,7 +4,9 @@ anything. Real loopback sockets against actorcore's server."""
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import socket
 import time
 
@@ -121,3 +123,59 @@ async def test_close_watcher_reads_and_answers_every_close_frame() -> None:
                 ]
             finally:
                 aborted.close()
+
+
+async def test_lean_client_close_handshake_is_answered_and_bounded() -> None:
+    """``aclose`` sends a 1000 close frame and returns once the server's answering close frame
+    is read (the server never sees an abnormal close); after the server's own close it only
+    closes the socket; a silent peer cannot hold it past ``within``."""
+    registry = actorcore.Registry([Echo])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server:
+            ws = await leanws.connect("127.0.0.1", server.port, "/actors/echo/k/ws")
+            await ws.send_message("hi")
+            assert await ws.get_message() == b"hi"
+            await ws.aclose(5.0)
+            with pytest.raises(leanws.LeanClosed) as closed:
+                await ws.get_message()
+            assert closed.value.code == 1000  # the server's answer, read before returning
+            assert registry.statistics().connections_held == 0
+
+            ws = await leanws.connect("127.0.0.1", server.port, "/actors/echo/k/ws")
+            await ws.send_message("bye")
+            with pytest.raises(leanws.LeanClosed):
+                await ws.get_message()
+            await ws.aclose(5.0)  # the server closed first: nothing more is sent or read
+            assert registry.statistics().closes_by_code == {4000: 1}
+
+    async def silent(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + _accept(key) + b"\r\n\r\n"
+        )
+        await trio.sleep_forever()  # reads nothing, answers nothing
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1")
+            )
+            port = listeners[0].socket.getsockname()[1]
+            ws = await leanws.connect("127.0.0.1", port, "/actors/echo/k/ws")
+            before = trio.current_time()
+            await ws.aclose(0.5)
+            assert 0.5 <= trio.current_time() - before < 5.0
+            nursery.cancel_scope.cancel()
+
+
+def _accept(key: bytes) -> bytes:
+    guid = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+    return base64.b64encode(hashlib.sha1(key + guid).digest())
