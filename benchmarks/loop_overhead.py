@@ -9,18 +9,23 @@ dispatcher's read loop adds: check point 3 (``admit``), work tracking, the watch
 ``hook_timeout``, counters. Run it pinned to one CPU (``taskset -c 0``) for stable numbers.
 It is a profile aid, not a row of ``docs/benchmarks.md``: over sockets the same message also
 pays trio-websocket's framing and a scheduling round per message.
+
+It then times actions over ``/connect`` the same way, one frame at a time (the next frame is
+read once the previous answer was sent): an action without ``await`` (run in the read loop)
+and the same action after one checkpoint (run in a task of its own), per action.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from typing import Any
 
 import trio
 
-from actorcore import Actor, ActorContext, ActorOptions, Conn, Registry
+from actorcore import Actor, ActorContext, ActorOptions, Conn, Registry, action
 from actorcore.conn import TransportClosed
 from actorcore.ws.dispatch import ConnectRequest, Dispatcher
 
@@ -33,6 +38,25 @@ class _Noop(Actor):
 
     async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
         pass
+
+
+class _Counter(Actor):
+    name = "counter"
+    options = ActorOptions(sleep_timeout=3600, state_save_interval=3600)
+
+    def create_state(self, ctx: ActorContext, input: Any) -> Any:
+        return {"count": 0}
+
+    @action
+    async def increment(self, ctx: ActorContext) -> int:
+        ctx.state["count"] += 1
+        return int(ctx.state["count"])
+
+    @action
+    async def increment_awaiting(self, ctx: ActorContext) -> int:
+        await trio.lowlevel.checkpoint()
+        ctx.state["count"] += 1
+        return int(ctx.state["count"])
 
 
 class _Feed:
@@ -62,6 +86,41 @@ class _Feed:
 
     async def abort(self) -> None:
         pass
+
+
+class _ActionFeed(_Feed):
+    """Hands out ``n`` action frames, each once the previous one's answer was sent."""
+
+    def __init__(self, n: int, name: str) -> None:
+        super().__init__(n)
+        self.frame = json.dumps({"type": "action", "id": 1, "name": name, "args": []})
+        self.answered = trio.Event()
+        self.answered.set()
+
+    async def receive(self) -> str | bytes:
+        await self.answered.wait()
+        self.answered = trio.Event()
+        await super().receive()
+        return self.frame
+
+    async def send(self, message: str | bytes) -> None:
+        if isinstance(message, str) and message.startswith('{"type": "action_result"'):
+            self.answered.set()
+
+
+async def _measure_action(n: int, name: str) -> float:
+    """Microseconds per action ``name`` over ``/connect``, answer included."""
+    async with Registry([_Counter]) as registry:
+        feed = _ActionFeed(n, name)
+
+        async def accept() -> Any:
+            return feed
+
+        path = "/actors/counter/a/connect"
+        with trio.fail_after(120):  # an answer that never comes (an error frame) ends here
+            await Dispatcher(registry).handle(path, ConnectRequest(path=path, headers=()), accept)
+        registry.request_shutdown()
+    return feed.seconds / n * 1e6
 
 
 async def _measure(n: int) -> tuple[float, float]:
@@ -96,6 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"raw message, in-process (median of {args.reps} x {args.n:,}): read loop "
         f"{ours:.2f} us, bare loop {bare:.2f} us, actorcore adds {ours - bare:.2f} us"
+    )
+    n = max(1, args.n // 4)
+    inline, task = (
+        statistics.median(trio.run(_measure_action, n, name) for _ in range(args.reps))
+        for name in ("increment", "increment_awaiting")
+    )
+    print(
+        f"action over /connect, in-process (median of {args.reps} x {n:,}): "
+        f"in the read loop {inline:.2f} us, in a task of its own {task:.2f} us"
     )
     return 0
 
