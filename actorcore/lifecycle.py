@@ -54,6 +54,10 @@ __all__ = [
 class LifecycleState(enum.Enum):
     """Where an actor is in its life. The registry reports these through ``lifecycle()``."""
 
+    # Identity hash (members are singletons, equality is identity): admit() looks both up on
+    # every message, and Enum's own __hash__ is a Python-level call.
+    __hash__ = object.__hash__
+
     LOADING = "loading"
     """A generation is starting: state is loaded, ``create_state``/``on_create``/``on_wake`` run."""
     STARTED = "started"
@@ -178,6 +182,10 @@ class Lifecycle:
 
 class WorkKind(enum.Enum):
     """What asks to be admitted at a check point."""
+
+    # Identity hash (members are singletons, equality is identity): admit() looks both up on
+    # every message, and Enum's own __hash__ is a Python-level call.
+    __hash__ = object.__hash__
 
     CALL = "call"
     """An action or other in-process work (``handle.call``)."""
