@@ -104,10 +104,22 @@ class LeanWebSocket:
         self._closed = LeanClosed(code, time.perf_counter())
         return self._closed
 
+    def _note_close(self, payload: bytes) -> None:
+        """Note the server's close frame (its ``payload``), read just now."""
+        self._ended(struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005)
+
     def _server_closed(self, payload: bytes) -> bytes:
         """Note the server's close frame (its ``payload``), read just now; the answer to send."""
-        self._ended(struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005)
+        self._note_close(payload)
         return _mask_frame(OP_CLOSE, payload[:2])
+
+    async def _next_frame(self) -> tuple[int, bytes]:
+        """The next whole frame (opcode, payload), reading as needed; :class:`LeanClosed`
+        (1006) at EOF."""
+        while (frame := self._frame()) is None:
+            if not await self._fill():
+                raise self._ended(1006)
+        return frame
 
     async def _send(self, data: bytes) -> None:
         view = memoryview(data)
@@ -157,12 +169,7 @@ class LeanWebSocket:
         if self._closed is not None:
             raise self._closed
         while True:
-            frame = self._frame()
-            if frame is None:
-                if not await self._fill():
-                    raise self._ended(1006)
-                continue
-            opcode, payload = frame
+            opcode, payload = await self._next_frame()
             if opcode == OP_CLOSE:
                 await self._send(self._server_closed(payload))
                 with trio.move_on_after(EOF_WAIT):
@@ -207,14 +214,12 @@ class LeanWebSocket:
             if self._closed is None:
                 with trio.move_on_after(within):
                     await self._send(_mask_frame(OP_CLOSE, struct.pack("!H", 1000)))
-                    while self._closed is None:
-                        frame = self._frame()
-                        if frame is None:
-                            if not await self._fill():
-                                self._ended(1006)
-                        elif frame[0] == OP_CLOSE:
-                            self._ended(1000)
-        except (ConnectionResetError, BrokenPipeError):
+                    while True:
+                        opcode, payload = await self._next_frame()
+                        if opcode == OP_CLOSE:  # the answer to our close: not answered again
+                            self._note_close(payload)
+                            break
+        except (LeanClosed, ConnectionResetError, BrokenPipeError):
             pass
         finally:
             self.close()

@@ -25,9 +25,10 @@ from typing import Any
 
 import trio
 
-from actorcore import Actor, ActorContext, ActorOptions, Conn, Registry, action
+from actorcore import Actor, ActorContext, ActorOptions, Conn, Registry
 from actorcore.conn import TransportClosed
 from actorcore.ws.dispatch import ConnectRequest, Dispatcher
+from benchmarks.server import _actors
 
 MSG = "x" * 32
 
@@ -38,25 +39,6 @@ class _Noop(Actor):
 
     async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
         pass
-
-
-class _Counter(Actor):
-    name = "counter"
-    options = ActorOptions(sleep_timeout=3600, state_save_interval=3600)
-
-    def create_state(self, ctx: ActorContext, input: Any) -> Any:
-        return {"count": 0}
-
-    @action
-    async def increment(self, ctx: ActorContext) -> int:
-        ctx.state["count"] += 1
-        return int(ctx.state["count"])
-
-    @action
-    async def increment_awaiting(self, ctx: ActorContext) -> int:
-        await trio.lowlevel.checkpoint()
-        ctx.state["count"] += 1
-        return int(ctx.state["count"])
 
 
 class _Feed:
@@ -109,8 +91,10 @@ class _ActionFeed(_Feed):
 
 
 async def _measure_action(n: int, name: str) -> float:
-    """Microseconds per action ``name`` over ``/connect``, answer included."""
-    async with Registry([_Counter]) as registry:
+    """Microseconds per action ``name`` of the benchmark server's ``counter`` (the actor of
+    the ``action`` rows) over ``/connect``, answer included."""
+    counter = [a for a in _actors() if a.name == "counter"]
+    async with Registry(counter) as registry:
         feed = _ActionFeed(n, name)
 
         async def accept() -> Any:
