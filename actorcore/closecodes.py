@@ -31,6 +31,7 @@ __all__ = [
     "FORBIDDEN",
     "INTERNAL_ERROR",
     "INVALID_MESSAGE",
+    "MESSAGE_INCOMPLETE",
     "MESSAGE_TOO_LARGE",
     "NORMAL",
     "NOT_FOUND",
@@ -77,6 +78,8 @@ MESSAGE_TOO_LARGE: Final = CloseCode(1009, "message.too_large")
 """A message was larger than ``max_message_size``."""
 INVALID_MESSAGE: Final = CloseCode(1008, "protocol.invalid_message")
 """A malformed protocol frame (or params)."""
+MESSAGE_INCOMPLETE: Final = CloseCode(1008, "message.incomplete")
+"""A fragmented message did not finish within the server's ``fragment_timeout``."""
 OVERLOADED: Final = CloseCode(1013, "actor.overloaded")
 """The hibernation buffer (or another bounded queue) is full. Reconnect with backoff."""
 

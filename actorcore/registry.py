@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -234,13 +235,36 @@ class Registry:
         port: int,
         *,
         max_connections: int = 10_000,
+        max_connections_per_client: int = 256,
+        max_handshakes: int = 1024,
+        handshake_timeout: float = 10.0,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 20.0,
+        fragment_timeout: float = 30.0,
+        allowed_origins: Iterable[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve the actors over WebSockets (see :func:`actorcore.ws.server.serve`):
+        """Serve the actors over WebSockets (see :func:`actorcore.ws.server.serve` and
+        :class:`actorcore.ws.server.ServerOptions` for each limit and its default):
         ``server = await nursery.start(registry.serve, "127.0.0.1", 0)``."""
         from .ws.server import serve  # the ws layer sits above the registry
 
-        await serve(self, host, port, max_connections=max_connections, task_status=task_status)
+        await serve(
+            self,
+            host,
+            port,
+            max_connections=max_connections,
+            max_connections_per_client=max_connections_per_client,
+            max_handshakes=max_handshakes,
+            handshake_timeout=handshake_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            fragment_timeout=fragment_timeout,
+            allowed_origins=None if allowed_origins is None else tuple(allowed_origins),
+            ssl_context=ssl_context,
+            task_status=task_status,
+        )
 
     @property
     def draining(self) -> bool:

@@ -49,6 +49,7 @@ from ..errors import (
 )
 from ..generation import ActorEntry, Generation, WorkScope
 from ..lifecycle import Admission, WorkKind, admit
+from .connection import ClientAddress
 from .protocol import ActionRequest, Subscribe, encode_action_result, encode_error, encode_init
 from .protocol import parse_client_frame as parse_client_frame
 from .routes import Route, parse_route
@@ -71,6 +72,8 @@ class ConnectRequest:
     """Request headers, names lower-cased."""
     subprotocols: tuple[str, ...] = ()
     """Subprotocols the client proposed."""
+    client: ClientAddress | None = None
+    """The peer's address (the socket's; None for in-memory streams)."""
 
 
 class _Counting:
@@ -363,10 +366,15 @@ class _ConnHandler:
                     try:
                         message = await receive()
                     except TransportClosed as exc:
-                        # The hooks see the close the server sent, if it sent one (trio-websocket
-                        # reports its own view of a close it started).
+                        # The hooks see the close the server sent, if it sent one (the
+                        # transport reports its own view of a close it started).
                         closed = conn.server_close or (exc.code, exc.reason)
                         break
+                    except MessageTooLarge as exc:
+                        # The transport counts fragments as they arrive and drops the rest.
+                        if not conn.closing and self.shutdown_close is None:
+                            self.close(closecodes.for_error(exc))
+                        continue
                     counters.messages_in += 1
                     if conn.closing or self.shutdown_close is not None:
                         continue  # a close is queued or due: nothing more is delivered

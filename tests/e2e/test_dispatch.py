@@ -767,4 +767,9 @@ async def test_actor_chosen_close_reaches_the_client(transport: str) -> None:
     async with served(transport, [Closer]) as server, server.connect("/actors/closer/k/ws") as ws:
         await ws.send_message("bad")
         assert await expect_close(ws) == (4001, "room.closed")
+        # The hook runs once the server has the client's answer: wait for it before the
+        # drain (a drain skips disconnect hooks).
+        with trio.fail_after(5):
+            while "close:4001:room.closed" not in Echo.events:  # noqa: ASYNC110
+                await trio.sleep(0.001)
     assert "close:4001:room.closed" in Echo.events, "on_ws_close saw the actor's own close"

@@ -1,19 +1,15 @@
-"""The message path from trio-websocket's reader to the read loop (``_ServerConnection``):
-whole messages are handed over without a scheduler round when they can be; fragments,
-oversized messages and a full channel take trio-websocket's own path. Whatever the path, a
-pipelined burst arrives whole, in order, with its type."""
+"""The message path from the socket to the read loop (``actorcore.ws.connection``): a
+pipelined burst of whole and fragmented messages arrives whole, in order, with its type, and
+large messages go out whole."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 import trio
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Conn
-from actorcore.testing import expect_close, serve_loopback
-from actorcore.ws import server as ws_server
+from actorcore.testing import serve_loopback
 
 from ..reliability._wire import OP_BINARY, OP_CONT, OP_TEXT, encode_frame, raw_ws
 
@@ -83,17 +79,6 @@ async def test_an_oversized_message_in_a_burst_closes_1009_after_the_ones_before
     assert SEEN == ["a", "b"]
 
 
-async def test_trio_keeps_a_memory_channel_buffer_where_receive_message_peeks() -> None:
-    """``_ServerConnection.receive_message`` looks at ``channel._state.data`` (trio's
-    private buffer) to take a waiting message without a checkpoint; a trio release that
-    moves it must fail here, by name, not somewhere in the read loop."""
-    send, receive = trio.open_memory_channel[str](1)
-    assert not receive._state.data
-    send.send_nowait("m")
-    assert list(receive._state.data) == ["m"]
-    assert receive.receive_nowait() == "m"
-
-
 class Echo(actorcore.Actor):
     name = "echo"
     options = ActorOptions(max_message_size=1 << 20)
@@ -102,45 +87,11 @@ class Echo(actorcore.Actor):
         await conn.send(message)
 
 
-@pytest.mark.parametrize("takes", [0, 1, 3, 100])
-async def test_a_message_the_socket_takes_only_part_of_arrives_whole(
-    monkeypatch: pytest.MonkeyPatch, takes: int
-) -> None:
-    """Sends go straight to the socket when nothing else is being sent; here the socket takes
-    ``takes`` bytes at once (0: it would block) and the rest goes under the stream lock."""
-
-    def short_write(fd: int, data: bytes) -> int:
-        if takes == 0:
-            raise BlockingIOError
-        return os.write(fd, data[:takes])
-
-    monkeypatch.setattr(ws_server, "_write", short_write)
-    messages: list[str | bytes] = ["a", "b" * 200, b"\x00\x01", "c" * 70_000, b"d" * 5]
+async def test_messages_small_and_larger_than_the_socket_buffer_arrive_whole() -> None:
+    messages: list[str | bytes] = ["a", "b" * 200, b"\x00\x01", "c" * 700_000, b"d" * 5]
     registry = actorcore.Registry([Echo])
     with trio.fail_after(30):
         async with serve_loopback(registry) as server, server.connect("/actors/echo/k/ws") as ws:
             for message in messages:
                 await ws.send_message(message)
             assert [await ws.get_message() for _ in messages] == messages
-
-
-async def test_a_send_on_a_broken_socket_ends_only_that_connection(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def write(fd: int, data: bytes) -> int:
-        if b"boom" in data:
-            raise BrokenPipeError
-        return os.write(fd, data)
-
-    monkeypatch.setattr(ws_server, "_write", write)
-    registry = actorcore.Registry([Echo])
-    with trio.fail_after(30):
-        async with (
-            serve_loopback(registry) as server,
-            server.connect("/actors/echo/k/ws") as other,
-        ):
-            async with server.connect("/actors/echo/k/ws") as broken:
-                await broken.send_message("boom")
-                assert (await expect_close(broken))[0] == 1006
-            await other.send_message("fine")
-            assert await other.get_message() == "fine"
