@@ -14,10 +14,12 @@ it, a registry the module built with a store of its own keeps it; otherwise acto
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import traceback
 from collections.abc import AsyncIterator, Sequence
@@ -50,6 +52,20 @@ class LoadError(Exception):
 
 
 # ---------------------------------------------------------------- arguments
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,6 +113,49 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
         help="logging level (default %(default)s)",
     )
+    limits = serve.add_argument_group("limits and timers (docs/security.md)")
+    limits.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=10_000,
+        help="upgraded connections at once; more are refused with 1013 (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-connections-per-client",
+        type=_positive_int,
+        default=256,
+        help="connections from one client address; more are refused with 1013 "
+        "(default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-handshakes",
+        type=_positive_int,
+        default=1024,
+        help="opening handshakes in progress at once (default %(default)s)",
+    )
+    limits.add_argument(
+        "--ping-interval",
+        type=_seconds,
+        default=20.0,
+        help="seconds between keepalive pings, 0 disables them (default %(default)s)",
+    )
+    limits.add_argument(
+        "--ping-timeout",
+        type=_seconds,
+        default=20.0,
+        help="drop a peer silent this long after a ping, 0 never (default %(default)s)",
+    )
+    limits.add_argument(
+        "--allow-origin",
+        metavar="ORIGIN",
+        action="append",
+        default=None,
+        help="a browser origin (scheme://host[:port]) allowed to connect; repeatable; * for "
+        "any (default: same-origin browser requests only)",
+    )
+    tls = serve.add_argument_group("TLS (serve wss:// directly)")
+    tls.add_argument("--certfile", metavar="PEM", help="server certificate chain (PEM)")
+    tls.add_argument("--keyfile", metavar="PEM", help="private key of --certfile (PEM)")
     serve.set_defaults(run=_cmd_serve, subparser=serve)
     return parser
 
@@ -197,15 +256,25 @@ async def _watch_signals(signals: AsyncIterator[int], registry: Registry, target
             os._exit(128 + signum)
 
 
-async def _serve(registry: Registry, target: str, host: str, port: int, store_desc: str) -> None:
+async def _serve(
+    registry: Registry,
+    target: str,
+    host: str,
+    port: int,
+    store_desc: str,
+    options: dict[str, Any],
+) -> None:
+    scheme = "wss" if options.get("ssl_context") is not None else "ws"
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as signal_nursery:
             signal_nursery.start_soon(_watch_signals, signals, registry, target)
             async with trio.open_nursery() as serve_nursery:
-                server = await serve_nursery.start(registry.serve, host, port)
+                server = await serve_nursery.start(
+                    functools.partial(registry.serve, host, port, **options)
+                )
                 bound = _bound_port(server, port)
                 print(
-                    f"actorcore: serving {target} on ws://{_url_host(host)}:{bound} "
+                    f"actorcore: serving {target} on {scheme}://{_url_host(host)}:{bound} "
                     f"(store: {store_desc})",
                     flush=True,
                 )
@@ -237,6 +306,26 @@ def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if registry.running:
         _error(f"{args.target} is already running")
         return EXIT_USAGE
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.print_usage(sys.stderr)
+        _error("--certfile and --keyfile go together")
+        return EXIT_USAGE
+    options: dict[str, Any] = {
+        "max_connections": args.max_connections,
+        "max_connections_per_client": args.max_connections_per_client,
+        "max_handshakes": args.max_handshakes,
+        "ping_interval": args.ping_interval,
+        "ping_timeout": args.ping_timeout,
+        "allowed_origins": args.allow_origin,
+    }
+    if args.certfile is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.certfile, args.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            _error(f"could not load --certfile/--keyfile: {exc}")
+            return EXIT_USAGE
+        options["ssl_context"] = context
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     store, store_desc = _choose_store(registry, args.store)
     if store is not None:
@@ -249,7 +338,7 @@ def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             )
         registry.use_store(store)
     try:
-        trio.run(_serve, registry, args.target, args.host, args.port, store_desc)
+        trio.run(_serve, registry, args.target, args.host, args.port, store_desc, options)
     except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
         return 128 + signal.SIGINT
     except Exception as group:

@@ -9,7 +9,7 @@
                 init = json.loads(await ws.get_message())
 
 Everything runs over ``trio.testing.memory_stream_pair`` through the same dispatcher and
-trio-websocket adapter as real sockets, so tests can use ``autojump_clock`` to run hours of actor
+server front end as real sockets, so tests can use ``autojump_clock`` to run hours of actor
 life in milliseconds.
 """
 
@@ -25,7 +25,7 @@ import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from .registry import Registry
-from .ws.server import serve_listeners
+from .ws.server import WebSocketServer, serve_listeners
 
 __all__ = [
     "LoopbackServer",
@@ -65,10 +65,18 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
 class MemoryServer:
     """A registry served over a :class:`MemoryListener`."""
 
-    def __init__(self, registry: Registry, listener: MemoryListener, nursery: trio.Nursery):
+    def __init__(
+        self,
+        registry: Registry,
+        listener: MemoryListener,
+        nursery: trio.Nursery,
+        server: WebSocketServer | None = None,
+    ):
         self.registry = registry
         self.listener = listener
         self._nursery = nursery
+        self.server = server
+        """The running server (its statistics and options)."""
 
     @contextlib.asynccontextmanager
     async def connect(self, path: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
@@ -94,27 +102,39 @@ class MemoryServer:
 
 @contextlib.asynccontextmanager
 async def serve_in_memory(
-    registry: Registry, *, max_connections: int = 10_000
+    registry: Registry, *, max_connections: int = 10_000, **options: Any
 ) -> AsyncIterator[MemoryServer]:
-    """Serve ``registry`` in memory for the block; on exit the registry drains."""
+    """Serve ``registry`` in memory for the block; on exit the registry drains. ``options``
+    are those of :class:`actorcore.ws.server.ServerOptions`."""
     listener = MemoryListener()
     async with trio.open_nursery() as nursery:
-        await nursery.start(
+        server = await nursery.start(
             lambda task_status: serve_listeners(
-                registry, [listener], max_connections=max_connections, task_status=task_status
+                registry,
+                [listener],
+                max_connections=max_connections,
+                task_status=task_status,
+                **options,
             )
         )
-        yield MemoryServer(registry, listener, nursery)
+        yield MemoryServer(registry, listener, nursery, server)
         registry.request_shutdown()
 
 
 class LoopbackServer(MemoryServer):
     """A registry served on a real 127.0.0.1 socket (port 0); :attr:`port` is the bound port."""
 
-    def __init__(self, registry: Registry, port: int, nursery: trio.Nursery):
+    def __init__(
+        self,
+        registry: Registry,
+        port: int,
+        nursery: trio.Nursery,
+        server: WebSocketServer | None = None,
+    ):
         self.registry = registry
         self.port = port
         self._nursery = nursery
+        self.server = server
 
     @contextlib.asynccontextmanager
     async def connect(self, path: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
@@ -134,16 +154,17 @@ class LoopbackServer(MemoryServer):
 
 @contextlib.asynccontextmanager
 async def serve_loopback(
-    registry: Registry, *, max_connections: int = 10_000
+    registry: Registry, *, max_connections: int = 10_000, **options: Any
 ) -> AsyncIterator[LoopbackServer]:
-    """Serve ``registry`` on 127.0.0.1 (port 0) for the block; on exit the registry drains."""
+    """Serve ``registry`` on 127.0.0.1 (port 0) for the block; on exit the registry drains.
+    ``options`` are those of :meth:`actorcore.Registry.serve`."""
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
             lambda task_status: registry.serve(
-                "127.0.0.1", 0, max_connections=max_connections, task_status=task_status
+                "127.0.0.1", 0, max_connections=max_connections, task_status=task_status, **options
             )
         )
-        yield LoopbackServer(registry, server.port, nursery)
+        yield LoopbackServer(registry, server.port, nursery, server)
         registry.request_shutdown()
 
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, settings
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 import actorcore
-from actorcore.ws.server import serve_listeners
+from actorcore.ws.server import WebSocketServer, serve_listeners
 
 from ._wire import RawClient
 
@@ -192,11 +192,16 @@ class StreamServer:
     """A registry served on a :class:`StreamListener`."""
 
     def __init__(
-        self, registry: actorcore.Registry, listener: StreamListener, nursery: trio.Nursery
+        self,
+        registry: actorcore.Registry,
+        listener: StreamListener,
+        nursery: trio.Nursery,
+        server: WebSocketServer,
     ) -> None:
         self.registry = registry
         self.listener = listener
         self.nursery = nursery
+        self.server = server
 
     @contextlib.asynccontextmanager
     async def connect(self, path: str) -> AsyncIterator[WebSocketConnection]:
@@ -236,6 +241,7 @@ async def serve_streams(
     *,
     bounded: bool = False,
     max_connections: int = 10_000,
+    **options: Any,
 ) -> AsyncIterator[StreamServer]:
     """Serve ``registry`` on in-memory streams for the block; on exit the registry drains.
 
@@ -244,13 +250,17 @@ async def serve_streams(
     """
     listener = StreamListener(bounded_stream_pair if bounded else trio.testing.memory_stream_pair)
     async with trio.open_nursery() as nursery:
-        await nursery.start(
+        server = await nursery.start(
             lambda task_status: serve_listeners(
-                registry, [listener], max_connections=max_connections, task_status=task_status
+                registry,
+                [listener],
+                max_connections=max_connections,
+                task_status=task_status,
+                **options,
             )
         )
         try:
-            yield StreamServer(registry, listener, nursery)
+            yield StreamServer(registry, listener, nursery, server)
         finally:
             registry.request_shutdown()
 
