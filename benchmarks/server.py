@@ -295,7 +295,14 @@ async def run_actorcore(port: int, db: str, max_connections: int) -> None:
     with trio.move_on_after(HARD_TIMEOUT):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
-                functools.partial(registry.serve, max_connections=max_connections), HOST, port
+                functools.partial(
+                    registry.serve,
+                    max_connections=max_connections,
+                    # The load generator is one address: it may hold every connection.
+                    max_connections_per_client=max_connections,
+                ),
+                HOST,
+                port,
             )
             print(json.dumps({"port": server.port, "pid": os.getpid()}), flush=True)
             await registry.wait_stopped()

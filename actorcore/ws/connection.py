@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import enum
 import math
+import os
 from typing import Final, NamedTuple
 
 import trio
@@ -33,6 +34,22 @@ __all__ = ["ClientAddress", "Phase", "WebSocketConnection"]
 #: Bound on a control frame sent from the read path (a pong, a close answer): a peer that
 #: does not read for this long loses its connection.
 CONTROL_SEND_TIMEOUT: Final = 2.0
+
+#: Whether :meth:`WebSocketConnection.start_close` may write to a socket's descriptor without
+#: waiting (POSIX: a socket is a file descriptor; trio streams have no synchronous send).
+_CAN_WRITE_NOW: Final = os.name == "posix"
+
+
+def write_nonblocking(stream: trio.SocketStream, data: bytes) -> int:
+    """Write what the non-blocking socket takes now: the bytes it took (0 if it would
+    block), or -1 if the socket is broken."""
+    try:
+        return os.write(stream.socket.fileno(), data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError:
+        return -1
+
 
 #: Messages :meth:`WebSocketConnection.receive` returns from one read without a checkpoint;
 #: a pipelined burst then cannot keep the read loop from yielding for long.
@@ -74,6 +91,7 @@ class WebSocketConnection:
     __slots__ = (
         "_burst",
         "_close_info",
+        "_close_tail",
         "_closed",
         "_partial_deadline",
         "_parts",
@@ -123,6 +141,7 @@ class WebSocketConnection:
         self._reading = False
         self._burst = 0
         self._close_info: tuple[int, str] | None = None
+        self._close_tail = b""
         self._closed = trio.Event()
 
     # ---------------------------------------------------------------- reading
@@ -371,8 +390,29 @@ class WebSocketConnection:
     # ---------------------------------------------------------------- closing
 
     def start_close(self, code: int, reason: str) -> bool:
-        """Never starts a close without waiting (a trio stream has no synchronous write):
-        :meth:`close` follows."""
+        """Write our close frame from the calling task, without waiting, where that can be
+        done: a plain socket on a POSIX system, the connection open and nothing being sent
+        (so no frame is cut or overtaken). An actor's finalize then puts the close frames of
+        all its connections on the wire in one pass, instead of one task per connection.
+
+        True: the whole frame is out, and the reader ends the transport when the peer
+        answers. False: nothing was written, or only part of the frame: :meth:`close` sends
+        the rest and waits for the answer."""
+        stream = self._stream
+        if (
+            not _CAN_WRITE_NOW
+            or self.phase is not Phase.OPEN
+            or self._send_lock.locked()
+            or not isinstance(stream, trio.SocketStream)
+        ):
+            return False
+        data = self._ws.send(CloseConnection(code=code, reason=reason))
+        self.phase = Phase.CLOSING
+        sent = write_nonblocking(stream, data)
+        if sent == len(data):
+            return True
+        # A broken socket (-1) is left to close(), whose send finds out and ends it.
+        self._close_tail = data[max(sent, 0) :]
         return False
 
     async def close(self, code: int, reason: str) -> None:
@@ -380,10 +420,15 @@ class WebSocketConnection:
         stream is released on every path, cancelled or not."""
         try:
             ws = self._ws
+            frame = b""
             if self.phase is Phase.OPEN and ws.state is ConnectionState.OPEN:
                 self.phase = Phase.CLOSING
+                frame = ws.send(CloseConnection(code=code, reason=reason))
+            elif self._close_tail:  # what start_close could not write at once
+                frame, self._close_tail = self._close_tail, b""
+            if frame:
                 try:
-                    await self._send(ws.send(CloseConnection(code=code, reason=reason)))
+                    await self._send(frame)
                 except TransportClosed:
                     return
             if self._closed.is_set():

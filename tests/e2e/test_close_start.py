@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 
@@ -17,7 +18,8 @@ from trio_websocket import WebSocketConnection
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Conn, ConnKind
-from actorcore.testing import receive_json, serve_loopback
+from actorcore.testing import expect_close, receive_json, serve_loopback
+from actorcore.ws import connection as ws_connection
 from actorcore.ws import server as ws_server
 from actorcore.ws.handshake import UpgradeRequest
 
@@ -199,3 +201,66 @@ async def test_a_started_close_the_peer_never_answers_is_cut_after_close_timeout
     # The watchdog checks every TICK (0.25 s); a loaded machine may add a little.
     assert 0.4 <= waited <= 0.5 + 0.25 + 1.0, waited
     assert stats.closes_by_code == {4005: 1}
+
+
+@pytest.mark.parametrize("takes", [0, 1, 3])
+async def test_a_close_frame_the_socket_takes_only_part_of_arrives_whole(
+    monkeypatch: pytest.MonkeyPatch, takes: int
+) -> None:
+    """``start_close`` writes what the socket takes at once (here ``takes`` bytes, 0: it
+    would block); ``close`` sends the rest before it waits for the peer's answer."""
+    partial_writes = 0
+
+    def short_write(stream: trio.SocketStream, data: bytes) -> int:
+        nonlocal partial_writes
+        partial_writes += 1
+        return os.write(stream.socket.fileno(), data[:takes]) if takes else 0
+
+    monkeypatch.setattr(ws_connection, "write_nonblocking", short_write)
+    registry = actorcore.Registry([Closer])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server:
+            for key in ("a", "b"):
+                async with server.connect(f"/actors/closer/{key}/ws") as ws:
+                    await ws.send_message("close:4002:partial-frame")
+                    assert await expect_close(ws) == (4002, "partial-frame")
+            # A finalize with many connections, each frame split the same way.
+            async with (
+                server.connect("/actors/closer/many/connect") as ctl,
+                contextlib.AsyncExitStack() as stack,
+            ):
+                init = await receive_json(ctl)
+                clients = [
+                    await stack.enter_async_context(server.connect("/actors/closer/many/ws"))
+                    for _ in range(20)
+                ]
+                for ws in clients:
+                    await ws.send_message("ping")
+                    assert await ws.get_message() == "ping"
+                await registry.sleep(init["actor_id"])
+                codes = [await expect_close(ws) for ws in clients]
+            assert codes == [(1001, "actor.sleeping")] * 20
+    assert partial_writes >= 20
+
+
+async def test_a_close_with_nothing_queued_is_on_the_wire_when_close_nowait_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    written: list[bytes] = []
+
+    def recording_write(stream: trio.SocketStream, data: bytes) -> int:
+        sent = os.write(stream.socket.fileno(), data)
+        written.append(bytes(data[:sent]))
+        return sent
+
+    monkeypatch.setattr(ws_connection, "write_nonblocking", recording_write)
+    registry = actorcore.Registry([Closer])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server:
+            async with server.connect("/actors/closer/a/ws") as ws:
+                await ws.send_message("hello")
+                assert await ws.get_message() == "hello"
+                await ws.send_message("close:4001:bye")
+                assert await expect_close(ws) == (4001, "bye")
+            assert written == [frame_of_close(4001, "bye")]
+            assert registry.statistics().closes_by_code[4001] == 1
