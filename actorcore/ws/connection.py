@@ -284,6 +284,9 @@ class WebSocketConnection:
             return
         if self._close_info is None:
             self._close_info = (event.code, event.reason or "")
+        if self._close_tail:  # the rest of a close frame start_close began: ours goes first
+            pending = self._close_tail + pending
+            self._close_tail = b""
         if ws.state is ConnectionState.REMOTE_CLOSING:
             pending += ws.send(event.response())  # answer the peer's close
         self.phase = Phase.CLOSING
