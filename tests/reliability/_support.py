@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, Phase, settings
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 import actorcore
+from actorcore.testing import client_nursery
 from actorcore.ws.server import WebSocketServer, serve_listeners
 
 from ._wire import RawClient
@@ -208,18 +209,19 @@ class StreamServer:
         """A trio-websocket client to ``path``; closed (bounded) when the block exits."""
         stream = await self.listener.connect()
         try:
-            with trio.fail_after(10):
-                ws = await wrap_client_stream(
-                    self.nursery,
-                    stream,  # type: ignore[arg-type]  # any trio Stream works
-                    "localhost",
-                    path,
-                )
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(5, shield=True):
-                    await ws.aclose()
+            async with client_nursery() as nursery:
+                with trio.fail_after(10):
+                    ws = await wrap_client_stream(
+                        nursery,
+                        stream,  # type: ignore[arg-type]  # any trio Stream works
+                        "localhost",
+                        path,
+                    )
+                try:
+                    yield ws
+                finally:
+                    with trio.move_on_after(5, shield=True):
+                        await ws.aclose()
         finally:
             # trio-websocket leaves the client's stream open after a close the server started.
             with trio.move_on_after(5, shield=True):

@@ -77,7 +77,7 @@ from actorcore.conn import TransportClosed
 from actorcore.generation import Generation
 from actorcore.lifecycle import LifecycleEvent
 from actorcore.store import open_store
-from actorcore.testing import MemoryServer, serve_in_memory
+from actorcore.testing import MemoryServer, client_nursery, serve_in_memory
 from actorcore.ws.dispatch import ConnectRequest, Dispatcher
 
 from .._log_recording import recording_logs
@@ -566,38 +566,49 @@ class Harness:
             return
         stream = client.stream = SniffingStream(raw)
         try:
-            try:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    ws = await wrap_client_stream(
-                        self.client_nursery,
-                        stream,  # type: ignore[arg-type]  # any trio Stream works
-                        "localhost",
-                        path,
-                    )
-            except (trio.TooSlowError, HandshakeError, ConnectionClosed) as exc:
-                client.refused = repr(exc)
-                task_status.started()
-                return
-            client.ws = ws
-            task_status.started()
-            try:
-                while True:
-                    self.on_frame(client, await ws.get_message())
-            except ConnectionClosed as exc:
-                reason = exc.reason
-                client.ws_close = (
-                    (int(reason.code), reason.reason or "") if reason is not None else (0, "")
-                )
-            finally:
-                with trio.move_on_after(client.close_patience + 5, shield=True):
-                    if client.client_closed:
-                        await client.close_done.wait()  # the close op waits for the handshake
-                    await ws.aclose()
+            async with client_nursery() as nursery:
+                await self._client_session(client, nursery, stream, path, task_status)
         finally:
             with trio.move_on_after(5, shield=True):
                 # trio-websocket leaves the client's stream open after a server close.
                 await stream.aclose()
             client.ended.set()
+
+    async def _client_session(
+        self,
+        client: Client,
+        nursery: trio.Nursery,
+        stream: SniffingStream,
+        path: str,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                ws = await wrap_client_stream(
+                    nursery,
+                    stream,  # type: ignore[arg-type]  # any trio Stream works
+                    "localhost",
+                    path,
+                )
+        except (trio.TooSlowError, HandshakeError, ConnectionClosed) as exc:
+            client.refused = repr(exc)
+            task_status.started()
+            return
+        client.ws = ws
+        task_status.started()
+        try:
+            while True:
+                self.on_frame(client, await ws.get_message())
+        except ConnectionClosed as exc:
+            reason = exc.reason
+            client.ws_close = (
+                (int(reason.code), reason.reason or "") if reason is not None else (0, "")
+            )
+        finally:
+            with trio.move_on_after(client.close_patience + 5, shield=True):
+                if client.client_closed:
+                    await client.close_done.wait()  # the close op waits for the handshake
+                await ws.aclose()
 
     def on_frame(self, client: Client, message: str | bytes) -> None:
         if not client.protocol:
