@@ -64,7 +64,7 @@ import logging
 import math
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
@@ -77,6 +77,7 @@ from trio_websocket import (
     WebSocketConnection,
     wrap_client_stream,
 )
+from wsproto.utilities import LocalProtocolError
 
 from . import closecodes
 from .closecodes import CloseCode
@@ -545,7 +546,7 @@ class ActorConnection:
         self._max_backoff = max_backoff
         self._max_message_size = max_message_size
 
-        self._nursery_cm: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._live: _Live | None = None
         self._changed = trio.Event()
@@ -698,22 +699,12 @@ class ActorConnection:
             self._nursery.cancel_scope.cancel()
 
     async def __aenter__(self) -> ActorConnection:
-        if self._nursery_cm is not None or self.finished:
+        if self._stack is not None or self.finished:
             raise RuntimeError("an ActorConnection can be entered only once")
-        cm = self._nursery_cm = trio.open_nursery()
-        nursery = self._nursery = await cm.__aenter__()
-        nursery.start_soon(self._supervise, name=f"actorcore.client:{self.name}/{self.key}")
-        try:
-            # _supervise finishes the connection when the initial connect runs out of time; the
-            # extra bound only guards against a bug there.
-            with trio.move_on_after(2 * self._connect_timeout + self._close_timeout) as scope:
-                await self._wait_live()
-            if scope.cancelled_caught:
-                raise ConnectionLost(f"not connected within {self._connect_timeout}s")
-        except BaseException:
-            await self._exit_nursery()  # noqa: ASYNC102 - aclose is shielded and bounded
-            raise
-        return self
+        # The nursery is entered and left by _running (an asynccontextmanager), never by hand:
+        # a cancel that lands during the close cannot leave trio's nursery stack corrupted.
+        stack = self._stack = contextlib.AsyncExitStack()
+        return await stack.enter_async_context(self._running())
 
     async def __aexit__(
         self,
@@ -721,16 +712,35 @@ class ActorConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        await self._exit_nursery()  # noqa: ASYNC102 - aclose is shielded and bounded
-        return False
+        assert self._stack is not None
+        # Not shielded: the nursery's exit must stay cancellable; the close inside is
+        # shielded and bounded by close_timeout (_running).
+        return bool(await self._stack.__aexit__(exc_type, exc, tb))  # noqa: ASYNC102
 
-    async def _exit_nursery(self) -> None:
-        """Close, then leave the nursery. The block's own exception is not passed to the
-        nursery, so it propagates unwrapped (an internal crash still raises its group)."""
-        await self.aclose()
-        cm = self._nursery_cm
-        assert cm is not None
-        await cm.__aexit__(None, None, None)
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[ActorConnection]:
+        """The connection's nursery for the ``async with`` block. The block's own exception
+        is not raised inside the nursery, so it propagates unwrapped (an internal crash
+        still raises its group)."""
+        error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._supervise, name=f"actorcore.client:{self.name}/{self.key}")
+            try:
+                # _supervise finishes the connection when the initial connect runs out of
+                # time; the extra bound only guards against a bug there.
+                with trio.move_on_after(2 * self._connect_timeout + self._close_timeout) as scope:
+                    await self._wait_live()
+                if scope.cancelled_caught:
+                    raise ConnectionLost(f"not connected within {self._connect_timeout}s")
+                yield self
+            except BaseException as exc:  # noqa: ASYNC103 - re-raised below, outside the nursery
+                error = exc
+            finally:
+                with trio.CancelScope(shield=True):  # aclose bounds itself (close_timeout)
+                    await self.aclose()
+        if error is not None:
+            raise error
 
     # ---------------------------------------------------------------- calls
 
@@ -880,6 +890,11 @@ class ActorConnection:
                     # server to close TCP (RFC 6455 7.1.1); the writer ends with its outbox.
                     scope = nursery.cancel_scope
                     scope.deadline = min(scope.deadline, trio.current_time() + self._close_timeout)
+            except* LocalProtocolError:
+                # trio-websocket answers a server ping that crosses our own close frame, which
+                # wsproto refuses (python-trio/trio-websocket#184): the connection was ending.
+                if ended is None:
+                    ended = _lost("the connection ended during its close handshake")
             except* ConnectionRejected as group:
                 statuses = [
                     e.status_code for e in _leaves(group) if isinstance(e, ConnectionRejected)

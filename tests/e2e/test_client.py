@@ -709,3 +709,29 @@ def test_connect_validates_arguments() -> None:
         client.url == "ws://[::1]:8080/base/actors/counter/a%2Fb/connect?params=%7B%22n%22%3A1%7D"
     )
     assert connect("wss://example.com", "c", "k").url == "wss://example.com/actors/c/k/connect"
+
+
+async def test_cancelling_the_block_while_reconnecting_leaves_trio_intact() -> None:
+    """Hardening item 10: the client's nursery was entered and left by hand, and a close
+    interrupted by the cancel left trio's nursery stack corrupted ("Nursery stack
+    corrupted"). Cancel the ``async with`` block while the client reconnects to a server that
+    is gone; everything after must run normally."""
+    with trio.fail_after(10):
+        registry = actorcore.Registry([Counter])
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(registry.serve, "127.0.0.1", 0)
+            url = f"ws://127.0.0.1:{server.port}"
+            with trio.CancelScope() as block:
+                async with connect(url, "counter", "cancelled", **FAST) as actor:
+                    assert await actor.call("increment") == 1
+                    await registry.shutdown()
+                    await wait_until(lambda: actor.statistics().attempts >= 2)
+                    block.cancel()
+                    await trio.sleep_forever()
+            assert block.cancelled_caught
+            assert actor.finished
+        # trio's own structures are intact: nurseries and scopes still work.
+        async with trio.open_nursery() as after:
+            after.start_soon(trio.sleep, 0.01)
+        with trio.move_on_after(0.01):
+            await trio.sleep_forever()

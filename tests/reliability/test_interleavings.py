@@ -568,6 +568,9 @@ class Harness:
         try:
             async with client_nursery() as nursery:
                 await self._client_session(client, nursery, stream, path, task_status)
+                # The session is over (closed, or gave up on a peer that never answered):
+                # its reader task goes with it.
+                nursery.cancel_scope.cancel()
         finally:
             with trio.move_on_after(5, shield=True):
                 # trio-websocket leaves the client's stream open after a server close.
