@@ -305,6 +305,8 @@ class Generation:
     _dirty: bool = False
     _save_lock: trio.Lock | None = None
     _saved: bytes | None = None
+    _saveable: bytes | None = None
+    """The last encoding of the state that succeeded (what a rollback returns to)."""
     _no_sleep: bool = attrs.field(default=False, init=False)
     _finalizing: bool = False
     ended: bool = False
@@ -549,10 +551,43 @@ class Generation:
                 self._save_lock = None
 
     def _encoded_state(self) -> bytes:
+        """The state as it is saved; a state that is not JSON any more (a hook put a set, a
+        float('inf') or a cycle in it) is rolled back to the last saveable value and
+        StateError raised, so one bad change never makes every later save fail."""
         try:
-            return jsoncodec.dumps_compact(self.state).encode()
+            data = jsoncodec.dumps_compact(self.state).encode()
         except (TypeError, ValueError, RecursionError) as exc:  # too deep: not JSON either
-            raise StateError(f"state of actor {self.actor_id} is not JSON: {exc}") from exc
+            self._roll_back_state()
+            raise StateError(
+                f"state of actor {self.actor_id} is not JSON ({exc}): rolled back to its last "
+                "saveable value"
+            ) from exc
+        self._saveable = data
+        return data
+
+    def check_state(self, action: str) -> None:
+        """After an action: raise StateError (and roll the state back to its last saveable
+        value) if the action left the state unsaveable. The error reaches that action's
+        caller instead of failing every later save."""
+        try:
+            self._encoded_state()
+        except StateError as exc:
+            log.error(
+                "actor %s id=%s: action %r left the state unsaveable; rolled back (%s)",
+                self.entry.name,
+                self.actor_id,
+                action,
+                exc.__cause__,
+            )
+            raise StateError(
+                f"action {action!r} left the state unsaveable ({exc.__cause__}); "
+                "the state was rolled back"
+            ) from None
+
+    def _roll_back_state(self) -> None:
+        good = self._saveable if self._saveable is not None else self._saved
+        if good is not None:
+            self.state = jsoncodec.loads(good)
 
     async def _store_created(self) -> None:
         """Write a new actor, created and initialized, in one write (the first start of an

@@ -3,7 +3,10 @@
 Python's ``json`` module reads and writes ``NaN``, ``Infinity`` and ``-Infinity`` by default,
 which no other JSON parser accepts: a client would be sent a frame it cannot parse, and state
 saved with them could not be read by other tools. Here encoding them raises ``ValueError``
-(like any value that is not JSON), and decoding them raises ``ValueError`` too.
+(like any value that is not JSON), and decoding them raises ``ValueError`` too, also when they
+are spelled as numbers too large for a float (``1e999`` is infinity to Python: accepted, it
+would make any state it reached unsaveable). Integers longer than Python's limit on digits
+(4,300) raise ``ValueError`` as well.
 
 The encoders are made once: ``json.dumps`` with keyword arguments builds a new encoder on every
 call, which is measurable on the per-message path.
@@ -12,6 +15,7 @@ call, which is measurable on the per-message path.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, NoReturn
 
 __all__ = ["dumps", "dumps_compact", "loads"]
@@ -23,7 +27,16 @@ def _reject_constant(name: str) -> NoReturn:
 
 _frame_encoder = json.JSONEncoder(allow_nan=False)
 _compact_encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of range for a float")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 dumps = _frame_encoder.encode
 """Encode a wire frame; ``TypeError``/``ValueError`` if ``value`` is not strict JSON."""

@@ -799,7 +799,9 @@ class Registry:
         token = current_conn.set(conn)
         try:
             with work:
-                return await fn(gen.instance, gen.ctx, *args, **kwargs)
+                result = await fn(gen.instance, gen.ctx, *args, **kwargs)
+                gen.check_state(action)
+                return result
         finally:
             current_conn.reset(token)
         # Only reached when the scope was cancelled: by the grace deadline or the timeout.
@@ -823,6 +825,7 @@ class Registry:
             try:
                 coro.send(None)
             except StopIteration as done:
+                gen.check_state(action)
                 return done.value
             coro.close()  # never_suspends() said otherwise: a bug, not the user's
             raise InternalError(f"action {action!r} suspended although it has no await")

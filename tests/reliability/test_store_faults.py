@@ -348,23 +348,25 @@ async def test_state_too_deep_to_encode_is_a_state_error_not_a_crash(
     autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Regression: ``json.dumps`` raises RecursionError for state nested deeper than the
-    interpreter allows; it escaped ``save_state`` and crashed the whole generation."""
+    interpreter allows; it escaped ``save_state`` and crashed the whole generation. Now the
+    action that did it fails with StateError and the state is rolled back to its last
+    saveable value, so later saves go on (hardening item 8)."""
     caplog.set_level(logging.WARNING, logger="actorcore")
     store = MemoryStore()
     async with trio.open_nursery() as nursery:
         registry = await start(nursery, store)
         handle = await registry.get_or_create("deep", "k")
-        assert await handle.call("wrap", 5000) == 5000
+        with pytest.raises(actorcore.StateError, match="'wrap' left the state unsaveable"):
+            await handle.call("wrap", 5000)
         await trio.sleep(3)
         tally("fault: state too deep to encode")
         assert registry.lifecycle(handle.actor_id) is S.STARTED, "the generation runs on"
-        assert registry.statistics().save_errors >= 1
         assert not any("generation crashed" in r.getMessage() for r in caplog.records)
-        assert any("is not JSON" in r.getMessage() for r in caplog.records)
+        assert any("left the state unsaveable" in r.getMessage() for r in caplog.records)
         assert await handle.call("ping") == "pong"
         await registry.sleep(handle.actor_id)
-        assert any("unsaveable state dropped" in r.getMessage() for r in caplog.records)
-        assert (await stored(store, handle.actor_id)) == {"x": None}, "the last good save"
+        assert registry.statistics().save_errors == 0, "nothing poisoned the later saves"
+        assert (await stored(store, handle.actor_id)) == {"x": None}, "the rolled-back state"
         registry.request_shutdown()
 
 
