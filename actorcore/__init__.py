@@ -47,9 +47,12 @@ from .lifecycle import LifecycleState as LifecycleState
 from .lifecycle import WorkKind as WorkKind
 from .lifecycle import admit as admit
 from .options import ActorOptions as ActorOptions
+from .ratelimit import CreateRate as CreateRate
 from .registry import ActorHandle as ActorHandle
 from .registry import Registry as Registry
 from .registry import RegistryStatistics as RegistryStatistics
+from .request import ClientAddress as ClientAddress
+from .request import ConnectRequest as ConnectRequest
 from .store import ActorRecord as ActorRecord
 from .store import MemoryStore as MemoryStore
 from .store import SQLiteStore as SQLiteStore

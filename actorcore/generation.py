@@ -38,6 +38,7 @@ from .conn import Conn, ConnKind
 from .context import ActorContext
 from .errors import ActorError, ActorStartFailed, StateError, StoreError
 from .lifecycle import Lifecycle, LifecycleEvent, LifecycleState
+from .logfmt import quoted
 
 if TYPE_CHECKING:
     from .actor import ActorDefinition
@@ -183,7 +184,7 @@ class ActorEntry:
             log.info(
                 "actor %s/%s id=%s gen=%d %s -> %s (%s)",
                 self.name,
-                self.key,
+                quoted(self.key),
                 self.actor_id,
                 number,
                 old.value,
@@ -658,7 +659,7 @@ class Generation:
         log.warning(
             "actor %s/%s id=%s gen=%d failed to start: %s",
             self.entry.name,
-            self.key,
+            quoted(self.key),
             self.actor_id,
             self.number,
             exc,

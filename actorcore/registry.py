@@ -44,12 +44,14 @@ from .errors import (
 )
 from .generation import ActorEntry, Generation, WorkScope
 from .lifecycle import Admission, LifecycleEvent, LifecycleState, WorkKind, admit
+from .ratelimit import CreateRate, TokenBuckets
 from .store.base import ActorRecord, Store
 from .store.memory import MemoryStore
 from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     from .conn import Conn
+    from .request import ConnectRequest
 
 __all__ = ["ActorHandle", "Registry", "RegistryStatistics"]
 
@@ -146,7 +148,14 @@ class Registry:
         store: Store | None = None,
         *,
         authority: LifecycleAuthority | None = None,
+        authorize: Callable[[ConnectRequest], Awaitable[None]] | None = None,
+        create_rate: CreateRate | None = CreateRate(),  # noqa: B008 - frozen, immutable
     ) -> None:
+        self.authorize = authorize
+        """The gate every incoming connection passes after routing, before any actor is
+        looked up or created: ``async def authorize(request: ConnectRequest) -> None``,
+        raising :class:`~actorcore.Forbidden` to refuse (close 1008). None: no gate."""
+        self._create_budget = TokenBuckets(create_rate) if create_rate is not None else None
         self._definitions: dict[str, ActorDefinition] = {}
         for cls in actors:
             definition = definition_of(cls)
@@ -530,7 +539,7 @@ class Registry:
         return self._add_entry(record.actor_id, record.key, definition)
 
     async def find_entry_by_key(
-        self, name: str, key: str, *, create: bool, input: Any
+        self, name: str, key: str, *, create: bool, input: Any, client: str | None = None
     ) -> ActorEntry:
         """Like :meth:`find_entry` by name and key; with ``create`` a missing actor is created
         (with ``input``) in the store. Concurrent calls for one key create one actor.
@@ -538,7 +547,8 @@ class Registry:
         With ``create`` (the connect path: the caller wakes the actor next), an actor that is
         not in memory costs one store write, :meth:`Store.begin_or_create`, which also begins
         its next generation; the generation's start takes that record (:meth:`take_begun`)
-        instead of beginning one itself.
+        instead of beginning one itself. A creation for ``client`` (an address) takes a token
+        of its creation budget first: ActorOverloaded, and nothing created, if it has none.
         """
         self._require_running()
         if create and self._draining:
@@ -561,6 +571,8 @@ class Registry:
                 if entry is not None:
                     return entry
                 if create:
+                    if client is not None and self._create_budget is not None:
+                        await self._charge_creation(name, key, client)
                     return await self._begin_by_key(definition, key, input)
                 record = await self._store.get_by_key(name, key)
                 if record is not None and record.actor_id in self._tombstones:
@@ -573,6 +585,15 @@ class Registry:
                 lock.release()
         finally:
             self._drop_key_lock((name, key), lock)
+
+    async def _charge_creation(self, name: str, key: str, client: str) -> None:
+        """Take a creation token for ``client`` if ``name``/``key`` does not exist yet."""
+        assert self._create_budget is not None
+        exists = self._store.key_exists_nowait(name, key)
+        if exists is None:  # a store that cannot tell synchronously
+            exists = await self._store.get_by_key(name, key) is not None
+        if not exists and not self._create_budget.take(client, trio.current_time()):
+            raise ActorOverloaded("too many new actors from this client; retry later")
 
     async def _begin_by_key(self, definition: ActorDefinition, key: str, input: Any) -> ActorEntry:
         """Find or create the actor ``definition.name``/``key`` in the store and begin its next

@@ -291,7 +291,8 @@ async def run_actorcore(port: int, db: str, max_connections: int) -> None:
     global REGISTRY
     from actorcore import Registry, SQLiteStore
 
-    registry = REGISTRY = Registry(_actors(), SQLiteStore(db))
+    # The load generator is one address creating thousands of actors: no creation budget.
+    registry = REGISTRY = Registry(_actors(), SQLiteStore(db), create_rate=None)
     with trio.move_on_after(HARD_TIMEOUT):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(

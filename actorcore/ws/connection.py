@@ -18,7 +18,7 @@ import collections
 import enum
 import math
 import os
-from typing import Final, NamedTuple
+from typing import Final
 
 import trio
 from wsproto.connection import Connection as WSProtoConnection
@@ -28,8 +28,9 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from .. import closecodes
 from ..conn import TransportClosed
 from ..errors import MessageTooLarge
+from ..request import ClientAddress
 
-__all__ = ["ClientAddress", "Phase", "WebSocketConnection"]
+__all__ = ["Phase", "WebSocketConnection"]
 
 #: Bound on a control frame sent from the read path (a pong, a close answer): a peer that
 #: does not read for this long loses its connection.
@@ -61,13 +62,6 @@ class _TooLarge:
 
 
 _TOO_LARGE: Final = _TooLarge()
-
-
-class ClientAddress(NamedTuple):
-    """The peer address of a connection (the socket's, not a proxy header's)."""
-
-    host: str
-    port: int
 
 
 class Phase(enum.Enum):

@@ -29,7 +29,7 @@ import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -49,7 +49,8 @@ from ..errors import (
 )
 from ..generation import ActorEntry, Generation, WorkScope
 from ..lifecycle import Admission, WorkKind, admit
-from .connection import ClientAddress
+from ..logfmt import RefusalLog, quoted
+from ..request import ConnectRequest
 from .protocol import ActionRequest, Subscribe, encode_action_result, encode_error, encode_init
 from .protocol import parse_client_frame as parse_client_frame
 from .routes import Route, parse_route
@@ -61,19 +62,12 @@ __all__ = ["ConnectRequest", "Dispatcher"]
 
 log = logging.getLogger("actorcore.ws")
 
+#: Bound on the registry's ``authorize`` gate for one request.
+AUTHORIZE_TIMEOUT: Final = 10.0
 
-@attrs.frozen
-class ConnectRequest:
-    """What ``on_before_connect`` sees of the WebSocket request."""
 
-    path: str
-    """The request target, query string included."""
-    headers: tuple[tuple[bytes, bytes], ...]
-    """Request headers, names lower-cased."""
-    subprotocols: tuple[str, ...] = ()
-    """Subprotocols the client proposed."""
-    client: ClientAddress | None = None
-    """The peer's address (the socket's; None for in-memory streams)."""
+class _AuthorizeFailed(Exception):
+    """The ``authorize`` gate raised something else than an ActorError, or hung."""
 
 
 class _Counting:
@@ -101,6 +95,12 @@ class _Counting:
         self._count_close(code, reason)
         await self._inner.close(code, reason)
 
+    async def close_refused(self, code: int, reason: str) -> None:
+        """Close a connection refused before it had a Conn: counted, and logged by the
+        rate-limited refusal log instead of a line per close."""
+        self._counters.closes_by_code[code] += 1
+        await self._inner.close(code, reason)
+
     def _count_close(self, code: int, reason: str) -> None:
         self._counters.closes_by_code[code] += 1
         log.info(
@@ -122,6 +122,8 @@ class Dispatcher:
     """Bound on the close handshakes of :meth:`close_all`."""
     _handlers: set[_ConnHandler] = attrs.field(factory=set["_ConnHandler"], init=False)
     _closing: bool = attrs.field(default=False, init=False)
+    refusals: RefusalLog = attrs.field(factory=lambda: RefusalLog(log), init=False)
+    """Connections refused before they had a Conn, logged at most once a second per reason."""
 
     @property
     def connections(self) -> int:
@@ -150,7 +152,7 @@ class Dispatcher:
         try:
             accepted = await accept()
         except TransportClosed:
-            log.info("client left during the handshake (%s)", target[:200])
+            log.info("client left during the handshake (%s)", quoted(target, 100))
             return
         transport = _Counting(accepted, self.registry)
         handler = _ConnHandler(self, transport, target, request, task_nursery)
@@ -166,7 +168,7 @@ class Dispatcher:
         try:
             await handler.run()
         except Exception:
-            log.exception("connection handler crashed (%s)", target[:200])
+            log.exception("connection handler crashed (%s)", quoted(target, 100))
             await handler.close_direct(closecodes.INTERNAL_ERROR)
         finally:
             self._handlers.discard(handler)
@@ -243,7 +245,7 @@ class _ConnHandler:
     def __init__(
         self,
         dispatcher: Dispatcher,
-        transport: Transport,
+        transport: _Counting,
         target: str,
         request: ConnectRequest,
         nursery: trio.Nursery,
@@ -284,7 +286,7 @@ class _ConnHandler:
         """Close before a Conn exists (routing failed, refused at the door)."""
         with trio.move_on_after(2.0, shield=True):
             with contextlib.suppress(TransportClosed):
-                await self.transport.close(close.code, close.reason)
+                await self.transport.close_refused(close.code, close.reason)
 
     def shutdown(self, close: CloseCode) -> None:
         """Close for a registry drain, whatever phase the handler is in.
@@ -452,9 +454,14 @@ class _ConnHandler:
             assert self.resolve_scope is not None
             with self.resolve_scope:
                 route = parse_route(self.target)
+                await self._authorize(route)
                 entry = await self._resolve(route)
         except ActorError as exc:
+            self._log_refusal(exc)
             await self.close_direct(closecodes.for_error(exc))
+            return None
+        except _AuthorizeFailed:
+            await self.close_direct(closecodes.INTERNAL_ERROR)
             return None
         if self.shutdown_close is not None:
             await self.close_direct(self.shutdown_close)
@@ -472,12 +479,51 @@ class _ConnHandler:
         conn.bind(self.transport, self._start_writer, self.registry.watchdog)
         return entry, conn
 
+    async def _authorize(self, route: Route) -> None:
+        """The registry's ``authorize`` gate, before any lookup or creation: its Forbidden
+        (or any ActorError) refuses the connection; any other exception or a gate slower
+        than AUTHORIZE_TIMEOUT is a server bug (logged, 1011)."""
+        gate = self.registry.authorize
+        assert self.request is not None
+        request = self.request = attrs.evolve(
+            self.request,
+            name=route.name,
+            key=route.key,
+            actor_id=route.actor_id,
+            params=route.params,
+        )
+        if gate is None:
+            return
+        failed = False
+        try:
+            with trio.fail_after(AUTHORIZE_TIMEOUT):
+                await gate(request)
+        except ActorError:
+            raise
+        except trio.TooSlowError:
+            log.error("authorize did not answer within %.0f s", AUTHORIZE_TIMEOUT)
+            failed = True
+        except Exception:
+            log.exception("authorize raised")
+            failed = True
+        if failed:
+            raise _AuthorizeFailed
+
+    def _log_refusal(self, exc: ActorError) -> None:
+        request = self.request
+        client = request.client.host if request is not None and request.client else None
+        self.dispatcher.refusals.note(exc.code, client, self.target)
+
     async def _resolve(self, route: Route) -> ActorEntry:
         registry = self.registry
         if route.actor_id is not None:
             return await registry.find_entry(route.actor_id)
         assert route.name is not None and route.key is not None
-        return await registry.find_entry_by_key(route.name, route.key, create=True, input=None)
+        request = self.request
+        client = request.client.host if request is not None and request.client else None
+        return await registry.find_entry_by_key(
+            route.name, route.key, create=True, input=None, client=client
+        )
 
     def _start_writer(self) -> None:
         self.nursery.start_soon(self._guarded, self._write)
@@ -502,7 +548,7 @@ class _ConnHandler:
         try:
             await task(*args)
         except Exception:
-            log.exception("connection task crashed (%s)", self.target[:200])
+            log.exception("connection task crashed (%s)", quoted(self.target, 100))
             if self.conn is not None:
                 self.conn.mark_closed()
             await self.close_direct(closecodes.INTERNAL_ERROR)

@@ -40,8 +40,9 @@ from wsproto.connection import Connection as WSProtoConnection
 from .. import closecodes
 from ..conn import TransportClosed
 from ..errors import ActorError
-from .connection import ClientAddress, WebSocketConnection
-from .dispatch import ConnectRequest, Dispatcher
+from ..request import ClientAddress, ConnectRequest
+from .connection import WebSocketConnection
+from .dispatch import Dispatcher
 from .handshake import HandshakeRefused, UpgradeRequest, accept_response, read_upgrade_request
 from .origin import OriginPolicy, is_loopback_name
 from .routes import parse_route

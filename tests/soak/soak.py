@@ -278,11 +278,17 @@ async def serve(args: argparse.Namespace) -> None:
             control_requests[f"{what} too slow"] += 1
 
     store = actorcore.SQLiteStore(args.db)
-    registry = actorcore.Registry([Counter, HEcho, Echo, Control], store=store)
+    # One load-generating address creates every actor: no creation budget.
+    registry = actorcore.Registry([Counter, HEcho, Echo, Control], store=store, create_rate=None)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
             lambda task_status: registry.serve(
-                HOST, 0, max_connections=args.max_connections, task_status=task_status
+                HOST,
+                0,
+                max_connections=args.max_connections,
+                # The load generator is one address: it may hold every connection.
+                max_connections_per_client=args.max_connections,
+                task_status=task_status,
             )
         )
         nursery.start_soon(drain_on_signal, registry)
