@@ -11,7 +11,8 @@ from __future__ import annotations
 import dis
 import inspect
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import CodeType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast
 
 import attrs
@@ -114,7 +115,16 @@ class ActorDefinition:
     inline_actions: frozenset[str] = frozenset()
     """Actions whose body never suspends (no ``await``, ``async with`` or ``async for``):
     the dispatcher runs them to completion in the connection's read loop instead of in a
-    task of their own (see :func:`never_suspends`)."""
+    task of their own (see :func:`never_suspends` and :meth:`runs_inline`)."""
+    inline_code: dict[str, CodeType] = attrs.field(factory=dict, hash=False)
+    """The code object :func:`never_suspends` inspected, per inline action."""
+
+    def runs_inline(self, action: str) -> bool:
+        """Whether ``action`` may run inline now: it was found never to suspend, and its
+        function still has the code that was inspected (autoreload tools replace
+        ``__code__``; a replaced body may await, and then takes the task path)."""
+        code = self.inline_code.get(action)
+        return code is not None and getattr(self.actions[action], "__code__", None) is code
 
 
 #: Opcodes through which a coroutine body can suspend (CPython 3.11-3.13): an ``await``
@@ -133,13 +143,23 @@ _SUSPENDING_OPS: Final = frozenset(
 )
 
 
-def never_suspends(fn: Any) -> bool:
+#: Whether this Python's bytecode is the one the check knows: without ``YIELD_VALUE`` (a
+#: future CPython that renamed its opcodes) every action is taken to suspend (fail closed).
+def _opcodes_known(opmap: Mapping[str, int]) -> bool:
+    return "YIELD_VALUE" in opmap and "GET_AWAITABLE" in opmap
+
+
+def never_suspends(fn: Any, *, opmap: Mapping[str, int] = dis.opmap) -> bool:
     """True if ``fn`` is an ``async def`` function whose own body contains no ``await``,
     ``async with`` or ``async for``: a call then runs to completion in one step, so running
     it inline is indistinguishable from running it in a task of its own (it could not
     interleave with anything, and no cancellation or timeout could reach it before it
     returns). A function that awaits anything, even a call that would not suspend, is not
-    taken: only the body's bytecode is read."""
+    taken: only the body's bytecode is read. On a Python whose opcodes the check does not
+    know (``opmap``, default :data:`dis.opmap`, lacks ``YIELD_VALUE``) it says False for
+    every function."""
+    if not _opcodes_known(opmap):
+        return False
     code = getattr(fn, "__code__", None)
     if code is None or not code.co_flags & inspect.CO_COROUTINE:
         return False
@@ -174,11 +194,13 @@ def definition_of(cls: type[Actor]) -> ActorDefinition:
     clash = set(actions) & ({"create_state", "create_conn_state"} | set(ASYNC_HOOKS))
     if clash:
         raise DefinitionError(f"{cls.__qualname__}: hooks cannot be actions: {sorted(clash)}")
+    inline = {name: fn.__code__ for name, fn in actions.items() if never_suspends(fn)}
     return ActorDefinition(
         cls=cls,
         name=name,
         options=options,
         actions=actions,
         create_state_is_async=inspect.iscoroutinefunction(cls.create_state),
-        inline_actions=frozenset(name for name, fn in actions.items() if never_suspends(fn)),
+        inline_actions=frozenset(inline),
+        inline_code=inline,
     )

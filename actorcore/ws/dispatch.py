@@ -680,7 +680,7 @@ class _ConnHandler:
         """Deliver one admitted message: reserve its work now (before any checkpoint)."""
         if isinstance(item, ActionRequest):
             last = self.last_started
-            if item.name in gen.definition.inline_actions and (last is None or last.is_set()):
+            if gen.definition.runs_inline(item.name) and (last is None or last.is_set()):
                 # Its body never suspends: run it here, at read time (it starts after every
                 # action read before it has started, as the frame order requires).
                 await self._action_inline(gen, conn, item)

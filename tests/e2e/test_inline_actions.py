@@ -178,3 +178,74 @@ async def test_ctx_conn_does_not_outlive_an_inline_action(
         assert (await receive_json(ws))["type"] == "action_result"
     # The server's exit drained the registry: the connection's teardown has run.
     assert SEEN_IN_DISCONNECT == [None]
+
+
+class Reloaded(actorcore.Actor):
+    name = "reloaded"
+
+    def create_state(self, ctx: ActorContext, input: Any) -> Any:
+        return {"n": 0}
+
+    @actorcore.action
+    async def step(self, ctx: ActorContext) -> int:
+        ctx.state["n"] += 1
+        return int(ctx.state["n"])
+
+    @actorcore.action
+    async def wait(self, ctx: ActorContext, seconds: float) -> str:
+        await trio.sleep(seconds)
+        return "waited"
+
+
+async def _awaiting_step(self: Any, ctx: ActorContext) -> int:
+    await trio.sleep(0.01)  # the new body awaits: it must not run in the read loop
+    ctx.state["n"] += 10
+    return int(ctx.state["n"])
+
+
+async def test_an_action_whose_code_was_replaced_after_registration_takes_the_task_path(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Hardening item 11: autoreload tools replace ``__code__``. The inline decision is made
+    once, at registration; an awaiting body run inline left the read loop's task registered
+    in a waiter list and woke it out of an unrelated wait ("Should never have been
+    rescheduled"). The code object is now checked before every inline run."""
+    registry = actorcore.Registry([Reloaded])
+    definition = registry.definitions["reloaded"]
+    assert definition.runs_inline("step")
+    original = Reloaded.step.__code__
+    try:
+        Reloaded.step.__code__ = _awaiting_step.__code__
+        assert not definition.runs_inline("step")
+        async with (
+            serve_in_memory(registry) as server,
+            server.connect("/actors/reloaded/k/connect") as ws,
+        ):
+            await receive_json(ws)
+            for i in range(1, 6):
+                await ws.send_message(
+                    json.dumps({"type": "action", "id": i, "name": "step", "args": []})
+                )
+                await ws.send_message(
+                    json.dumps({"type": "action", "id": 100 + i, "name": "wait", "args": [0.05]})
+                )
+            replies = [await receive_json(ws) for _ in range(10)]
+            outputs = {r["id"]: r["output"] for r in replies}
+            # Task-path actions that await interleave: each ran once, in some order.
+            assert sorted(outputs[i] for i in range(1, 6)) == [10, 20, 30, 40, 50]
+            assert all(outputs[100 + i] == "waited" for i in range(1, 6))
+            await trio.sleep(1)  # the read loop waits on; nothing wakes it wrongly
+            await ws.send_message(json.dumps({"type": "action", "id": 99, "name": "step"}))
+            assert (await receive_json(ws))["output"] == 60
+    finally:
+        Reloaded.step.__code__ = original
+    assert definition.runs_inline("step")
+
+
+def test_an_unknown_bytecode_fails_closed() -> None:
+    async def plain(self: Any, ctx: Any) -> int:
+        return 1
+
+    assert never_suspends(plain)
+    without_yield = {k: v for k, v in __import__("dis").opmap.items() if k != "YIELD_VALUE"}
+    assert not never_suspends(plain, opmap=without_yield)
