@@ -92,7 +92,8 @@ class Watchdog:
         """task -> (started, stalled when it started, bound, abort)"""
         self._stalled = 0.0
         """Seconds the loop ran this task late, in total (see :meth:`run`)."""
-        self._deferred: dict[object, Callable[[], None]] = {}
+        self._deferred: dict[object, list[Callable[[], None]]] = {}
+        """task -> the cancels that arrived during its send, in order (every one is run)."""
         self._wake: trio.Event | None = None
         self._idle = True
         self._scope: trio.CancelScope | None = None
@@ -136,17 +137,18 @@ class Watchdog:
             self._move(now + min(bound, TICK))
 
     def send_ended(self, task: object) -> None:
-        """The send of ``task`` is over; run a cancel that was deferred meanwhile."""
+        """The send of ``task`` is over; run the cancels that were deferred meanwhile."""
         del self._sending[task]
         if self._deferred:
-            cancel = self._deferred.pop(task, None)
-            if cancel is not None:
+            for cancel in self._deferred.pop(task, ()):
                 cancel()
 
     def cancel(self, task: object | None, cancel: Callable[[], None]) -> None:
         """Run ``cancel()`` now, or after the send ``task`` is in, so no frame is cut."""
         if task is not None and task in self._sending:
-            self._deferred[task] = cancel
+            # Kept all: two cancels for one task (say its action's deadline and the grace
+            # deadline of the work it belongs to) cancel two different scopes.
+            self._deferred.setdefault(task, []).append(cancel)
         else:
             cancel()
 

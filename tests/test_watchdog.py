@@ -189,3 +189,24 @@ async def test_time_the_loop_was_too_busy_to_run_tasks_does_not_cut_a_send(
     # on time, 2.75 s of stall not counted, then the rest of the 2 s on time.
     assert len(cut_at) == 1
     assert 3.0 + 1.5 <= cut_at[0] <= 3.0 + 2.0 + TICK, cut_at
+
+
+async def test_every_cancel_deferred_during_a_send_runs_after_it(autojump_clock: Any) -> None:
+    """Hardening item 12: two cancels queued for one task during a send (an action's own
+    deadline, and the grace deadline of the work around it) each cancel their scope once
+    the frame is out; the first one used to be lost."""
+    watchdog = Watchdog()
+    task = object()
+    ran: list[str] = []
+    watchdog.send_started(task, 10.0, _no_abort)
+    watchdog.cancel(task, lambda: ran.append("action deadline"))
+    watchdog.cancel(task, lambda: ran.append("grace deadline"))
+    assert ran == []  # both deferred while the send is in
+    watchdog.send_ended(task)
+    assert ran == ["action deadline", "grace deadline"]
+    watchdog.cancel(task, lambda: ran.append("after"))  # no send: at once
+    assert ran[-1] == "after"
+
+
+async def _no_abort() -> None:
+    await trio.lowlevel.checkpoint()

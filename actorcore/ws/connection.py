@@ -360,16 +360,13 @@ class WebSocketConnection:
             self._lost()
             await self._close_stream()
 
-    async def send_ping(self, payload: bytes, within: float, expect_answer: bool) -> None:
-        """Send a keepalive ping. With ``expect_answer`` the peer then has ``within``
-        seconds to send anything (see :attr:`ping_deadline`). Shielded (a cancelled send
-        would cut the frame) and bounded by ``within``: a send that cannot finish in that
-        time loses the connection."""
+    async def send_ping(self, payload: bytes, within: float) -> None:
+        """Send a keepalive ping (the keepalive set :attr:`ping_deadline` already).
+        Shielded (a cancelled send would cut the frame) and bounded by ``within``: a send
+        that cannot finish in that time loses the connection."""
         if self.phase is not Phase.OPEN:
             await trio.lowlevel.checkpoint()
             return
-        if expect_answer:
-            self.ping_deadline = trio.current_time() + within
         data = self._ws.send(Ping(payload))
         with trio.CancelScope(shield=True):
             with trio.move_on_after(within) as scope:

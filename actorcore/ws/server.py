@@ -471,10 +471,14 @@ class WebSocketServer:
     def _ping_all(self, sends: trio.Nursery, timeout: float) -> None:
         payload = next(self._ping_ids).to_bytes(8, "big")
         bound = timeout if timeout > 0 else self.options.ping_interval
+        deadline = trio.current_time() + timeout if timeout > 0 else math.inf
         for conn in self._open:
             if conn.ping_deadline == math.inf:
                 self._stats["pings_sent"] += 1
-                sends.start_soon(conn.send_ping, payload, bound, timeout > 0)
+                # Set here, not when the send task runs: the reap at exactly this deadline
+                # must find it due.
+                conn.ping_deadline = deadline
+                sends.start_soon(conn.send_ping, payload, bound)
 
     def _reap(self, now: float, sends: trio.Nursery) -> None:
         for conn in list(self._open):
