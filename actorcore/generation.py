@@ -566,6 +566,12 @@ class Generation:
         self._saveable = data
         return data
 
+    @property
+    def needs_final_save(self) -> bool:
+        """Its state was loaded and it has not ended: a registry cancelled from outside
+        saves it once (see ``Registry.run``)."""
+        return self._started and not self.ended and self.state is not None
+
     def check_state(self, action: str) -> None:
         """After an action: raise StateError (and roll the state back to its last saveable
         value) if the action left the state unsaveable. The error reaches that action's

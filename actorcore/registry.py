@@ -16,7 +16,15 @@ import contextlib
 import logging
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -150,6 +158,7 @@ class Registry:
         authority: LifecycleAuthority | None = None,
         authorize: Callable[[ConnectRequest], Awaitable[None]] | None = None,
         create_rate: CreateRate | None = CreateRate(),  # noqa: B008 - frozen, immutable
+        cancel_save_timeout: float = 10.0,
     ) -> None:
         self.authorize = authorize
         """The gate every incoming connection passes after routing, before any actor is
@@ -185,8 +194,8 @@ class Registry:
         self._draining = False
         self._stopped = trio.Event()
         self._drain_steps: list[Callable[[], Awaitable[None]]] = []
-        self._cm: Any = None
-        self._cm_nursery: trio.Nursery
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+        self._cancel_save_timeout = cancel_save_timeout
         self._watchdog = Watchdog()
         self.counters = _Counters()
         """Mutable counters; the dispatcher adds its message and close counts here."""
@@ -283,15 +292,18 @@ class Registry:
     async def run(
         self, *, task_status: trio.TaskStatus[Registry] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run until :meth:`shutdown`; then drain and return."""
+        """Run until :meth:`shutdown`; then drain and return.
+
+        Cancelled from outside instead, it still saves the state of every awake actor once
+        (no hooks, no grace), shielded and bounded by ``cancel_save_timeout``, before it
+        returns; see ``docs/reliability.md`` for what each way of stopping guarantees."""
         if self._nursery is not None or self._stopped.is_set():
             raise RuntimeError("a Registry runs once")
         async with trio.open_nursery() as store_nursery:
-            run_store = getattr(self._store, "run", None)
-            if run_store is not None:
-                await store_nursery.start(run_store)
-            else:
-                await self._store.open()
+            # The store runs in a shielded scope of its own: a cancel of run() must not stop
+            # its writer before the final saves below are written. Cancelled by hand last.
+            store_scope = trio.CancelScope(shield=True)
+            await store_nursery.start(self._run_store, store_scope)
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -307,24 +319,54 @@ class Registry:
                     nursery.cancel_scope.cancel()
             finally:
                 self._draining = True
+                with trio.CancelScope(shield=True), trio.move_on_after(self._cancel_save_timeout):
+                    await self._save_awake_on_cancel()
                 self._abandon_generations()
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await self._store.aclose()
+                store_scope.cancel()
                 store_nursery.cancel_scope.cancel()
                 if self._gc_paused:
                     gcpause.resume()
                 self._stopped.set()
 
+    async def _run_store(
+        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        with scope:
+            run_store = getattr(self._store, "run", None)
+            if run_store is not None:
+                await run_store(task_status=task_status)
+            else:
+                await self._store.open()
+                task_status.started()
+
+    async def _save_awake_on_cancel(self) -> None:
+        """run() was cancelled before a drain finished: save every awake actor's state once,
+        concurrently (no hooks). Errors are logged; nothing here raises."""
+        awake = [
+            (entry, gen)
+            for entry in self._by_id.values()
+            if (gen := entry.generation) is not None and gen.needs_final_save
+        ]
+        if not awake:
+            return
+        log.warning("cancelled: saving the state of %d awake actors once", len(awake))
+
+        async def save(entry: ActorEntry, gen: Generation) -> None:
+            try:
+                await gen.save_state(reason="cancelled")
+            except ActorError as exc:
+                self.note_save_error(entry, exc)
+
+        async with trio.open_nursery() as nursery:
+            for entry, gen in awake:
+                nursery.start_soon(save, entry, gen)
+
     async def __aenter__(self) -> Registry:
-        self._cm = trio.open_nursery()
-        nursery = self._cm_nursery = await self._cm.__aenter__()
-        try:
-            await nursery.start(self.run)
-        except BaseException as exc:
-            nursery.cancel_scope.cancel()
-            await self._cm.__aexit__(type(exc), exc, exc.__traceback__)  # noqa: ASYNC102 - cancelled above, returns at once
-            raise
-        return self
+        # The nursery is entered and left by _serving (an asynccontextmanager), never by hand.
+        stack = self._exit_stack = contextlib.AsyncExitStack()
+        return await stack.enter_async_context(self._serving())
 
     async def __aexit__(
         self,
@@ -332,17 +374,32 @@ class Registry:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        self._shutdown_requested.set()
-        cm, self._cm = self._cm, None
-        # Drain even when the block was cancelled (Ctrl-C): shield the nursery that runs the
-        # registry, bounded by the drain budget. The nursery's own scope is used because a new
-        # scope opened here would not nest around it.
-        scope = self._cm_nursery.cancel_scope
-        scope.shield = True
-        scope.deadline = min(scope.deadline, trio.current_time() + self._drain_budget() + 10)
-        # The body's exception (if any) propagates unwrapped.
-        await cm.__aexit__(None, None, None)  # noqa: ASYNC102 - shielded and bounded above
-        return False
+        stack, self._exit_stack = self._exit_stack, None
+        assert stack is not None
+        # Not shielded here: _serving shields the registry's nursery itself, bounded by the
+        # drain budget.
+        return bool(await stack.__aexit__(exc_type, exc, tb))  # noqa: ASYNC102
+
+    @contextlib.asynccontextmanager
+    async def _serving(self) -> AsyncIterator[Registry]:
+        error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            try:
+                yield self
+            except BaseException as exc:  # noqa: ASYNC103 - re-raised below, unwrapped
+                error = exc
+            finally:
+                self._shutdown_requested.set()
+                # Drain even when the block was cancelled (Ctrl-C): shield the nursery that
+                # runs the registry, bounded by the drain budget.
+                scope = nursery.cancel_scope
+                scope.shield = True
+                scope.deadline = min(
+                    scope.deadline, trio.current_time() + self._drain_budget() + 10
+                )
+        if error is not None:
+            raise error
 
     def request_shutdown(self) -> None:
         """Begin draining without waiting (see :meth:`shutdown`)."""
