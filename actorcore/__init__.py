@@ -40,6 +40,7 @@ from .errors import RuntimeShutdown as RuntimeShutdown
 from .errors import StaleGeneration as StaleGeneration
 from .errors import StateError as StateError
 from .errors import StoreError as StoreError
+from .errors import SubscriptionLimit as SubscriptionLimit
 from .errors import UserError as UserError
 from .lifecycle import Admission as Admission
 from .lifecycle import LifecycleEvent as LifecycleEvent

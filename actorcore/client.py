@@ -100,6 +100,7 @@ from .errors import (
     StaleGeneration,
     StateError,
     StoreError,
+    SubscriptionLimit,
     UserError,
 )
 
@@ -211,6 +212,7 @@ _ERRORS_BY_CODE: Final[dict[str, type[ActorError]]] = {
         StaleGeneration,
         StateError,
         StoreError,
+        SubscriptionLimit,
         UserError,
         CallTimeout,
     )

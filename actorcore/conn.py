@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Conn", "ConnKind", "Transport", "TransportClosed"]
 
+_NO_EVENTS: frozenset[str] = frozenset()
+
 #: Frames that may wait in one connection's outbox before it counts as overloaded.
 OUTBOX_SIZE = 1024
 
@@ -116,12 +118,10 @@ class Conn:
     """Per-connection state from ``create_conn_state``; kept across sleeps when hibernatable."""
     generation: int = 0
     """The generation currently serving this connection."""
-    subscriptions: AbstractSet[str] = frozenset()
-    """Events this (protocol) connection subscribed to (read-only: subscribe and unsubscribe
-    through the protocol; a new set replaces it on every change, so most connections, which
-    never subscribe, share the empty one)."""
     close_timeout: float = 2.0
     """Bound on flushing queued frames plus the close handshake once a close is queued."""
+    _subscribed: dict[str, None] | None = attrs.field(default=None, init=False)
+    """Subscribed events (made on the first subscribe: most connections never do)."""
     _outbox: collections.deque[str | bytes | _Close] | None = attrs.field(default=None, init=False)
     """Frames waiting for the writer (made on first use; None once closed)."""
     _closing: _Close | None = attrs.field(default=None, init=False)
@@ -207,6 +207,31 @@ class Conn:
         if self._flush_scope is not None:
             self._flush_scope.deadline = self._flush_deadline
         self._enqueue(self._closing)
+
+    @property
+    def subscriptions(self) -> AbstractSet[str]:
+        """Events this (protocol) connection subscribed to: a read-only view (subscribe and
+        unsubscribe through the protocol)."""
+        subscribed = self._subscribed
+        return subscribed.keys() if subscribed is not None else _NO_EVENTS
+
+    def subscribe(self, event: str, limit: int) -> bool:
+        """Add ``event`` (O(1)); False, and nothing added, if ``limit`` events are already
+        subscribed."""
+        subscribed = self._subscribed
+        if subscribed is None:
+            subscribed = self._subscribed = {}
+        elif event in subscribed:
+            return True
+        if len(subscribed) >= limit:
+            return False
+        subscribed[event] = None
+        return True
+
+    def unsubscribe(self, event: str) -> None:
+        """Remove ``event`` if subscribed (O(1))."""
+        if self._subscribed is not None:
+            self._subscribed.pop(event, None)
 
     async def wait_closed(self) -> None:
         """Wait until the connection has ended (close handshake done or transport gone)."""

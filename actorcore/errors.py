@@ -33,6 +33,7 @@ __all__ = [
     "StaleGeneration",
     "StateError",
     "StoreError",
+    "SubscriptionLimit",
     "UserError",
 ]
 
@@ -109,6 +110,13 @@ class ActionTimeout(ActorError):
     """An action ran longer than its ``action_timeout`` and was cancelled."""
 
     code = "actor.action_timeout"
+
+
+class SubscriptionLimit(ActorError):
+    """A protocol connection asked for more subscriptions than ``max_subscriptions``: sent as
+    an ``error`` frame (``id`` null); the connection stays open, the event is not added."""
+
+    code = "subscription.limit"
 
 
 class StateError(ActorError):

@@ -50,6 +50,9 @@ class ActorOptions:
     max_inflight_actions: int = attrs.field(default=256, validator=_positive_int)
     """Actions one protocol connection may have running at once; a client that sends more
     without waiting for results is closed with 1013 ``actor.overloaded``."""
+    max_subscriptions: int = attrs.field(default=1024, validator=_positive_int)
+    """Events one protocol connection may subscribe to; a subscribe past it is answered with
+    an ``error`` frame, code ``subscription.limit`` (the connection stays open)."""
     hibernation_buffer: int = attrs.field(default=256, validator=_positive_int)
     """Messages one hibernatable connection may buffer while its actor sleeps; beyond it the
     connection closes with 1013 ``actor.overloaded``."""

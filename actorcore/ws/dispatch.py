@@ -46,6 +46,7 @@ from ..errors import (
     InternalError,
     MessageTooLarge,
     RuntimeShutdown,
+    SubscriptionLimit,
 )
 from ..generation import ActorEntry, Generation, WorkScope
 from ..lifecycle import Admission, WorkKind, admit
@@ -648,12 +649,20 @@ class _ConnHandler:
             self.close(closecodes.for_error(exc))
             return None
         if isinstance(frame, Subscribe):
-            if frame.event not in conn.subscriptions:
-                conn.subscriptions = conn.subscriptions | {frame.event}
+            limit = entry.definition.options.max_subscriptions
+            if not conn.subscribe(frame.event, limit):
+                conn.queue_frame(
+                    encode_error(
+                        None,
+                        SubscriptionLimit(
+                            f"at most {limit} subscriptions per connection; "
+                            f"not subscribed to {frame.event[:64]!r}"
+                        ),
+                    )
+                )
             return None
         if not isinstance(frame, ActionRequest):
-            if frame.event in conn.subscriptions:
-                conn.subscriptions = conn.subscriptions - {frame.event}
+            conn.unsubscribe(frame.event)
             return None
         if frame.name not in entry.definition.actions:
             missing = ActionNotFound(f"actor {entry.name!r} has no action {frame.name!r}")
