@@ -30,6 +30,7 @@ Every ``sqlite3.Error`` becomes :class:`~actorcore.errors.StoreError` naming the
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -77,6 +78,9 @@ _PAGE = 4096
 """Estimated WAL growth of one write besides its payload (a page of the table or an index)."""
 
 _CHECKPOINT_BYTES = 4 * 1024 * 1024
+#: Payload bytes the writer puts in one background batch: a wake queued behind bulk saves
+#: waits for one such batch at most (see ``SQLiteStore._submit``).
+_BATCH_BYTES = 8 * 1024 * 1024
 """Checkpoint the WAL after about this much was written to it (SQLite's default automatic
 checkpoint is at 1000 pages, 4 MiB; the writer turns that off and checkpoints in a worker
 thread instead, because a checkpoint syncs the database file)."""
@@ -242,6 +246,9 @@ class SQLiteStore(Store):
     )
     _probe_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _send: trio.MemorySendChannel[_Request[Any]] | None = attrs.field(default=None, init=False)
+    _urgent: collections.deque[_Request[Any]] = attrs.field(factory=collections.deque, init=False)
+    """Writes of the wake path (a generation beginning, an actor created) that arrived while
+    background writes were queued: the writer takes them before the next background batch."""
     _run_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, init=False)
     _started: bool = attrs.field(default=False, init=False)
     _closing: bool = attrs.field(default=False, init=False)
@@ -280,15 +287,18 @@ class SQLiteStore(Store):
                 self._send = send
                 task_status.started()
                 async for first in receive:
+                    await self._write_urgent()
                     await self._write_batch(self._take_batch(first, receive))
+                    await self._write_urgent()
         finally:
             self._send = None
             send.close()
             # Each phase is shielded and bounded: flush what is queued, fail the rest, close.
             with trio.move_on_after(self._close_timeout, shield=True) as flush_scope:
+                await self._write_urgent()
                 while not flush_scope.cancel_called and (batch := self._take_batch(None, receive)):
                     await self._write_batch(batch)
-            while batch := self._take_batch(None, receive):
+            while batch := self._take_urgent() or self._take_batch(None, receive):
                 self._fail_batch(batch, "the store closed before the write was committed")
                 self._settle(batch)
             receive.close()
@@ -399,7 +409,7 @@ class SQLiteStore(Store):
     async def create(self, actor_id: str, name: str, key: str, input: bytes | None) -> ActorRecord:
         """Insert a new actor with generation 0. Raises StoreError if ``(name, key)`` exists."""
         record = ActorRecord(actor_id, name, key, 0, False, None, input)
-        return await self._submit(self._insert("create", record))
+        return await self._submit(self._insert("create", record), urgent=True)
 
     @staticmethod
     def _insert(operation: str, record: ActorRecord) -> _Request[ActorRecord]:
@@ -463,7 +473,7 @@ class SQLiteStore(Store):
                 raise ActorNotFound(f"begin_generation failed: no actor with id {actor_id!r}")
             return _record(rows[0])
 
-        return await self._submit(_Request("begin_generation", apply))
+        return await self._submit(_Request("begin_generation", apply), urgent=True)
 
     async def begin_or_create(
         self, name: str, key: str, actor_id: str, input: bytes | None
@@ -496,7 +506,7 @@ class SQLiteStore(Store):
             return ActorRecord(actor_id, name, key, 1, False, None, input)
 
         request = _Request("begin_or_create", apply, size=len(input or b""))
-        return await self._submit(request)
+        return await self._submit(request, urgent=True)
 
     async def create_initialized(
         self, actor_id: str, name: str, key: str, state: bytes
@@ -504,7 +514,7 @@ class SQLiteStore(Store):
         """Insert a new actor at generation 1, initialized with ``state``: one write request,
         one transaction."""
         record = ActorRecord(actor_id, name, key, 1, True, state, None)
-        return await self._submit(self._insert("create_initialized", record))
+        return await self._submit(self._insert("create_initialized", record), urgent=True)
 
     async def save(self, actor_id: str, generation: int, state: bytes) -> None:
         """Store ``state``, mark the actor initialized and drop its creation input. Fenced."""
@@ -532,7 +542,10 @@ class SQLiteStore(Store):
 
         await self._submit(_Request("delete", apply, actor_delta=-1))
 
-    async def _submit(self, request: _Request[_T]) -> _T:
+    async def _submit(self, request: _Request[_T], *, urgent: bool = False) -> _T:
+        """Apply ``request`` through the writer. ``urgent`` (the wake path): if background
+        writes are queued, it goes ahead of them, after the batch in flight (whose size is
+        bounded by ``_BATCH_BYTES``), so a wake never waits behind a queue of bulk saves."""
         send = self._send
         if send is None:
             raise StoreError(f"{request.operation} failed: the store is not running")
@@ -540,6 +553,15 @@ class SQLiteStore(Store):
             await trio.lowlevel.checkpoint_if_cancelled()
             if await self._write_directly(request, send):
                 return request.unwrap()
+        if urgent and send.statistics().current_buffer_used:
+            # The writer is busy with the queue and checks this before each next batch.
+            self._urgent.append(request)
+            try:
+                await request.done.wait()
+            finally:
+                if not request.done.is_set():
+                    request.abandoned = True
+            return request.unwrap()
         try:
             # Queued at once (no scheduling round) unless the queue is full; the wait below is
             # the checkpoint: a caller cancelled before the writer takes its request is skipped.
@@ -610,15 +632,29 @@ class SQLiteStore(Store):
     def _take_batch(
         self, first: _Request[Any] | None, receive: trio.MemoryReceiveChannel[_Request[Any]]
     ) -> list[_Request[Any]]:
-        """``first`` plus every request queued right now, minus those whose caller left."""
+        """``first`` plus the requests queued right now, minus those whose caller left, up to
+        ``_BATCH_BYTES`` of payload (the rest waits for the next batch: an urgent write then
+        waits for one bounded batch at most)."""
         batch = [] if first is None or first.abandoned else [first]
-        while True:
+        size = first.size if first is not None else 0
+        while size < _BATCH_BYTES:
             try:
                 request = receive.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return batch
             if not request.abandoned:
                 batch.append(request)
+                size += request.size
+        return batch
+
+    def _take_urgent(self) -> list[_Request[Any]]:
+        urgent = [request for request in self._urgent if not request.abandoned]
+        self._urgent.clear()
+        return urgent
+
+    async def _write_urgent(self) -> None:
+        while self._urgent:
+            await self._write_batch(self._take_urgent())
 
     async def _write_batch(self, batch: list[_Request[Any]]) -> None:
         """Apply ``batch`` in one transaction (on the event loop if it is small, else in one
