@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -54,6 +55,16 @@ class LoadError(Exception):
 # ---------------------------------------------------------------- arguments
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own if it is not installed)."""
+    try:
+        return importlib.metadata.version("actorcore")
+    except importlib.metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -73,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="actorcore",
         description="Stateful actors on trio, served over WebSockets.",
     )
+    version = f"actorcore {_version()}"
+    parser.add_argument("--version", action="version", version=version)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = commands.add_parser(
         "serve",
@@ -83,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
             "state saved); a second one exits at once."
         ),
     )
+    serve.add_argument("--version", action="version", version=version)
     serve.add_argument(
         "target",
         metavar="MODULE:REGISTRY",

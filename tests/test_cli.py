@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -15,11 +16,13 @@ from urllib.parse import quote
 
 import pytest
 import trio
+import trustme
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 import actorcore
 from actorcore import cli
 from actorcore.store import open_store
+from actorcore.testing import client_nursery
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -50,7 +53,7 @@ class Server:
                 buffer += chunk
         self.listening_line = buffer.split(b"\n", 1)[0].decode()
         assert self.listening_line.startswith("actorcore: serving "), self.listening_line
-        address = self.listening_line.split(" on ws://", 1)[1].split(" ", 1)[0]
+        address = self.listening_line.split("://", 1)[1].split(" ", 1)[0]
         self.port = int(address.rsplit(":", 1)[1])
         assert self.port > 0
 
@@ -91,7 +94,7 @@ async def connect(port: int, resource: str) -> AsyncIterator[WebSocketConnection
     """A client WebSocket whose TCP stream the test owns: trio-websocket's client does not close
     its socket after a close the server started (it waits for the server's TCP close and then
     leaves the stream open), which ``filterwarnings = error`` reports as a ResourceWarning."""
-    async with trio.open_nursery() as nursery:
+    async with client_nursery() as nursery:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             ws = await wrap_client_stream(nursery, stream, f"127.0.0.1:{port}", resource)
@@ -363,3 +366,103 @@ async def test_readme_protocol_client_talks_to_the_served_counter(tmp_path: Path
             "{'type': 'action_result', 'id': 1, 'output': 2}",
         ]
     )
+
+
+@pytest.mark.parametrize("argv", [["serve", "--version"], ["--version"]])
+def test_version_is_printed_by_a_real_process(argv: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "actorcore", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"actorcore {actorcore.__version__}"
+
+
+async def test_limits_and_origins_from_the_command_line(tmp_path: Path) -> None:
+    async with serve(
+        tmp_path,
+        "examples.echo:registry",
+        "--port",
+        "0",
+        "--store",
+        ":memory:",
+        "--max-connections-per-client",
+        "1",
+        "--allow-origin",
+        "https://app.example",
+        "--ping-interval",
+        "0.2",
+        "--ping-timeout",
+        "0.2",
+    ) as server:
+        await server.wait_listening()
+        async with connect(server.port, "/actors/echo/a/ws") as first:
+            await first.send_message("hi")
+            with trio.fail_after(5):
+                assert await first.get_message() == "hi"
+            async with connect(server.port, "/actors/echo/a/ws") as second:
+                with pytest.raises(ConnectionClosed) as closed, trio.fail_after(5):
+                    await second.get_message()
+                assert closed.value.reason is not None
+                assert (closed.value.reason.code, closed.value.reason.reason) == (
+                    1013,
+                    "actor.overloaded",
+                )
+            # Pings every 0.2 s are answered by the client: still connected after several.
+            await trio.sleep(1.0)
+            await first.send_message("still")
+            with trio.fail_after(5):
+                assert await first.get_message() == "still"
+        # (Another address: 127.0.0.1 may still be closing its last one.)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port, local_address="127.0.0.2")
+        async with stream:
+            await stream.send_all(
+                b"GET /actors/echo/b/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\nOrigin: https://evil.example\r\n\r\n"
+            )
+            data = b""
+            with trio.fail_after(5):
+                while b"auth.forbidden" not in data:
+                    chunk = await stream.receive_some()
+                    assert chunk, data
+                    data += chunk
+        server.proc.send_signal(signal.SIGTERM)
+        assert await server.exit_code() == 0
+
+
+async def test_wss_from_the_command_line(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "chain.pem"))
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with serve(
+        tmp_path,
+        "examples.counter:registry",
+        "--port",
+        "0",
+        "--store",
+        ":memory:",
+        "--certfile",
+        str(tmp_path / "chain.pem"),
+        "--keyfile",
+        str(tmp_path / "key.pem"),
+    ) as server:
+        await server.wait_listening()
+        assert " on wss://" in server.listening_line
+        url = f"wss://127.0.0.1:{server.port}"
+        async with actorcore.connect(url, "counter", "tls", ssl_context=client_context) as actor:
+            assert await actor.call("increment") == 1
+        server.proc.send_signal(signal.SIGTERM)
+        assert await server.exit_code() == 0
+
+
+def test_certfile_without_keyfile_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "examples.counter:registry", "--certfile", "x.pem"]) == 2
+    assert "--certfile and --keyfile go together" in capsys.readouterr().err
