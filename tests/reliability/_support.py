@@ -248,8 +248,10 @@ async def serve_streams(
     """Serve ``registry`` on in-memory streams for the block; on exit the registry drains.
 
     Usable with ``autojump_clock``. ``bounded``: streams with a 64 KiB window (a client that
-    does not read blocks the server's writes to it).
+    does not read blocks the server's writes to it). Keepalive pings are off unless
+    ``ping_interval`` is given (see ``actorcore.testing.serve_in_memory``).
     """
+    options.setdefault("ping_interval", 0.0)
     listener = StreamListener(bounded_stream_pair if bounded else trio.testing.memory_stream_pair)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
