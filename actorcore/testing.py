@@ -78,6 +78,31 @@ async def client_nursery() -> AsyncIterator[trio.Nursery]:
         pass
 
 
+@contextlib.asynccontextmanager
+async def _client(
+    stream: trio.abc.Stream, host: str, path: str, kwargs: dict[str, Any]
+) -> AsyncIterator[WebSocketConnection]:
+    """A trio-websocket client on ``stream``; closed (bounded), with its stream, on exit."""
+    async with client_nursery() as nursery:
+        with trio.fail_after(10):
+            # trio-websocket types this as a socket stream, but any trio Stream works.
+            ws = await wrap_client_stream(
+                nursery,
+                stream,  # type: ignore[arg-type]
+                host,
+                path,
+                **kwargs,
+            )
+        try:
+            yield ws
+        finally:
+            with trio.move_on_after(5, shield=True):
+                await ws.aclose()
+                # trio-websocket leaves the client's stream open after a close the server
+                # started; close it so no socket is left for the garbage collector.
+                await stream.aclose()
+
+
 class MemoryServer:
     """A registry served over a :class:`MemoryListener`."""
 
@@ -98,23 +123,8 @@ class MemoryServer:
     async def connect(self, path: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
         """A client WebSocket to ``path``; closed (bounded) when the block exits."""
         stream = await self.listener.connect()
-        async with client_nursery() as nursery:
-            # trio-websocket types this as a socket stream, but any trio Stream works.
-            ws = await wrap_client_stream(
-                nursery,
-                stream,  # type: ignore[arg-type]
-                "localhost",
-                path,
-                **kwargs,
-            )
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(5, shield=True):
-                    await ws.aclose()
-                    # trio-websocket leaves the client's stream open after a close the server
-                    # started; close it so no socket is left for the garbage collector.
-                    await stream.aclose()
+        async with _client(stream, "localhost", path, kwargs) as ws:
+            yield ws
 
 
 @contextlib.asynccontextmanager
@@ -162,18 +172,10 @@ class LoopbackServer(MemoryServer):
     @contextlib.asynccontextmanager
     async def connect(self, path: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
         """A client WebSocket over TCP to ``path``; closed (bounded) when the block exits."""
-        async with client_nursery() as nursery:
-            with trio.fail_after(10):
-                stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-                ws = await wrap_client_stream(nursery, stream, "127.0.0.1", path, **kwargs)
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(5, shield=True):
-                    await ws.aclose()
-                    # trio-websocket leaves the client's stream open after a close the server
-                    # started; close it so no socket is left for the garbage collector.
-                    await stream.aclose()
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        async with _client(stream, "127.0.0.1", path, kwargs) as ws:
+            yield ws
 
 
 @contextlib.asynccontextmanager

@@ -136,6 +136,17 @@ def _refuse_stale(conn: sqlite3.Connection, operation: str, actor_id: str, gener
     )
 
 
+async def _answer(request: _Request[_T]) -> _T:
+    """Wait for the writer to settle a queued ``request``; a caller that leaves first marks
+    it abandoned (skipped if the writer has not taken it yet)."""
+    try:
+        await request.done.wait()
+    finally:
+        if not request.done.is_set():
+            request.abandoned = True
+    return request.unwrap()
+
+
 def _never_abort(_: Any) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.FAILED
 
@@ -556,12 +567,7 @@ class SQLiteStore(Store):
         if urgent and send.statistics().current_buffer_used:
             # The writer is busy with the queue and checks this before each next batch.
             self._urgent.append(request)
-            try:
-                await request.done.wait()
-            finally:
-                if not request.done.is_set():
-                    request.abandoned = True
-            return request.unwrap()
+            return await _answer(request)
         try:
             # Queued at once (no scheduling round) unless the queue is full; the wait below is
             # the checkpoint: a caller cancelled before the writer takes its request is skipped.
@@ -571,12 +577,7 @@ class SQLiteStore(Store):
                 await send.send(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StoreError(f"{request.operation} failed: the store is closed") from None
-        try:
-            await request.done.wait()
-        finally:
-            if not request.done.is_set():
-                request.abandoned = True
-        return request.unwrap()
+        return await _answer(request)
 
     async def _write_directly(
         self, request: _Request[Any], send: trio.MemorySendChannel[_Request[Any]]
