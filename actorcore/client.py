@@ -713,11 +713,11 @@ class ActorConnection:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         assert self._stack is not None
         # Not shielded: the nursery's exit must stay cancellable; the close inside is
         # shielded and bounded by close_timeout (_running).
-        return bool(await self._stack.__aexit__(exc_type, exc, tb))  # noqa: ASYNC102
+        await self._stack.__aexit__(exc_type, exc, tb)  # noqa: ASYNC102
 
     @contextlib.asynccontextmanager
     async def _running(self) -> AsyncIterator[ActorConnection]:

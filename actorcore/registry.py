@@ -373,12 +373,12 @@ class Registry:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         stack, self._exit_stack = self._exit_stack, None
         assert stack is not None
         # Not shielded here: _serving shields the registry's nursery itself, bounded by the
         # drain budget.
-        return bool(await stack.__aexit__(exc_type, exc, tb))  # noqa: ASYNC102
+        await stack.__aexit__(exc_type, exc, tb)  # noqa: ASYNC102
 
     @contextlib.asynccontextmanager
     async def _serving(self) -> AsyncIterator[Registry]:
