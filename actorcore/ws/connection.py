@@ -98,9 +98,9 @@ class WebSocketConnection:
         "_ws",
         "client",
         "fragment_timeout",
+        "last_heard",
         "max_message_size",
         "phase",
-        "ping_deadline",
         "receive_size",
     )
 
@@ -124,8 +124,8 @@ class WebSocketConnection:
         self.client = client
         """The peer's address, None for streams that have none."""
         self.phase = Phase.OPEN
-        self.ping_deadline = math.inf
-        """When the keepalive's unanswered ping times out (inf: none outstanding)."""
+        self.last_heard = trio.current_time()
+        """When the peer last sent anything (the keepalive pings only silent peers)."""
         self._send_lock = trio.Lock()
         self._ready: collections.deque[str | bytes | _TooLarge] = collections.deque()
         self._parts: list[str] | list[bytes] | None = None
@@ -206,7 +206,7 @@ class WebSocketConnection:
     def _process(self, data: bytes | bytearray) -> None:
         """Hand ``data`` to wsproto and sort the events (no I/O: control answers are queued
         in wsproto and sent by :meth:`_handle_events`)."""
-        self.ping_deadline = math.inf  # the peer is alive: anything it sends answers a ping
+        self.last_heard = trio.current_time()  # alive: anything it sends answers a ping
         ws = self._ws
         if ws.state is ConnectionState.CLOSED or ws.state is ConnectionState.REMOTE_CLOSING:
             return  # the peer closed: what follows its close frame is ignored (RFC 6455 5.5.1)
@@ -361,7 +361,7 @@ class WebSocketConnection:
             await self._close_stream()
 
     async def send_ping(self, payload: bytes, within: float) -> None:
-        """Send a keepalive ping (the keepalive set :attr:`ping_deadline` already).
+        """Send a keepalive ping.
         Shielded (a cancelled send would cut the frame) and bounded by ``within``: a send
         that cannot finish in that time loses the connection."""
         if self.phase is not Phase.OPEN:
@@ -463,7 +463,6 @@ class WebSocketConnection:
 
     def _mark_closed(self) -> None:
         self.phase = Phase.CLOSED
-        self.ping_deadline = math.inf
         self._drop_partial()
         self._closed.set()
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import heapq
 import itertools
 import logging
-import math
 import os
 import ssl
 from collections.abc import Iterable, Sequence
@@ -205,6 +205,11 @@ class WebSocketServer:
         self._refusing: collections.Counter[str] = collections.Counter()
         self._open: set[WebSocketConnection] = set()
         self._ping_ids = itertools.count()
+        self._keepalive: list[tuple[float, int, WebSocketConnection, float | None]] = []
+        """(when, sequence, connection, when its unanswered ping went out): the keepalive's
+        schedule, one entry per open connection."""
+        self._keepalive_seq = itertools.count()
+        self._keepalive_wake: trio.Event | None = None
         self._stats = dict.fromkeys(
             (
                 "refused_per_client",
@@ -398,6 +403,7 @@ class WebSocketServer:
                 raise TransportClosed(1006, "")
             accepted = True
             self._open.add(conn)
+            self._keepalive_track(conn)
             return conn
 
         try:
@@ -447,49 +453,71 @@ class WebSocketServer:
     # ---------------------------------------------------------------- keepalive
 
     async def keepalive(self) -> NoReturn:
-        """Ping every open connection each ``ping_interval``; drop those that sent nothing
-        within ``ping_timeout`` of their ping (one task for all connections)."""
-        interval, timeout = self.options.ping_interval, self.options.ping_timeout
-        if interval <= 0:
+        """Ping every open connection whose peer has sent nothing for ``ping_interval``, and
+        drop those that then send nothing within ``ping_timeout`` (so a dead peer goes at
+        most ``ping_interval + ping_timeout`` after its last byte). One task for all
+        connections: a heap of when each one is next due, re-checked lazily (a connection
+        that was heard from meanwhile is pushed back, not pinged)."""
+        if self.options.ping_interval <= 0:
             await trio.sleep_forever()
-        deadlines: collections.deque[float] = collections.deque()
+        heap = self._keepalive
         async with trio.open_nursery() as sends:
-            next_ping = trio.current_time() + interval
             while True:
-                wake = min(next_ping, deadlines[0] if deadlines else math.inf)
-                await trio.sleep_until(wake)
+                if not heap:
+                    self._keepalive_wake = trio.Event()
+                    await self._keepalive_wake.wait()
+                    continue
+                await trio.sleep_until(heap[0][0])
                 now = trio.current_time()
-                while deadlines and deadlines[0] <= now:
-                    deadlines.popleft()
-                    self._reap(now, sends)
-                if now >= next_ping:
-                    next_ping = now + interval
-                    self._ping_all(sends, timeout)
-                    if timeout > 0:
-                        deadlines.append(now + timeout)
+                while heap and heap[0][0] <= now:
+                    _, _, conn, pinged_at = heapq.heappop(heap)
+                    self._keepalive_due(conn, pinged_at, now, sends)
 
-    def _ping_all(self, sends: trio.Nursery, timeout: float) -> None:
+    def _keepalive_track(self, conn: WebSocketConnection) -> None:
+        """Schedule ``conn``'s first keepalive check (it has just been upgraded)."""
+        if self.options.ping_interval <= 0:
+            return
+        self._keepalive_push(conn.last_heard + self.options.ping_interval, conn, None)
+        wake = self._keepalive_wake
+        if wake is not None:
+            wake.set()
+
+    def _keepalive_push(
+        self, when: float, conn: WebSocketConnection, pinged_at: float | None
+    ) -> None:
+        heapq.heappush(self._keepalive, (when, next(self._keepalive_seq), conn, pinged_at))
+
+    def _keepalive_due(
+        self,
+        conn: WebSocketConnection,
+        pinged_at: float | None,
+        now: float,
+        sends: trio.Nursery,
+    ) -> None:
+        if conn.closed or conn not in self._open:
+            return  # forgotten: it left the heap with this pop
+        interval, timeout = self.options.ping_interval, self.options.ping_timeout
+        if pinged_at is not None and conn.last_heard < pinged_at:
+            # Its ping went unanswered for ping_timeout.
+            if conn.reading:
+                self._stats["peers_lost"] += 1
+                log.info("dropping %s: no answer to a ping within the timeout", conn)
+                self._open.discard(conn)
+                sends.start_soon(conn.abort)
+                return
+            # The read loop is busy in a hook: that is the application, not the peer.
+            self._keepalive_push(now + interval, conn, None)
+            return
+        if now - conn.last_heard < interval:
+            self._keepalive_push(conn.last_heard + interval, conn, None)  # heard meanwhile
+            return
+        self._stats["pings_sent"] += 1
         payload = next(self._ping_ids).to_bytes(8, "big")
-        bound = timeout if timeout > 0 else self.options.ping_interval
-        deadline = trio.current_time() + timeout if timeout > 0 else math.inf
-        for conn in self._open:
-            if conn.ping_deadline == math.inf:
-                self._stats["pings_sent"] += 1
-                # Set here, not when the send task runs: the reap at exactly this deadline
-                # must find it due.
-                conn.ping_deadline = deadline
-                sends.start_soon(conn.send_ping, payload, bound)
-
-    def _reap(self, now: float, sends: trio.Nursery) -> None:
-        for conn in list(self._open):
-            if conn.ping_deadline <= now:
-                if conn.reading:
-                    self._stats["peers_lost"] += 1
-                    log.info("dropping %s: no answer to a ping within the timeout", conn)
-                    self._open.discard(conn)
-                    sends.start_soon(conn.abort)
-                else:
-                    conn.ping_deadline = math.inf  # busy in a hook, not the peer: ping again
+        sends.start_soon(conn.send_ping, payload, timeout if timeout > 0 else interval)
+        if timeout > 0:
+            self._keepalive_push(now + timeout, conn, now)
+        else:
+            self._keepalive_push(now + interval, conn, None)
 
 
 async def _close_stream(stream: trio.abc.Stream) -> None:

@@ -460,3 +460,40 @@ async def test_wss_served_directly_with_a_certificate_the_client_trusts() -> Non
                 await plain.send(upgrade(b"/actors/counter/k/connect", host=b"x"))
                 assert await plain.read_response() in (0, 400)
             registry.request_shutdown()
+
+
+async def test_only_silent_peers_are_pinged_and_each_is_judged_from_its_last_byte(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A peer that keeps sending is alive and gets no ping (a ping crossing a client's own
+    close frame is what trio-websocket's client cannot take, python-trio/trio-websocket#184);
+    a silent one gets its ping ``ping_interval`` after its last byte."""
+    registry = actorcore.Registry([Echo])
+    async with (
+        serve_streams(registry, ping_interval=5.0, ping_timeout=3.0) as server,
+        server.raw() as busy,
+        server.raw() as quiet,
+    ):
+        assert await busy.handshake(b"/actors/echo/k/ws") == 101
+        assert await quiet.handshake(b"/actors/echo/k/ws") == 101
+        await trio.sleep(2)
+        await quiet.send(encode_frame(OP_TEXT, b"last"))
+        last = trio.current_time()
+
+        async def traffic() -> None:
+            for _ in range(40):  # 20 s of traffic on the busy one
+                await busy.send(encode_frame(OP_TEXT, b"x"))
+                frame = await busy.read_frame()
+                assert frame is not None and frame.opcode == OP_TEXT  # never a ping
+                await trio.sleep(0.5)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(traffic)
+            echo = await quiet.read_frame()
+            assert echo is not None and echo.payload == b"last"
+            ping = await quiet.read_frame()
+            assert ping is not None and ping.opcode == OP_PING
+            assert trio.current_time() - last == pytest.approx(5.0, abs=0.01)
+            assert await quiet.read_frame() is None  # never answered: dropped
+            assert trio.current_time() - last == pytest.approx(5.0 + 3.0, abs=0.01)
+        assert server.server.statistics().pings_sent == 1
