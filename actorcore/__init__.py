@@ -47,6 +47,7 @@ from .lifecycle import LifecycleEvent as LifecycleEvent
 from .lifecycle import LifecycleState as LifecycleState
 from .lifecycle import WorkKind as WorkKind
 from .lifecycle import admit as admit
+from .lookup import ActorLookup as ActorLookup
 from .options import ActorOptions as ActorOptions
 from .ratelimit import CreateRate as CreateRate
 from .registry import ActorHandle as ActorHandle
@@ -71,6 +72,7 @@ __all__ = [
     "ActorError",
     "ActorEvent",
     "ActorHandle",
+    "ActorLookup",
     "ActorNotFound",
     "ActorOptions",
     "ActorOverloaded",

@@ -14,6 +14,7 @@ from .lifecycle import LifecycleState
 if TYPE_CHECKING:
     from .conn import Conn
     from .generation import Generation
+    from .lookup import ActorLookup
 
 __all__ = ["ActorContext"]
 
@@ -58,6 +59,13 @@ class ActorContext:
     def generation(self) -> int:
         """1 for the first start, +1 at every wake."""
         return self._gen.number
+
+    @property
+    def actors(self) -> ActorLookup:
+        """Other actors of this registry (this one too): ``await
+        ctx.actors.get_or_create(name, key)``, ``get(name, key)``, ``get_by_id(actor_id)``,
+        returning the registry's :class:`~actorcore.ActorHandle`."""
+        return self._gen.host.actors
 
     # ---------------------------------------------------------------- state
 

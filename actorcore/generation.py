@@ -42,6 +42,7 @@ from .logfmt import quoted
 
 if TYPE_CHECKING:
     from .actor import ActorDefinition
+    from .lookup import ActorLookup
     from .store.base import ActorRecord, Store
     from .watchdog import Watchdog
 
@@ -91,6 +92,11 @@ class GenerationHost(Protocol):
 
     def note_stored(self, entry: ActorEntry) -> None:
         """The store now holds the entry's actor (its first start wrote it)."""
+        ...
+
+    @property
+    def actors(self) -> ActorLookup:
+        """The registry's lookup of actors (``ctx.actors``)."""
         ...
 
     def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:

@@ -52,6 +52,7 @@ from .errors import (
 )
 from .generation import ActorEntry, Generation, WorkScope
 from .lifecycle import Admission, LifecycleEvent, LifecycleState, WorkKind, admit
+from .lookup import ActorLookup
 from .ratelimit import CreateRate, TokenBuckets
 from .store.base import ActorRecord, Store
 from .store.memory import MemoryStore
@@ -165,6 +166,7 @@ class Registry:
         looked up or created: ``async def authorize(request: ConnectRequest) -> None``,
         raising :class:`~actorcore.Forbidden` to refuse (close 1008). None: no gate."""
         self._create_budget = TokenBuckets(create_rate) if create_rate is not None else None
+        self._lookup = ActorLookup(self)
         self._definitions: dict[str, ActorDefinition] = {}
         for cls in actors:
             definition = definition_of(cls)
@@ -509,6 +511,11 @@ class Registry:
             entry.pending_state = None
 
     # ---------------------------------------------------------------- lookup
+
+    @property
+    def actors(self) -> ActorLookup:
+        """This registry's lookup of actors, as actors see it (``ctx.actors``)."""
+        return self._lookup
 
     def definition(self, name: str) -> ActorDefinition:
         """The definition named ``name``; :class:`ActorNotFound` if there is none."""
