@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import ssl
 import uuid
 from collections.abc import (
@@ -158,13 +159,16 @@ class Registry:
         *,
         authority: LifecycleAuthority | None = None,
         authorize: Callable[[ConnectRequest], Awaitable[None]] | None = None,
-        create_rate: CreateRate | None = CreateRate(),  # noqa: B008 - frozen, immutable
+        create_rate: CreateRate | float | None = CreateRate(),  # noqa: B008 - frozen, immutable
         cancel_save_timeout: float = 10.0,
     ) -> None:
         self.authorize = authorize
         """The gate every incoming connection passes after routing, before any actor is
         looked up or created: ``async def authorize(request: ConnectRequest) -> None``,
         raising :class:`~actorcore.Forbidden` to refuse (close 1008). None: no gate."""
+        if isinstance(create_rate, int | float):
+            # A bare number: that many creations per second, and as many at once.
+            create_rate = CreateRate(float(create_rate), burst=max(1, math.ceil(create_rate)))
         self._create_budget = TokenBuckets(create_rate) if create_rate is not None else None
         self._lookup = ActorLookup(self)
         self._definitions: dict[str, ActorDefinition] = {}

@@ -132,13 +132,12 @@ async def serve_in_memory(
     registry: Registry, *, max_connections: int = 10_000, **options: Any
 ) -> AsyncIterator[MemoryServer]:
     """Serve ``registry`` in memory for the block; on exit the registry drains. ``options``
-    are those of :class:`actorcore.ws.server.ServerOptions`.
+    are those of :class:`actorcore.ws.server.ServerOptions` (the server's defaults, keepalive
+    included: a silent peer is pinged after 20 virtual seconds).
 
-    Keepalive pings are off unless ``ping_interval`` is given: on the virtual clock a ping
-    every 20 s lands exactly on other timers, and trio-websocket's client (which these
-    helpers return) drops its reader when a ping crosses its own close frame
-    (python-trio/trio-websocket#184), so the test would miss the server's close frame."""
-    options.setdefault("ping_interval", 0.0)
+    trio-websocket's client, which :meth:`MemoryServer.connect` returns, drops its reader when
+    a ping crosses its own close frame (python-trio/trio-websocket#184): a test that keeps a
+    connection silent for ``ping_interval`` and then closes it may pass ``ping_interval=0``."""
     listener = MemoryListener()
     async with trio.open_nursery() as nursery:
         server = await nursery.start(

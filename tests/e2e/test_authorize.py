@@ -200,3 +200,14 @@ def test_refusal_log_outside_trio_uses_the_monotonic_clock() -> None:
     for _ in range(5):
         refusal_log.note("auth.forbidden", "10.0.0.1", "/actors/x/y/connect")
     assert len(seen) == 1 and refusal_log.suppressed == 4
+
+
+async def test_create_rate_as_a_number_is_per_second_and_burst(tmp_path: Path) -> None:
+    registry = actorcore.Registry([OpenRoom], store=SQLiteStore(tmp_path / "n.db"), create_rate=2)
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server:
+            for i in range(2):
+                async with server.connect(f"/actors/open/n{i}/connect") as ws:
+                    assert (await receive_json(ws))["type"] == "init"
+            async with server.connect("/actors/open/n2/connect") as ws:
+                assert await expect_close(ws) == (1013, "actor.overloaded")

@@ -18,7 +18,7 @@ import trustme
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Conn
-from actorcore.testing import serve_loopback
+from actorcore.testing import serve_in_memory, serve_loopback
 from actorcore.ws.origin import OriginPolicy
 from actorcore.ws.server import ServerOptions, serve_listeners
 
@@ -497,3 +497,20 @@ async def test_only_silent_peers_are_pinged_and_each_is_judged_from_its_last_byt
             assert await quiet.read_frame() is None  # never answered: dropped
             assert trio.current_time() - last == pytest.approx(5.0 + 3.0, abs=0.01)
         assert server.server.statistics().pings_sent == 1
+
+
+async def test_the_in_memory_test_server_keeps_the_keepalive_defaults(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``serve_in_memory`` with no options: a peer silent for 20 s is pinged, and dropped 20 s
+    after that if it never answers."""
+    registry = actorcore.Registry([Echo])
+    async with serve_in_memory(registry) as server:
+        stream = await server.listener.connect()
+        async with RawClient(stream) as client:
+            assert await client.handshake(b"/actors/echo/k/ws") == 101
+            start = trio.current_time()
+            ping = await client.read_frame()
+            assert ping is not None and ping.opcode == OP_PING
+            assert await client.read_frame() is None
+            assert trio.current_time() - start == pytest.approx(40.0, abs=0.01)

@@ -1022,7 +1022,10 @@ class Harness:
         self.check_actors(records)
 
     async def _main(self, program: list[tuple[Any, ...]], drain_at: int | None) -> None:
-        async with serve_in_memory(self.registry) as server:
+        # No keepalive: its clients are trio-websocket's, whose reader dies when a ping
+        # crosses their own close frame (python-trio/trio-websocket#184), and this harness
+        # idles and closes connections at every virtual second.
+        async with serve_in_memory(self.registry, ping_interval=0.0) as server:
             self.server = server
             async with trio.open_nursery() as watchers:
                 watchers.start_soon(self.watch_registry)
