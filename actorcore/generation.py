@@ -129,6 +129,10 @@ class ActorEntry:
     """Number of the last generation that began."""
     _changed: trio.Event | None = None
     """Made on demand (most entries never have a waiter); set and dropped at every transition."""
+    observer: Callable[[ActorEntry, LifecycleState, LifecycleState], None] | None = attrs.field(
+        default=None, repr=False
+    )
+    """Told of every transition (the registry's, for its transition listeners)."""
     held: int = 0
     """Calls and connections waiting for the next generation."""
     conns: AbstractSet[Conn] = _NO_CONNS
@@ -185,6 +189,8 @@ class ActorEntry:
         old = self.lifecycle.state
         new = self.lifecycle.process_event(event)
         if new is not old:
+            if self.observer is not None:
+                self.observer(self, old, new)
             gen = self.generation
             number = gen.number if gen is not None else self.last_generation
             log.info(

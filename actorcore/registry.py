@@ -171,6 +171,7 @@ class Registry:
             create_rate = CreateRate(float(create_rate), burst=max(1, math.ceil(create_rate)))
         self._create_budget = TokenBuckets(create_rate) if create_rate is not None else None
         self._lookup = ActorLookup(self)
+        self._transition_listeners: list[Callable[[str, LifecycleState, LifecycleState], None]] = []
         self._definitions: dict[str, ActorDefinition] = {}
         for cls in actors:
             definition = definition_of(cls)
@@ -516,6 +517,24 @@ class Registry:
 
     # ---------------------------------------------------------------- lookup
 
+    def watch_transitions(
+        self, listener: Callable[[str, LifecycleState, LifecycleState], None]
+    ) -> Callable[[], None]:
+        """Call ``listener(actor_id, old_state, new_state)`` at every lifecycle transition,
+        synchronously and in order, until the returned function is called (tests, metrics;
+        see :func:`actorcore.testing.record_transitions`). A listener must not raise."""
+        self._transition_listeners.append(listener)
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):
+                self._transition_listeners.remove(listener)
+
+        return stop
+
+    def _transitioned(self, entry: ActorEntry, old: LifecycleState, new: LifecycleState) -> None:
+        for listener in self._transition_listeners:
+            listener(entry.actor_id, old, new)
+
     @property
     def actors(self) -> ActorLookup:
         """This registry's lookup of actors, as actors see it (``ctx.actors``)."""
@@ -758,7 +777,9 @@ class Registry:
             del self._key_locks[key]
 
     def _add_entry(self, actor_id: str, key: str, definition: ActorDefinition) -> ActorEntry:
-        entry = ActorEntry(actor_id=actor_id, key=key, definition=definition)
+        entry = ActorEntry(
+            actor_id=actor_id, key=key, definition=definition, observer=self._transitioned
+        )
         self._by_id[actor_id] = entry
         self._by_key[(definition.name, key)] = entry
         return entry
@@ -1057,6 +1078,7 @@ class Registry:
         elif state is not S.ASLEEP:
             # Cancelled mid-way (hard shutdown): record it as asleep without a save.
             entry.lifecycle.state = S.ASLEEP
+            self._transitioned(entry, state, S.ASLEEP)
             entry.notify()
         gen.end()
         self._generation_ended(entry, cut=cut)

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import attrs
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 from wsproto.utilities import LocalProtocolError
 
+from .lifecycle import LifecycleState
 from .registry import Registry
 from .ws.server import WebSocketServer, serve_listeners
 
@@ -32,11 +35,14 @@ __all__ = [
     "LoopbackServer",
     "MemoryListener",
     "MemoryServer",
+    "TransitionRecorder",
     "client_nursery",
     "expect_close",
     "receive_json",
+    "record_transitions",
     "serve_in_memory",
     "serve_loopback",
+    "wait_for_state",
 ]
 
 
@@ -191,6 +197,59 @@ async def serve_loopback(
         )
         yield LoopbackServer(registry, server.port, nursery, server)
         registry.request_shutdown()
+
+
+async def wait_for_state(
+    registry: Registry,
+    actor_id: str,
+    state: LifecycleState,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 - the documented API of this helper
+) -> None:
+    """Return once the actor's lifecycle is ``state`` (at once if it already is): woken by the
+    transition itself, no polling. ``timeout``: ``trio.TooSlowError`` after that many
+    seconds (None: unbounded; bound the test with ``trio.fail_after`` then)."""
+    reached = trio.Event()
+
+    def listener(changed: str, old: LifecycleState, new: LifecycleState) -> None:
+        if changed == actor_id and new is state:
+            reached.set()
+
+    stop = registry.watch_transitions(listener)
+    try:
+        if registry.lifecycle(actor_id) is state:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.fail_after(math.inf if timeout is None else timeout):
+            await reached.wait()
+    finally:
+        stop()
+
+
+@attrs.define
+class TransitionRecorder:
+    """The transitions seen while :func:`record_transitions` was active."""
+
+    transitions: list[tuple[str, LifecycleState, LifecycleState]] = attrs.Factory(list)
+    """``(actor_id, from_state, to_state)``, in the order they happened."""
+
+    def of(self, actor_id: str) -> list[tuple[LifecycleState, LifecycleState]]:
+        """The transitions of one actor."""
+        return [(old, new) for aid, old, new in self.transitions if aid == actor_id]
+
+
+@contextlib.contextmanager
+def record_transitions(registry: Registry) -> Iterator[TransitionRecorder]:
+    """``with record_transitions(registry) as rec:`` records every lifecycle transition of the
+    registry's actors in ``rec.transitions`` until the block ends."""
+    recorder = TransitionRecorder()
+    stop = registry.watch_transitions(
+        lambda actor_id, old, new: recorder.transitions.append((actor_id, old, new))
+    )
+    try:
+        yield recorder
+    finally:
+        stop()
 
 
 #: Bound on each helper wait below; wrap a call in ``trio.fail_after`` for a tighter one.
