@@ -60,6 +60,7 @@ from .store import MemoryStore as MemoryStore
 from .store import SQLiteStore as SQLiteStore
 from .store import Store as Store
 from .store import StoreStatistics as StoreStatistics
+from .ws.dispatch import Dispatcher as Dispatcher
 
 __all__ = [
     "ActionNotFound",
@@ -89,6 +90,7 @@ __all__ = [
     "ConnectionLost",
     "CreateRate",
     "DefinitionError",
+    "Dispatcher",
     "Forbidden",
     "InternalError",
     "InvalidMessage",

@@ -126,6 +126,11 @@ class Dispatcher:
     refusals: RefusalLog = attrs.field(factory=lambda: RefusalLog(log), init=False)
     """Connections refused before they had a Conn, logged at most once a second per reason."""
 
+    def __attrs_post_init__(self) -> None:
+        # Every connection gets its 1012 close frame before actors sleep (a drain step), for
+        # any embedder of the dispatcher, not only actorcore's own server.
+        self.registry.add_drain_step(lambda: self.close_all(closecodes.RUNTIME_SHUTDOWN))
+
     @property
     def connections(self) -> int:
         """Connections being handled (held, live, or closing)."""

@@ -571,7 +571,6 @@ async def serve_listeners(
     async with trio.open_nursery() as registry_nursery:
         if not registry.running:
             await registry_nursery.start(registry.run)
-        registry.add_drain_step(lambda: dispatcher.close_all(closecodes.RUNTIME_SHUTDOWN))
         async with trio.open_nursery() as handler_nursery:
             server = WebSocketServer(registry, dispatcher, listeners, server_options, close_timeout)
             async with trio.open_nursery() as listener_nursery:

@@ -1446,3 +1446,27 @@ async def test_the_answer_of_an_action_cut_at_grace_is_sent_before_the_registry_
         await transport.close(1012, "runtime.shutdown")  # the dispatcher's drain step's part
     assert answered_at_stop == [["init", "error"]], "the answer was not out when it stopped"
     assert transport.sent[1]["code"] == "actor.stopping"
+
+
+class Embedded(actorcore.Actor):
+    name = "embedded"
+
+
+async def test_an_embedded_dispatcher_closes_its_connections_1012_at_drain(
+    autojump_clock: Any,
+) -> None:
+    """An embedder's own ``actorcore.Dispatcher`` registers its drain step itself: at shutdown
+    its connections get 1012 before the actors sleep (no ``add_drain_step`` call needed)."""
+    registry = actorcore.Registry([Embedded])
+    transport = ScriptedTransport([], lambda: registry.request_shutdown())
+
+    async def accept() -> ScriptedTransport:
+        return transport
+
+    target = "/actors/embedded/k/connect"
+    async with registry:
+        dispatcher = actorcore.Dispatcher(registry)
+        with trio.fail_after(30):
+            await dispatcher.handle(target, ConnectRequest(path=target, headers=()), accept)
+    assert [f["type"] for f in transport.sent] == ["init"]
+    assert transport.closed == (1012, "runtime.shutdown")
