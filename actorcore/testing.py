@@ -27,6 +27,7 @@ import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 from wsproto.utilities import LocalProtocolError
 
+from .client import ActorConnection, connect
 from .lifecycle import LifecycleState
 from .registry import Registry
 from .ws.server import WebSocketServer, serve_listeners
@@ -125,6 +126,13 @@ class MemoryServer:
         self.server = server
         """The running server (its statistics and options)."""
 
+    def client(self, name: str, key: str, **kwargs: Any) -> ActorConnection:
+        """A protocol client (:func:`actorcore.connect`) of the actor ``name``/``key`` over
+        this in-memory server, on the same clock: ``async with server.client("counter", "k")
+        as counter: await counter.call("increment")``. ``kwargs`` are those of
+        :func:`actorcore.connect`."""
+        return connect("ws://localhost", name, key, open_stream=self.listener.connect, **kwargs)
+
     @contextlib.asynccontextmanager
     async def connect(self, path: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
         """A client WebSocket to ``path``; closed (bounded) when the block exits."""
@@ -173,6 +181,10 @@ class LoopbackServer(MemoryServer):
         self.port = port
         self._nursery = nursery
         self.server = server
+
+    def client(self, name: str, key: str, **kwargs: Any) -> ActorConnection:
+        """A protocol client (:func:`actorcore.connect`) of ``name``/``key`` over TCP."""
+        return connect(f"ws://127.0.0.1:{self.port}", name, key, **kwargs)
 
     @contextlib.asynccontextmanager
     async def connect(self, path: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:

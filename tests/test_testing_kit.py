@@ -10,7 +10,7 @@ import trio
 
 import actorcore
 from actorcore import ActorContext, LifecycleState
-from actorcore.testing import record_transitions, wait_for_state
+from actorcore.testing import record_transitions, serve_in_memory, serve_loopback, wait_for_state
 
 S = LifecycleState
 
@@ -65,3 +65,22 @@ async def test_record_transitions_in_order(autojump_clock: trio.abc.Clock) -> No
         (S.DESTROYING, S.DESTROYED),
     ]
     assert all(actor_id == aid for actor_id, _, _ in rec.transitions)
+
+
+async def test_a_protocol_client_on_the_in_memory_server(autojump_clock: trio.abc.Clock) -> None:
+    registry = actorcore.Registry([Napper])
+    async with (
+        serve_in_memory(registry) as server,
+        server.client("napper", "k") as napper,
+    ):
+        assert await napper.call("touch") == 1
+        await trio.sleep(3600)  # an hour of virtual time: pings answered, still connected
+        assert await napper.call("touch") == 2
+        assert napper.connected
+
+
+async def test_a_protocol_client_on_the_loopback_server() -> None:
+    registry = actorcore.Registry([Napper])
+    with trio.fail_after(20):
+        async with serve_loopback(registry) as server, server.client("napper", "k") as napper:
+            assert await napper.call("touch") == 1
