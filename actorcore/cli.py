@@ -31,6 +31,7 @@ import trio
 from .errors import ActorError, StoreError
 from .registry import Registry
 from .store import MemoryStore, SQLiteStore, Store
+from .ws.server import ServerOptions
 
 __all__ = ["DEFAULT_STORE", "LoadError", "load_registry", "main"]
 
@@ -53,6 +54,10 @@ class LoadError(Exception):
 
 
 # ---------------------------------------------------------------- arguments
+
+
+#: The server's defaults, from one place (the CLI shows and passes the same values).
+_SERVER_DEFAULTS: Final = ServerOptions()
 
 
 def _version() -> str:
@@ -131,32 +136,32 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--max-connections",
         type=_positive_int,
-        default=10_000,
+        default=_SERVER_DEFAULTS.max_connections,
         help="upgraded connections at once; more are refused with 1013 (default %(default)s)",
     )
     limits.add_argument(
         "--max-connections-per-client",
         type=_positive_int,
-        default=256,
+        default=_SERVER_DEFAULTS.max_connections_per_client,
         help="connections from one client address; more are refused with 1013 "
         "(default %(default)s)",
     )
     limits.add_argument(
         "--max-handshakes",
         type=_positive_int,
-        default=1024,
+        default=_SERVER_DEFAULTS.max_handshakes,
         help="opening handshakes in progress at once (default %(default)s)",
     )
     limits.add_argument(
         "--ping-interval",
         type=_seconds,
-        default=20.0,
+        default=_SERVER_DEFAULTS.ping_interval,
         help="seconds between keepalive pings, 0 disables them (default %(default)s)",
     )
     limits.add_argument(
         "--ping-timeout",
         type=_seconds,
-        default=20.0,
+        default=_SERVER_DEFAULTS.ping_timeout,
         help="drop a peer silent this long after a ping, 0 never (default %(default)s)",
     )
     limits.add_argument(

@@ -466,3 +466,25 @@ async def test_wss_from_the_command_line(tmp_path: Path) -> None:
 def test_certfile_without_keyfile_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", "examples.counter:registry", "--certfile", "x.pem"]) == 2
     assert "--certfile and --keyfile go together" in capsys.readouterr().err
+
+
+def test_the_server_defaults_are_stated_once() -> None:
+    """``Registry.serve`` spells out each server option for its users; its defaults must be
+    those of ``ServerOptions`` (which the CLI takes its defaults from)."""
+    import inspect
+
+    from actorcore.ws.server import ServerOptions
+
+    defaults = ServerOptions()
+    parameters = inspect.signature(actorcore.Registry.serve).parameters
+    for field in attrs_fields(ServerOptions):
+        assert parameters[field].default == getattr(defaults, field), field
+    args = cli._parser().parse_args(["serve", "x:y"])
+    assert args.max_connections_per_client == defaults.max_connections_per_client
+    assert args.ping_interval == defaults.ping_interval
+
+
+def attrs_fields(cls: type) -> list[str]:
+    import attrs
+
+    return [f.name for f in attrs.fields(cls)]

@@ -197,8 +197,7 @@ class WebSocketConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         if not data:
-            self._lost()
-            await self._close_stream()
+            await self.abort()
             return
         self._process(data)
         await self._handle_events()
@@ -291,11 +290,10 @@ class WebSocketConnection:
         await self._close_stream()
 
     def _lost(self) -> None:
-        """The stream ended or broke without a close handshake (1006)."""
-        self._drop_partial()
+        """The stream ended or broke without a close handshake (1006); the caller closes
+        the stream next (:meth:`_close_stream`)."""
         if self._close_info is None:
             self._close_info = (1006, "")
-        self._mark_closed()
 
     async def _fail(self, code: int, reason: str, pending: bytes = b"") -> None:
         """Send a close frame and close the stream (a protocol error or a stalled fragment)."""
@@ -322,13 +320,15 @@ class WebSocketConnection:
     # ---------------------------------------------------------------- sending
 
     async def send(self, message: str | bytes) -> None:
-        """Send one message; TransportClosed once a close began or the stream broke."""
-        ws = self._ws
-        if self.phase is not Phase.OPEN or ws.state is not ConnectionState.OPEN:
+        """Send one message; TransportClosed once a close began or the stream broke.
+
+        The phase alone is checked: every change of wsproto's state away from OPEN (our
+        close, the peer's, a failed frame) sets it in the same step, before any await."""
+        if self.phase is not Phase.OPEN:
             await trio.lowlevel.checkpoint()
             raise self._transport_closed()
         event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(message)
-        await self._send(ws.send(event))
+        await self._send(self._ws.send(event))
 
     async def _send(self, data: bytes) -> None:
         lock = self._send_lock
@@ -357,8 +357,7 @@ class WebSocketConnection:
             except TransportClosed:
                 return
         if scope.cancelled_caught:
-            self._lost()
-            await self._close_stream()
+            await self.abort()
 
     async def send_ping(self, payload: bytes, within: float) -> None:
         """Send a keepalive ping.
@@ -453,17 +452,13 @@ class WebSocketConnection:
         """Close the stream, then wake those waiting for the end: the reader that closed it
         goes on to its teardown before a waiting :meth:`close` returns."""
         self.phase = Phase.CLOSED
+        self._drop_partial()
         stream = self._stream
         if isinstance(stream, trio.SocketStream):
             stream.socket.close()  # synchronous and idempotent
         else:
             with trio.CancelScope(shield=True), trio.move_on_after(CONTROL_SEND_TIMEOUT):
                 await trio.aclose_forcefully(stream)
-        self._mark_closed()
-
-    def _mark_closed(self) -> None:
-        self.phase = Phase.CLOSED
-        self._drop_partial()
         self._closed.set()
 
     @property

@@ -500,7 +500,6 @@ class _ConnHandler:
         )
         if gate is None:
             return
-        failed = False
         try:
             with trio.fail_after(AUTHORIZE_TIMEOUT):
                 await gate(request)
@@ -508,27 +507,27 @@ class _ConnHandler:
             raise
         except trio.TooSlowError:
             log.error("authorize did not answer within %.0f s", AUTHORIZE_TIMEOUT)
-            failed = True
+            raise _AuthorizeFailed from None
         except Exception:
             log.exception("authorize raised")
-            failed = True
-        if failed:
-            raise _AuthorizeFailed
+            raise _AuthorizeFailed from None
+
+    @property
+    def client_host(self) -> str | None:
+        """The client's address, while the request is kept (routing and setup)."""
+        request = self.request
+        return request.client.host if request is not None and request.client else None
 
     def _log_refusal(self, exc: ActorError) -> None:
-        request = self.request
-        client = request.client.host if request is not None and request.client else None
-        self.dispatcher.refusals.note(exc.code, client, self.target)
+        self.dispatcher.refusals.note(exc.code, self.client_host, self.target)
 
     async def _resolve(self, route: Route) -> ActorEntry:
         registry = self.registry
         if route.actor_id is not None:
             return await registry.find_entry(route.actor_id)
         assert route.name is not None and route.key is not None
-        request = self.request
-        client = request.client.host if request is not None and request.client else None
         return await registry.find_entry_by_key(
-            route.name, route.key, create=True, input=None, client=client
+            route.name, route.key, create=True, input=None, client=self.client_host
         )
 
     def _start_writer(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -53,7 +54,7 @@ class HandshakeRefused(Exception):
         self.reason = reason
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     values = [v for n, v in headers if n == name]
     return b", ".join(values) if values else None
 
@@ -64,10 +65,9 @@ def _tokens(value: bytes | None) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",")}
 
 
-def _check(request: h11.Request) -> tuple[bytes, tuple[str, ...]]:
+def _check(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, tuple[str, ...]]:
     """The key and subprotocols of a valid upgrade; HandshakeRefused otherwise."""
-    headers = list(request.headers)
-    if request.method != b"GET":
+    if method != b"GET":
         raise HandshakeRefused(405, "only GET upgrades to a WebSocket")
     if b"websocket" not in _tokens(_header(headers, b"upgrade")):
         raise HandshakeRefused(426, "this server speaks WebSocket: send an upgrade request")
@@ -100,7 +100,8 @@ async def read_upgrade_request(
     refused: HandshakeRefused | None = None
     try:
         event = await _next_request(stream, conn, receive_size)
-        key, subprotocols = _check(event)
+        headers = tuple((n, v) for n, v in event.headers)
+        key, subprotocols = _check(event.method, headers)
     except h11.RemoteProtocolError as exc:
         refused = HandshakeRefused(exc.error_status_hint, f"bad request: {exc}")
     except HandshakeRefused as exc:
@@ -115,9 +116,8 @@ async def read_upgrade_request(
             await _refuse(stream, conn, no_body)
             raise no_body
     trailing, _ = conn.trailing_data
-    headers = tuple((n, v) for n, v in event.headers)
-    host = _header(list(headers), b"host")
-    origin = _header(list(headers), b"origin")
+    host = _header(headers, b"host")
+    origin = _header(headers, b"origin")
     return UpgradeRequest(
         target=event.target.decode("ascii", "replace"),
         headers=headers,

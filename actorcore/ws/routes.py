@@ -10,7 +10,7 @@ Name, key and id are percent-encoded path segments; ``params`` is URL-encoded JS
 from __future__ import annotations
 
 from typing import Any, Final
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import attrs
 
@@ -18,7 +18,7 @@ from .. import jsoncodec
 from ..conn import ConnKind
 from ..errors import ActorNotFound, InvalidMessage
 
-__all__ = ["Route", "parse_route"]
+__all__ = ["Route", "parse_route", "route_name"]
 
 MAX_PATH: Final = 8192
 MAX_KEY: Final = 1024
@@ -50,9 +50,9 @@ def _segment(raw: str, what: str) -> str:
     return value
 
 
-def parse_route(target: str) -> Route:
-    """Parse a request target (path and query). Raises ActorNotFound for a malformed route and
-    InvalidMessage for bad ``params``."""
+def _split(target: str) -> tuple[SplitResult, list[str], str, str]:
+    """The parsed target, its path segments and its two decoded route segments; ActorNotFound
+    for a path that is not ``/actors/{a}/{b}/...``."""
     if len(target) > MAX_PATH:
         raise ActorNotFound("request path too long")
     try:
@@ -61,10 +61,25 @@ def parse_route(target: str) -> Route:
         # "", "actors", a, b, verb, ...
         if len(segments) < 5 or segments[0] != "" or segments[1] != "actors":
             raise ActorNotFound(f"no route for {parts.path[:200]!r}")
-        first = _segment(segments[2], "name")
-        second = _segment(segments[3], "key")
+        return parts, segments, _segment(segments[2], "name"), _segment(segments[3], "key")
     except UnicodeDecodeError:
         raise ActorNotFound("route is not valid percent-encoded UTF-8") from None
+
+
+def route_name(target: str) -> str | None:
+    """The actor definition a key route names, without decoding its ``params``; None for a
+    by-id route or a malformed path (which :func:`parse_route` refuses)."""
+    try:
+        _, segments, first, _ = _split(target)
+    except ActorNotFound:
+        return None
+    return None if segments[2] == "by-id" else first
+
+
+def parse_route(target: str) -> Route:
+    """Parse a request target (path and query). Raises ActorNotFound for a malformed route and
+    InvalidMessage for bad ``params``."""
+    parts, segments, first, second = _split(target)
     verb, rest = segments[4], segments[5:]
     if verb == "connect" and not rest:
         kind = ConnKind.PROTOCOL

@@ -39,13 +39,12 @@ from wsproto.connection import Connection as WSProtoConnection
 
 from .. import closecodes
 from ..conn import TransportClosed
-from ..errors import ActorError
 from ..request import ClientAddress, ConnectRequest
 from .connection import WebSocketConnection
 from .dispatch import Dispatcher
 from .handshake import HandshakeRefused, UpgradeRequest, accept_response, read_upgrade_request
 from .origin import OriginPolicy, is_loopback_name
-from .routes import parse_route
+from .routes import route_name
 
 if TYPE_CHECKING:
     from ..registry import Registry
@@ -441,10 +440,7 @@ class WebSocketServer:
         """The route's actor's ``max_message_size`` (the largest of all for a by-id route);
         the dispatcher refuses a bad route itself."""
         definitions = self.registry.definitions
-        try:
-            name = parse_route(target).name
-        except ActorError:
-            name = None
+        name = route_name(target)
         definition = definitions.get(name) if name is not None else None
         if definition is not None:
             return definition.options.max_message_size
