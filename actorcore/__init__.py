@@ -10,6 +10,7 @@ from __future__ import annotations
 from .actor import Actor as Actor
 from .actor import ActorDefinition as ActorDefinition
 from .actor import action as action
+from .alarms import AlarmStatistics as AlarmStatistics
 from .authority import LifecycleAuthority as LifecycleAuthority
 from .authority import LocalAuthority as LocalAuthority
 from .client import ActorConnection as ActorConnection
@@ -37,6 +38,8 @@ from .errors import InvalidMessage as InvalidMessage
 from .errors import LifecycleError as LifecycleError
 from .errors import MessageTooLarge as MessageTooLarge
 from .errors import RuntimeShutdown as RuntimeShutdown
+from .errors import ScheduleError as ScheduleError
+from .errors import ScheduleLimit as ScheduleLimit
 from .errors import StaleGeneration as StaleGeneration
 from .errors import StateError as StateError
 from .errors import StoreError as StoreError
@@ -55,7 +58,10 @@ from .registry import Registry as Registry
 from .registry import RegistryStatistics as RegistryStatistics
 from .request import ClientAddress as ClientAddress
 from .request import ConnectRequest as ConnectRequest
+from .schedule import Alarm as Alarm
+from .schedule import Schedule as Schedule
 from .store import ActorRecord as ActorRecord
+from .store import AlarmRecord as AlarmRecord
 from .store import MemoryStore as MemoryStore
 from .store import SQLiteStore as SQLiteStore
 from .store import Store as Store
@@ -82,6 +88,9 @@ __all__ = [
     "ActorStartFailed",
     "ActorStopping",
     "Admission",
+    "Alarm",
+    "AlarmRecord",
+    "AlarmStatistics",
     "CallTimeout",
     "ClientAddress",
     "Conn",
@@ -106,6 +115,9 @@ __all__ = [
     "RemoteError",
     "RuntimeShutdown",
     "SQLiteStore",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleLimit",
     "StaleGeneration",
     "StateError",
     "Store",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .lifecycle import LifecycleState
+from .schedule import Schedule
 
 if TYPE_CHECKING:
     from .conn import Conn
@@ -66,6 +67,13 @@ class ActorContext:
         ctx.actors.get_or_create(name, key)``, ``get(name, key)``, ``get_by_id(actor_id)``,
         returning the registry's :class:`~actorcore.ActorHandle`."""
         return self._gen.host.actors
+
+    @property
+    def schedule(self) -> Schedule:
+        """This actor's durable alarms: ``await ctx.schedule.after(seconds, "action", *args)``,
+        ``at(unix_time, ...)``, ``cancel(alarm_id)``, ``list()`` (see ``docs/schedule.md``)."""
+
+        return Schedule(self._gen)
 
     # ---------------------------------------------------------------- state
 

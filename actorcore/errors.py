@@ -30,6 +30,8 @@ __all__ = [
     "LifecycleError",
     "MessageTooLarge",
     "RuntimeShutdown",
+    "ScheduleError",
+    "ScheduleLimit",
     "StaleGeneration",
     "StateError",
     "StoreError",
@@ -117,6 +119,20 @@ class SubscriptionLimit(ActorError):
     an ``error`` frame (``id`` null); the connection stays open, the event is not added."""
 
     code = "subscription.limit"
+
+
+class ScheduleError(ActorError):
+    """``ctx.schedule`` was asked for an alarm it cannot keep: a time that is not a finite
+    number, or arguments that are not JSON. Nothing was scheduled."""
+
+    code = "schedule.invalid"
+
+
+class ScheduleLimit(ScheduleError):
+    """An alarm would pass a limit of its actor (``max_alarms`` pending alarms, or
+    ``max_alarm_args_size`` bytes of arguments). Nothing was scheduled."""
+
+    code = "schedule.limit"
 
 
 class StateError(ActorError):

@@ -42,6 +42,7 @@ from .logfmt import quoted
 
 if TYPE_CHECKING:
     from .actor import ActorDefinition
+    from .alarms import AlarmTimer
     from .lookup import ActorLookup
     from .store.base import ActorRecord, Store
     from .watchdog import Watchdog
@@ -92,6 +93,17 @@ class GenerationHost(Protocol):
 
     def note_stored(self, entry: ActorEntry) -> None:
         """The store now holds the entry's actor (its first start wrote it)."""
+        ...
+
+    async def write_unstored(self, entry: ActorEntry) -> None:
+        """Write the entry's new actor to the store now, created but not initialized, at
+        generation 1 (before its first start would: an alarm scheduled by ``on_create``
+        needs the actor's row)."""
+        ...
+
+    @property
+    def alarms(self) -> AlarmTimer:
+        """The registry's alarm timer (``ctx.schedule``)."""
         ...
 
     @property
@@ -608,6 +620,18 @@ class Generation:
         if good is not None:
             self.state = jsoncodec.loads(good)
 
+    async def ensure_stored(self) -> None:
+        """Make sure the store holds this actor (a new one is only written at the end of its
+        first start; something that must refer to its row, an alarm, writes it first)."""
+        if not self.host.is_unstored(self.entry):
+            return
+        lock = self._save_lock
+        if lock is None:
+            lock = self._save_lock = trio.Lock()
+        async with lock:
+            if self.host.is_unstored(self.entry):
+                await self.host.write_unstored(self.entry)
+
     async def _store_created(self) -> None:
         """Write a new actor, created and initialized, in one write (the first start of an
         actor the store does not hold yet; nothing else can save before it)."""
@@ -734,7 +758,7 @@ class Generation:
                 in_store = True
                 saving_since = trio.current_time()
                 with trio.fail_after(timeout):
-                    if unstored:
+                    if unstored and self.host.is_unstored(entry):
                         await self._store_created()
                     elif not record.initialized:
                         await self.save_state(reason="created")

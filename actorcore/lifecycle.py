@@ -195,6 +195,8 @@ class WorkKind(enum.Enum):
     """A message on an open connection that is not hibernatable."""
     HIBERNATABLE_MESSAGE = "hibernatable_message"
     """A message on an open hibernatable connection."""
+    ALARM = "alarm"
+    """A scheduled action that fell due: it never runs in a generation that is finishing."""
 
 
 class Admission(enum.Enum):
@@ -217,15 +219,15 @@ W = WorkKind
 #: DESTROYED (see :func:`admit`).
 ADMISSION: Final[dict[LifecycleState, dict[WorkKind, Admission]]] = {
     S.LOADING: {W.CALL: A.HOLD, W.CONNECT: A.HOLD, W.MESSAGE: A.STOPPING,
-                W.HIBERNATABLE_MESSAGE: A.HOLD},
+                W.HIBERNATABLE_MESSAGE: A.HOLD, W.ALARM: A.HOLD},
     S.STARTED: {W.CALL: A.ADMIT, W.CONNECT: A.ADMIT, W.MESSAGE: A.ADMIT,
-                W.HIBERNATABLE_MESSAGE: A.ADMIT},
+                W.HIBERNATABLE_MESSAGE: A.ADMIT, W.ALARM: A.ADMIT},
     S.SLEEP_GRACE: {W.CALL: A.ADMIT, W.CONNECT: A.HOLD, W.MESSAGE: A.ADMIT,
-                    W.HIBERNATABLE_MESSAGE: A.ADMIT},
+                    W.HIBERNATABLE_MESSAGE: A.ADMIT, W.ALARM: A.HOLD},
     S.SLEEP_FINALIZE: {W.CALL: A.HOLD, W.CONNECT: A.HOLD, W.MESSAGE: A.STOPPING,
-                       W.HIBERNATABLE_MESSAGE: A.HOLD},
+                       W.HIBERNATABLE_MESSAGE: A.HOLD, W.ALARM: A.HOLD},
     S.ASLEEP: {W.CALL: A.HOLD, W.CONNECT: A.HOLD, W.MESSAGE: A.STOPPING,
-               W.HIBERNATABLE_MESSAGE: A.HOLD},
+               W.HIBERNATABLE_MESSAGE: A.HOLD, W.ALARM: A.HOLD},
     S.DESTROY_GRACE: dict.fromkeys(W, A.DESTROYED),
     S.DESTROYING: dict.fromkeys(W, A.DESTROYED),
     S.DESTROYED: dict.fromkeys(W, A.DESTROYED),

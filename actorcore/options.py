@@ -56,3 +56,17 @@ class ActorOptions:
     hibernation_buffer: int = attrs.field(default=256, validator=_positive_int)
     """Messages one hibernatable connection may buffer while its actor sleeps; beyond it the
     connection closes with 1013 ``actor.overloaded``."""
+    max_alarms: int = attrs.field(default=1000, validator=_positive_int)
+    """Pending alarms (``ctx.schedule``) one actor may hold; one more raises
+    :class:`~actorcore.ScheduleLimit`."""
+    max_alarm_args_size: int = attrs.field(default=64 * 1024, validator=_positive_int)
+    """Largest JSON encoding of one alarm's arguments, in bytes; a larger one raises
+    :class:`~actorcore.ScheduleLimit`."""
+    alarm_max_attempts: int = attrs.field(default=5, validator=_positive_int)
+    """Runs of an alarm's action that may fail before the alarm is dropped (and logged with
+    its error)."""
+    alarm_retry_delay: float = attrs.field(default=1.0, validator=_positive)
+    """Delay before an alarm whose action failed runs again; doubled after every failure,
+    up to ``alarm_retry_max_delay``."""
+    alarm_retry_max_delay: float = attrs.field(default=60.0, validator=_positive)
+    """Upper bound on the delay between two runs of a failing alarm."""

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import ssl
+import time
 import uuid
 from collections.abc import (
     AsyncIterator,
@@ -34,6 +35,7 @@ import trio
 
 from . import gcpause, jsoncodec
 from .actor import Actor, ActorDefinition, definition_of
+from .alarms import MAX_RUNNING, PREFETCH, AlarmFailed, AlarmGone, AlarmStatistics, AlarmTimer
 from .authority import LifecycleAuthority, LocalAuthority
 from .context import current_conn
 from .errors import (
@@ -54,8 +56,9 @@ from .errors import (
 from .generation import ActorEntry, Generation, WorkScope
 from .lifecycle import Admission, LifecycleEvent, LifecycleState, WorkKind, admit
 from .lookup import ActorLookup
+from .options import ActorOptions
 from .ratelimit import CreateRate, TokenBuckets
-from .store.base import ActorRecord, Store
+from .store.base import ActorRecord, AlarmRecord, Store
 from .store.memory import MemoryStore
 from .watchdog import Watchdog
 
@@ -113,6 +116,8 @@ class RegistryStatistics:
     """Failed state saves (the actor kept its state in memory)."""
     draining: bool
     """The registry is shutting down."""
+    alarms: AlarmStatistics
+    """The alarm timer: alarms in memory, running, ran, retried, dropped."""
 
 
 @attrs.define(eq=False, slots=True)
@@ -161,6 +166,9 @@ class Registry:
         authorize: Callable[[ConnectRequest], Awaitable[None]] | None = None,
         create_rate: CreateRate | float | None = CreateRate(),  # noqa: B008 - frozen, immutable
         cancel_save_timeout: float = 10.0,
+        wall_clock: Callable[[], float] = time.time,
+        max_running_alarms: int = MAX_RUNNING,
+        alarm_prefetch: int = PREFETCH,
     ) -> None:
         self.authorize = authorize
         """The gate every incoming connection passes after routing, before any actor is
@@ -204,6 +212,9 @@ class Registry:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._cancel_save_timeout = cancel_save_timeout
         self._watchdog = Watchdog()
+        self._alarms = AlarmTimer(
+            self, wall_clock=wall_clock, prefetch=alarm_prefetch, max_running=max_running_alarms
+        )
         self.counters = _Counters()
         """Mutable counters; the dispatcher adds its message and close counts here."""
 
@@ -213,6 +224,11 @@ class Registry:
     def store(self) -> Store:
         """The store actors persist to."""
         return self._store
+
+    @property
+    def alarms(self) -> AlarmTimer:
+        """The timer that runs every actor's alarms (``ctx.schedule``)."""
+        return self._alarms
 
     @property
     def watchdog(self) -> Watchdog:
@@ -315,6 +331,8 @@ class Registry:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._watchdog.run, name="actorcore watchdog")
+                    self._alarms.start()
+                    nursery.start_soon(self._alarms.run, name="actorcore alarms")
                     task_status.started(self)
                     try:
                         await self._shutdown_requested.wait()
@@ -428,6 +446,7 @@ class Registry:
 
     async def _drain(self) -> None:
         self._draining = True
+        self._alarms.stop()
         self._gc_paused = True
         gcpause.pause()  # resumed when the registry has stopped (see run)
         async with trio.open_nursery() as nursery:
@@ -768,6 +787,21 @@ class Registry:
         if self.is_unstored(entry):
             del self._unstored[entry.actor_id]
 
+    async def write_unstored(self, entry: ActorEntry) -> None:
+        """Write ``entry``'s new actor now, created, not initialized, at generation 1 (its
+        start then saves its first state into that row)."""
+        unstored = self._unstored.get(entry.actor_id)
+        if unstored is None or unstored[0] is not entry:
+            return
+        record = await self._store.begin_or_create(
+            entry.name, entry.key, entry.actor_id, unstored[1]
+        )
+        if record.actor_id != entry.actor_id or record.generation != 1:
+            raise StoreError(
+                f"actor {entry.name}/{entry.key} was created in the store by someone else"
+            )
+        self.note_stored(entry)
+
     def _drop_key_lock(self, key: tuple[str, str], lock: trio.Lock) -> None:
         if (
             not lock.statistics().tasks_waiting
@@ -942,6 +976,40 @@ class Registry:
         finally:
             current_conn.reset(token)
 
+    async def run_alarm(self, alarm: AlarmRecord) -> ActorOptions | None:
+        """Run a due alarm's action on its actor (an AlarmHost method): woken if asleep, held
+        past a generation that is finishing (:attr:`WorkKind.ALARM`), bounded by
+        ``action_timeout``. None if it was cancelled before it began. Raises AlarmGone,
+        AlarmFailed, or RuntimeShutdown (it is left in the store for the next run)."""
+        try:
+            entry = await self.find_entry(alarm.actor_id)
+        except ActorNotFound as exc:  # a destroyed one too
+            raise AlarmGone(exc.message) from None
+        definition = entry.definition
+        fn = definition.actions.get(alarm.action)
+        if fn is None:
+            raise AlarmGone(f"actor {entry.name!r} has no action {alarm.action!r} any more")
+        try:
+            args = jsoncodec.loads(alarm.args)
+        except ValueError as exc:
+            raise AlarmGone(f"its arguments are not JSON: {exc}") from None
+        try:
+            gen = await self.admit_entry(entry, WorkKind.ALARM)
+        except ActorDestroyed as exc:
+            raise AlarmGone(exc.message) from None
+        except RuntimeShutdown:
+            raise
+        except ActorError as exc:  # the actor could not start, or is overloaded
+            raise AlarmFailed(exc, definition.options) from exc
+        if not self._alarms.begin(alarm.alarm_id):
+            return None
+        work = gen.track_work(f"alarm:{alarm.action}", timeout=definition.options.action_timeout)
+        try:
+            await self.invoke(gen, work, alarm.action, fn, args, {}, None)
+        except Exception as exc:
+            raise AlarmFailed(exc, definition.options) from exc
+        return definition.options
+
     # ---------------------------------------------------------------- sleep / destroy
 
     def request(self, entry: ActorEntry, event: LifecycleEvent, reason: str) -> None:
@@ -1088,6 +1156,7 @@ class Registry:
     def _generation_ended(self, entry: ActorEntry, *, cut: bool) -> None:
         state = entry.lifecycle.state
         if state is S.DESTROYED:
+            self._alarms.forget_actor(entry.actor_id)
             self._retire(entry)
             self._tombstones[entry.actor_id] = None
             while len(self._tombstones) > TOMBSTONES:
@@ -1142,6 +1211,7 @@ class Registry:
             calls=c.calls,
             save_errors=c.save_errors,
             draining=self._draining,
+            alarms=self._alarms.statistics(),
         )
 
     def entry(self, actor_id: str) -> ActorEntry | None:

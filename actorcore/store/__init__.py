@@ -12,12 +12,13 @@ from typing import TypeVar
 
 import trio
 
-from actorcore.store.base import ActorRecord, Store, StoreStatistics
+from actorcore.store.base import ActorRecord, AlarmRecord, Store, StoreStatistics
 from actorcore.store.memory import MemoryStore
 from actorcore.store.sqlite import SQLiteStore
 
 __all__ = [
     "ActorRecord",
+    "AlarmRecord",
     "MemoryStore",
     "SQLiteStore",
     "Store",

@@ -12,10 +12,13 @@ State travels as bytes (UTF-8 JSON made by the registry); a store never interpre
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import attrs
 
-__all__ = ["ActorRecord", "Store", "StoreStatistics"]
+from actorcore.errors import StoreError
+
+__all__ = ["ActorRecord", "AlarmRecord", "Store", "StoreStatistics"]
 
 
 @attrs.frozen
@@ -36,6 +39,24 @@ class ActorRecord:
     """The last saved state (UTF-8 JSON), or None before the first save."""
     input: bytes | None
     """The creation input (UTF-8 JSON), kept until the actor is initialized."""
+
+
+@attrs.frozen
+class AlarmRecord:
+    """One pending alarm as the store holds it (see ``docs/schedule.md``)."""
+
+    alarm_id: str
+    """Unique id, returned by ``ctx.schedule.after``/``at``."""
+    actor_id: str
+    """The actor whose action runs."""
+    due: float
+    """When it falls due, in seconds since the Unix epoch."""
+    action: str
+    """The action to run."""
+    args: bytes
+    """Its arguments: a UTF-8 JSON array."""
+    attempts: int = 0
+    """Runs of the action that failed so far."""
 
 
 @attrs.frozen
@@ -60,6 +81,9 @@ class Store(abc.ABC):
     All async methods raise :class:`actorcore.StoreError` (or its subclass
     :class:`actorcore.StaleGeneration`) on failure, never a library exception.
     """
+
+    keeps_alarms: ClassVar[bool] = False
+    """Whether the store implements the alarm methods (``ctx.schedule`` needs them)."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Prepare for use (open files, start the writer). Called by the registry."""
@@ -147,7 +171,33 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete(self, actor_id: str, generation: int) -> None:
-        """Remove the actor (its key becomes free). Fenced like :meth:`save`."""
+        """Remove the actor (its key becomes free) and its alarms. Fenced like :meth:`save`."""
+
+    # -- alarms: stored beside the actors, so they survive sleep and restarts. A store that
+    # keeps none raises StoreError; the registry then refuses to schedule (and fires nothing).
+
+    async def add_alarm(self, alarm: AlarmRecord, generation: int, max_alarms: int) -> None:
+        """Store ``alarm`` for its actor. Fenced like :meth:`save` by ``generation``; raises
+        :class:`actorcore.ScheduleLimit` if the actor already holds ``max_alarms`` alarms."""
+        raise StoreError(f"{type(self).__name__} does not keep alarms")
+
+    async def remove_alarm(self, actor_id: str, alarm_id: str) -> bool:
+        """Remove the alarm ``alarm_id`` of ``actor_id``; False if there was none (it ran,
+        or was cancelled or removed with its actor)."""
+        raise StoreError(f"{type(self).__name__} does not keep alarms")
+
+    async def retry_alarm(self, alarm_id: str, due: float, attempts: int) -> bool:
+        """Move the alarm to ``due`` with ``attempts`` failed runs; False if it is gone."""
+        raise StoreError(f"{type(self).__name__} does not keep alarms")
+
+    async def list_alarms(self, actor_id: str) -> list[AlarmRecord]:
+        """The actor's alarms, earliest first."""
+        raise StoreError(f"{type(self).__name__} does not keep alarms")
+
+    async def next_alarms(self, limit: int) -> list[AlarmRecord]:
+        """The ``limit`` alarms due first, over all actors, earliest first (ties by id). The
+        registry holds only these in memory, never one object per pending alarm."""
+        raise StoreError(f"{type(self).__name__} does not keep alarms")
 
     @abc.abstractmethod
     def statistics(self) -> StoreStatistics:

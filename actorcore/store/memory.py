@@ -13,11 +13,14 @@ Fault injection, for testing callers against a failing store:
 
 from __future__ import annotations
 
+import heapq
+from typing import ClassVar
+
 import attrs
 import trio
 
-from actorcore.errors import ActorNotFound, StaleGeneration, StoreError
-from actorcore.store.base import ActorRecord, Store, StoreStatistics
+from actorcore.errors import ActorNotFound, ScheduleLimit, StaleGeneration, StoreError
+from actorcore.store.base import ActorRecord, AlarmRecord, Store, StoreStatistics
 
 __all__ = ["MemoryStore"]
 
@@ -36,6 +39,8 @@ class MemoryStore(Store):
     key, injected fault). A write refused with :class:`ActorNotFound` is in neither counter.
     """
 
+    keeps_alarms: ClassVar[bool] = True
+
     fail_writes: Exception | None = attrs.field(default=None, kw_only=True)
     """Fault hook: when not None, every write raises ``StoreError`` chained to this exception."""
     write_delay: float = attrs.field(default=0.0, kw_only=True)
@@ -43,6 +48,9 @@ class MemoryStore(Store):
 
     _by_id: dict[str, ActorRecord] = attrs.field(factory=dict, init=False)
     _by_key: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)
+    _alarms: dict[str, AlarmRecord] = attrs.field(factory=dict, init=False)
+    _alarms_of: dict[str, set[str]] = attrs.field(factory=dict, init=False)
+    """Alarm ids by actor id."""
     _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
     _writes: int = attrs.field(default=0, init=False)
     _write_errors: int = attrs.field(default=0, init=False)
@@ -178,7 +186,63 @@ class MemoryStore(Store):
         record = self._fenced("delete", actor_id, generation)
         del self._by_id[actor_id]
         del self._by_key[record.name, record.key]
+        for alarm_id in self._alarms_of.pop(actor_id, ()):
+            del self._alarms[alarm_id]
         self._writes += 1
+
+    async def add_alarm(self, alarm: AlarmRecord, generation: int, max_alarms: int) -> None:
+        """Store ``alarm``; fenced by ``generation``; ScheduleLimit past ``max_alarms``."""
+        await self._before_write("add_alarm")
+        self._fenced("add_alarm", alarm.actor_id, generation)
+        mine = self._alarms_of.setdefault(alarm.actor_id, set())
+        if len(mine) >= max_alarms:
+            if not mine:
+                del self._alarms_of[alarm.actor_id]
+            raise ScheduleLimit(
+                f"actor {alarm.actor_id} already has {len(mine)} pending alarms "
+                f"(max_alarms={max_alarms})"
+            )
+        if alarm.alarm_id in self._alarms:
+            self._write_errors += 1
+            raise StoreError(f"add_alarm failed: alarm {alarm.alarm_id!r} already exists")
+        mine.add(alarm.alarm_id)
+        self._alarms[alarm.alarm_id] = alarm
+        self._writes += 1
+
+    async def remove_alarm(self, actor_id: str, alarm_id: str) -> bool:
+        """Remove the alarm; False if ``actor_id`` has no alarm ``alarm_id``."""
+        await self._before_write("remove_alarm")
+        alarm = self._alarms.get(alarm_id)
+        if alarm is None or alarm.actor_id != actor_id:
+            return False
+        del self._alarms[alarm_id]
+        mine = self._alarms_of[actor_id]
+        mine.discard(alarm_id)
+        if not mine:
+            del self._alarms_of[actor_id]
+        self._writes += 1
+        return True
+
+    async def retry_alarm(self, alarm_id: str, due: float, attempts: int) -> bool:
+        """Move the alarm to ``due`` with ``attempts``; False if it is gone."""
+        await self._before_write("retry_alarm")
+        alarm = self._alarms.get(alarm_id)
+        if alarm is None:
+            return False
+        self._alarms[alarm_id] = attrs.evolve(alarm, due=due, attempts=attempts)
+        self._writes += 1
+        return True
+
+    async def list_alarms(self, actor_id: str) -> list[AlarmRecord]:
+        """The actor's alarms, earliest first."""
+        await self._before_read("list_alarms")
+        alarms = [self._alarms[alarm_id] for alarm_id in self._alarms_of.get(actor_id, ())]
+        return sorted(alarms, key=_due_order)
+
+    async def next_alarms(self, limit: int) -> list[AlarmRecord]:
+        """The ``limit`` alarms due first, earliest first."""
+        await self._before_read("next_alarms")
+        return heapq.nsmallest(limit, self._alarms.values(), key=_due_order)
 
     async def count(self) -> int:
         """Number of actors held."""
@@ -233,3 +297,7 @@ class MemoryStore(Store):
                 f"not {generation}"
             )
         return record
+
+
+def _due_order(alarm: AlarmRecord) -> tuple[float, str]:
+    return (alarm.due, alarm.alarm_id)

@@ -38,19 +38,30 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import attrs
 import outcome
 import trio
 
-from actorcore.errors import ActorError, ActorNotFound, StaleGeneration, StoreError
-from actorcore.store.base import ActorRecord, Store, StoreStatistics
+from actorcore.errors import (
+    ActorError,
+    ActorNotFound,
+    ScheduleLimit,
+    StaleGeneration,
+    StoreError,
+)
+from actorcore.store.base import ActorRecord, AlarmRecord, Store, StoreStatistics
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 1
-"""Version stored in the ``meta`` table; a file with another version is refused."""
+SCHEMA_VERSION = 2
+"""Version stored in the ``meta`` table. A version 1 file (no alarms table) is upgraded in
+place when opened; a file with any other version is refused."""
+
+_UPGRADABLE = frozenset({"1"})
+"""Schema versions that opening upgrades to :data:`SCHEMA_VERSION` (each added tables only,
+which the ``CREATE ... IF NOT EXISTS`` of the schema makes)."""
 
 _T = TypeVar("_T")
 
@@ -70,7 +81,19 @@ CREATE TABLE IF NOT EXISTS actors (
     updated_at REAL,
     UNIQUE (name, key)
 );
+CREATE TABLE IF NOT EXISTS alarms (
+    alarm_id TEXT PRIMARY KEY,
+    actor_id TEXT NOT NULL,
+    due REAL NOT NULL,
+    action TEXT NOT NULL,
+    args BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS alarms_by_due ON alarms (due, alarm_id);
+CREATE INDEX IF NOT EXISTS alarms_by_actor ON alarms (actor_id);
 """
+
+_ALARM_COLUMNS = "alarm_id, actor_id, due, action, args, attempts"
 
 _COLUMNS = "actor_id, name, key, generation, initialized, state, input"
 
@@ -106,6 +129,10 @@ def _map_sqlite_errors(operation: str) -> Iterator[None]:
 def _record(row: _Row) -> ActorRecord:
     actor_id, name, key, generation, initialized, state, input = row
     return ActorRecord(actor_id, name, key, generation, bool(initialized), state, input)
+
+
+def _alarm(row: tuple[str, str, float, str, bytes, int]) -> AlarmRecord:
+    return AlarmRecord(*row)
 
 
 def _deny_commit(action: int, arg1: str | None, *_: str | None) -> int:
@@ -223,6 +250,8 @@ class SQLiteStore(Store):
     A write refused with :class:`ActorNotFound` is in neither counter. ``actors`` is exact: it
     is counted once at open and then kept up to date by committed writes.
     """
+
+    keeps_alarms: ClassVar[bool] = True
 
     _path: str | os.PathLike[str]
     _max_pending: int = attrs.field(default=1024, kw_only=True)
@@ -369,7 +398,12 @@ class SQLiteStore(Store):
                 (version,) = writer.execute(
                     "SELECT value FROM meta WHERE key = 'schema_version'"
                 ).fetchone()
-                if version != str(SCHEMA_VERSION):
+                if version in _UPGRADABLE:
+                    writer.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                        (str(SCHEMA_VERSION),),
+                    )
+                elif version != str(SCHEMA_VERSION):
                     raise StoreError(
                         f"open failed: schema version {version} is not supported "
                         f"(expected {SCHEMA_VERSION})"
@@ -550,8 +584,66 @@ class SQLiteStore(Store):
             )
             if cursor.rowcount == 0:
                 _refuse_stale(conn, "delete", actor_id, generation)
+            conn.execute("DELETE FROM alarms WHERE actor_id = ?", (actor_id,))
 
         await self._submit(_Request("delete", apply, actor_delta=-1))
+
+    async def add_alarm(self, alarm: AlarmRecord, generation: int, max_alarms: int) -> None:
+        """Store ``alarm``, fenced by ``generation``; ScheduleLimit past ``max_alarms``. The
+        count and the insert are one transaction."""
+
+        def apply(conn: sqlite3.Connection) -> None:
+            if _current_generation(conn, "add_alarm", alarm.actor_id) != generation:
+                _refuse_stale(conn, "add_alarm", alarm.actor_id, generation)
+            (held,) = conn.execute(
+                "SELECT count(*) FROM alarms WHERE actor_id = ?", (alarm.actor_id,)
+            ).fetchone()
+            if held >= max_alarms:
+                raise ScheduleLimit(
+                    f"actor {alarm.actor_id} already has {held} pending alarms "
+                    f"(max_alarms={max_alarms})"
+                )
+            try:
+                conn.execute(
+                    f"INSERT INTO alarms ({_ALARM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        alarm.alarm_id,
+                        alarm.actor_id,
+                        alarm.due,
+                        alarm.action,
+                        alarm.args,
+                        alarm.attempts,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(
+                    f"add_alarm failed: alarm {alarm.alarm_id!r} already exists"
+                ) from exc
+
+        await self._submit(_Request("add_alarm", apply, size=len(alarm.args) + _PAGE))
+
+    async def remove_alarm(self, actor_id: str, alarm_id: str) -> bool:
+        """Remove the alarm; False if ``actor_id`` has no alarm ``alarm_id``."""
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM alarms WHERE alarm_id = ? AND actor_id = ?", (alarm_id, actor_id)
+            )
+            return cursor.rowcount > 0
+
+        return await self._submit(_Request("remove_alarm", apply))
+
+    async def retry_alarm(self, alarm_id: str, due: float, attempts: int) -> bool:
+        """Move the alarm to ``due`` with ``attempts``; False if it is gone."""
+
+        def apply(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE alarms SET due = ?, attempts = ? WHERE alarm_id = ?",
+                (due, attempts, alarm_id),
+            )
+            return cursor.rowcount > 0
+
+        return await self._submit(_Request("retry_alarm", apply))
 
     async def _submit(self, request: _Request[_T], *, urgent: bool = False) -> _T:
         """Apply ``request`` through the writer. ``urgent`` (the wake path): if background
@@ -848,6 +940,29 @@ class SQLiteStore(Store):
             return None if row is None else _record(row)
 
         return await self._read("get_by_id", query)
+
+    async def list_alarms(self, actor_id: str) -> list[AlarmRecord]:
+        """The actor's alarms, earliest first."""
+
+        def query(conn: sqlite3.Connection) -> list[AlarmRecord]:
+            rows = conn.execute(
+                f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE actor_id = ? ORDER BY due, alarm_id",
+                (actor_id,),
+            ).fetchall()
+            return [_alarm(row) for row in rows]
+
+        return await self._read("list_alarms", query)
+
+    async def next_alarms(self, limit: int) -> list[AlarmRecord]:
+        """The ``limit`` alarms due first (an index range scan), earliest first."""
+
+        def query(conn: sqlite3.Connection) -> list[AlarmRecord]:
+            rows = conn.execute(
+                f"SELECT {_ALARM_COLUMNS} FROM alarms ORDER BY due, alarm_id LIMIT ?", (limit,)
+            ).fetchall()
+            return [_alarm(row) for row in rows]
+
+        return await self._read("next_alarms", query)
 
     async def count(self) -> int:
         """Number of actors in the database (an exact ``count(*)``)."""

@@ -14,8 +14,9 @@ import trio
 import trio.testing
 
 import actorcore.store.sqlite as sqlite_module
-from actorcore.errors import ActorNotFound, StaleGeneration, StoreError
+from actorcore.errors import ActorNotFound, ScheduleLimit, StaleGeneration, StoreError
 from actorcore.store import ActorRecord, MemoryStore, SQLiteStore, Store, open_store
+from actorcore.store.base import AlarmRecord
 
 TIMEOUT = 10.0
 
@@ -813,3 +814,91 @@ async def test_memory_write_delay(autojump_clock: trio.abc.Clock) -> None:
         start = trio.current_time()
         await store.get_by_id("a1")
         assert trio.current_time() == start  # reads are not delayed
+
+
+# -- alarms ----------------------------------------------------------------------------------------
+
+
+def _alarm(alarm_id: str, due: float, actor_id: str = "a1", action: str = "ping") -> AlarmRecord:
+    return AlarmRecord(alarm_id, actor_id, due, action, b"[1]")
+
+
+async def test_alarms_are_kept_listed_and_ordered(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        gen = await _started(store)
+        gen2 = await _started(store, "a2", "k2")
+        assert store.keeps_alarms
+        await store.add_alarm(_alarm("x3", 30.0), gen, 10)
+        await store.add_alarm(_alarm("x1", 10.0), gen, 10)
+        await store.add_alarm(_alarm("x2", 10.0, "a2"), gen2, 10)
+        assert [a.alarm_id for a in await store.list_alarms("a1")] == ["x1", "x3"]
+        assert [a.alarm_id for a in await store.next_alarms(10)] == ["x1", "x2", "x3"]
+        assert [a.alarm_id for a in await store.next_alarms(2)] == ["x1", "x2"]
+        assert (await store.list_alarms("a1"))[0] == _alarm("x1", 10.0)
+
+
+async def test_add_alarm_is_fenced_and_limited(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        gen = await _started(store)
+        with pytest.raises(StaleGeneration):
+            await store.add_alarm(_alarm("x1", 1.0), gen - 1, 10)
+        with pytest.raises(ActorNotFound):
+            await store.add_alarm(_alarm("x1", 1.0, actor_id="nobody"), gen, 10)
+        await store.add_alarm(_alarm("x1", 1.0), gen, 2)
+        await store.add_alarm(_alarm("x2", 1.0), gen, 2)
+        with pytest.raises(ScheduleLimit, match="max_alarms=2"):
+            await store.add_alarm(_alarm("x3", 1.0), gen, 2)
+        assert len(await store.list_alarms("a1")) == 2
+
+
+async def test_remove_and_retry_alarm(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        gen = await _started(store)
+        await store.add_alarm(_alarm("x1", 1.0), gen, 10)
+        assert await store.retry_alarm("x1", 5.0, 2)
+        (moved,) = await store.list_alarms("a1")
+        assert (moved.due, moved.attempts) == (5.0, 2)
+        assert not await store.remove_alarm("a2", "x1"), "another actor's alarm is not removed"
+        assert await store.remove_alarm("a1", "x1")
+        assert not await store.remove_alarm("a1", "x1")
+        assert not await store.retry_alarm("x1", 6.0, 3)
+        assert await store.next_alarms(10) == []
+
+
+async def test_delete_removes_the_actors_alarms(store: AnyStore) -> None:
+    with trio.fail_after(TIMEOUT):
+        gen = await _started(store)
+        gen2 = await _started(store, "a2", "k2")
+        await store.add_alarm(_alarm("x1", 1.0), gen, 10)
+        await store.add_alarm(_alarm("x2", 2.0, "a2"), gen2, 10)
+        await store.delete("a1", gen)
+        assert await store.list_alarms("a1") == []
+        assert [a.alarm_id for a in await store.next_alarms(10)] == ["x2"]
+
+
+async def test_a_version_1_file_is_upgraded_with_its_actors(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        CREATE TABLE actors (actor_id TEXT PRIMARY KEY, name TEXT NOT NULL, key TEXT NOT NULL,
+            generation INTEGER NOT NULL, initialized INTEGER NOT NULL, state BLOB, input BLOB,
+            updated_at REAL, UNIQUE (name, key));
+        INSERT INTO meta VALUES ('schema_version', '1');
+        INSERT INTO actors VALUES ('a1', 'counter', 'k1', 3, 1, '{"count": 7}', NULL, 0);
+        """
+    )
+    conn.close()
+    with trio.fail_after(TIMEOUT):
+        async with open_store(SQLiteStore(path)) as store:
+            record = await store.get_by_id("a1")
+            assert record is not None and record.generation == 3 and record.initialized
+            await store.add_alarm(_alarm("x1", 1.0), 3, 10)
+            assert [a.alarm_id for a in await store.next_alarms(5)] == ["x1"]
+    assert _sqlite_pragma(path, "user_version") == 0
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT value FROM meta").fetchone()[0] == "2"
+    finally:
+        conn.close()
