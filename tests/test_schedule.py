@@ -118,6 +118,10 @@ class Reminder(actorcore.Actor):
         return ctx.generation
 
     @actorcore.action
+    async def touch(self, ctx: ActorContext) -> None:
+        ctx.state["touched"] = ctx.state.get("touched", 0) + 1
+
+    @actorcore.action
     async def rung(self, ctx: ActorContext) -> int:
         return int(ctx.state["rung"])
 
@@ -256,6 +260,52 @@ async def test_an_alarm_due_during_grace_runs_on_the_next_generation(
         [(_, generation, ran_at, _)] = Reminder.runs
         assert generation == 2, "never run in the generation that was finishing"
         assert ran_at >= 4
+
+
+async def test_an_alarm_due_during_finalize_runs_on_the_next_generation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    async with running(store) as reg:
+        handle = await reg.get_or_create("reminder", "a")
+        await handle.call("remind", 2, "during finalize")
+        store.write_delay = 5  # the final save takes 5 s: the alarm falls due in finalize
+        await handle.call("touch")  # changed after the last save: finalize must save
+        await handle.call("nap")
+        await trio.sleep(3)
+        assert reg.lifecycle(handle.actor_id) is S.SLEEP_FINALIZE
+        store.write_delay = 0
+        await trio.sleep(10)
+        [(_, generation, ran_at, _)] = Reminder.runs
+        assert generation == 2 and ran_at >= 5
+
+
+async def test_an_actor_with_a_pending_alarm_still_sleeps_when_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as reg:
+        handle = await reg.get_or_create("reminder", "a")
+        await handle.call("remind", 1000, "much later")
+        await trio.sleep(Reminder.options.sleep_timeout + 1)
+        assert reg.lifecycle(handle.actor_id) is S.ASLEEP
+        assert reg.entries() == []
+
+
+async def test_an_alarm_held_when_the_registry_drains_runs_after_the_restart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Due while its actor is in grace, then the registry drains: the alarm is refused, not
+    # lost, and the next registry runs it.
+    store = MemoryStore()
+    async with running(store) as reg:
+        handle = await reg.get_or_create("reminder", "slow-sleeper")
+        await handle.call("remind", 2, "kept")
+        await handle.call("nap")
+        await trio.sleep(3)  # due, held for the next generation
+    assert Reminder.runs == []
+    async with running(store) as reg:
+        await trio.sleep(1)
+        assert [run[3] for run in Reminder.runs] == [("kept",)]
 
 
 async def test_a_failing_alarm_is_retried_with_backoff_then_dropped(
