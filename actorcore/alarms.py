@@ -141,6 +141,8 @@ class AlarmTimer:
         self._cancelled: set[str] = set()
         """Alarms being cancelled, or cancelled while running: their action must not begin."""
         self._poke: trio.Event | None = None
+        self._changed: trio.Event | None = None
+        """Set (and dropped) at every change of the prefetch or the running set."""
         self._stopping = False
         self._ran = self._retried = self._dropped = self._refills = 0
 
@@ -160,8 +162,7 @@ class AlarmTimer:
         """Persist an alarm of ``gen``'s actor and return its id (``ctx.schedule``)."""
         definition = gen.definition
         options = definition.options
-        if not self._host.store.keeps_alarms:
-            raise ScheduleError(f"the store {type(self._host.store).__name__} keeps no alarms")
+        self._require_alarm_store()
         if action not in definition.actions:
             raise ActionNotFound(f"actor {definition.name!r} has no action {action!r}")
         if isinstance(due, bool) or not isinstance(due, int | float) or not math.isfinite(due):
@@ -185,6 +186,7 @@ class AlarmTimer:
         """Remove a pending alarm of ``gen``'s actor. True: its action will not run. False: it
         has no alarm with that id, or that alarm's action has already begun (the run is not
         interrupted, but it will not be retried)."""
+        self._require_alarm_store()
         if not isinstance(alarm_id, str):
             raise ScheduleError(f"alarm ids are str, not {type(alarm_id).__name__}")
         # Marked first: a run handed out while the store removes it must not begin.
@@ -208,7 +210,13 @@ class AlarmTimer:
 
     async def list(self, gen: Generation) -> list[AlarmRecord]:
         """The pending alarms of ``gen``'s actor, earliest first."""
+        self._require_alarm_store()
         return await self._host.store.list_alarms(gen.actor_id)
+
+    def _require_alarm_store(self) -> None:
+        store = self._host.store
+        if not store.keeps_alarms:
+            raise ScheduleError(f"the store {type(store).__name__} keeps no alarms")
 
     def forget_actor(self, actor_id: str) -> None:
         """The actor was destroyed (its alarms went with its row): drop them from memory."""
@@ -260,6 +268,30 @@ class AlarmTimer:
     def _wake(self) -> None:
         if self._poke is not None:
             self._poke.set()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def _settled(self) -> bool:
+        """Nothing is running, nothing in memory is due, and nothing waits for a refill."""
+        if self._stopping or not self._host.store.keeps_alarms:
+            return True
+        if self._running:
+            return False
+        if not self._queue:
+            return self._horizon == _COMPLETE
+        return self._queue[0][0] > self.now()
+
+    async def wait_settled(self) -> int:
+        """Return once every alarm due now has run (or was retried or dropped) and none is
+        running; returns how many runs finished meanwhile (``actorcore.testing``)."""
+        before = self._ran + self._retried + self._dropped
+        while not self._settled():
+            if self._changed is None:
+                self._changed = trio.Event()
+            await self._changed.wait()
+        await trio.lowlevel.checkpoint()
+        return self._ran + self._retried + self._dropped - before
 
     async def _refill(self) -> bool:
         """Read the alarms due first into the prefetch. False if the store failed."""
@@ -288,6 +320,7 @@ class AlarmTimer:
                 self._discard(alarm_id)
             elif alarm_id not in self._running:
                 self._insert(added)
+        self._wake()
         return True
 
     def _insert(self, record: AlarmRecord) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "expect_close",
     "receive_json",
     "record_transitions",
+    "run_due_alarms",
     "serve_in_memory",
     "serve_loopback",
     "wait_for_state",
@@ -236,6 +237,20 @@ async def wait_for_state(
             await reached.wait()
     finally:
         stop()
+
+
+async def run_due_alarms(
+    registry: Registry,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 - the documented API of this helper
+) -> int:
+    """Return once every alarm due now (``ctx.schedule``) has run, been retried or dropped,
+    and none is running: the registry's timer runs them (waking their actors); this waits for
+    it, without polling. Returns how many runs finished meanwhile. With ``autojump_clock``,
+    ``await trio.sleep(seconds)`` first to make later alarms due. ``timeout``:
+    ``trio.TooSlowError`` after that many seconds (None: unbounded)."""
+    with trio.fail_after(math.inf if timeout is None else timeout):
+        return await registry.alarms.wait_settled()
 
 
 @attrs.define

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import attrs
 import psutil
@@ -59,6 +59,9 @@ class Sizes:
     awake_n: int
     asleep_n: int
     conns_n: int
+    alarms_pending_n: int
+    alarms_due_n: int
+    alarms_latency_n: int
 
 
 ISSUE_TAIL_RATE = 2.0
@@ -85,6 +88,9 @@ FULL = Sizes(
     awake_n=10_000,
     asleep_n=1_000_000,
     conns_n=5_000,
+    alarms_pending_n=100_000,
+    alarms_due_n=10_000,
+    alarms_latency_n=200,
 )
 """The issue's N for every workload that names one; message counts sized for this machine."""
 
@@ -105,6 +111,9 @@ QUICK = Sizes(
     awake_n=500,
     asleep_n=50_000,
     conns_n=300,
+    alarms_pending_n=20_000,
+    alarms_due_n=2_000,
+    alarms_latency_n=50,
 )
 
 WORKLOADS = (
@@ -118,6 +127,7 @@ WORKLOADS = (
     "mem_awake",
     "mem_asleep",
     "mem_conn",
+    "alarms",
 )
 
 
@@ -900,6 +910,108 @@ def w_mem_conn(b: Bench) -> list[dict[str, Any]]:
     ]
 
 
+def _alarms_proc(b: Bench, *args: Any, timeout: float = 600) -> dict[str, Any]:
+    """One run of ``benchmarks.alarms`` in a process of its own, on the server's CPU."""
+    argv = ["-m", "benchmarks.alarms", *(str(a) for a in args)]
+    proc = Proc(argv, SERVER_CPU, b._log(f"alarms-{args[0]}"))
+    try:
+        return cast(dict[str, Any], json.loads(proc.line(timeout)))
+    finally:
+        proc.stop()
+
+
+def w_alarms(b: Bench) -> list[dict[str, Any]]:
+    """Issue 16's scale rows: memory of pending alarms, a restart with alarms due, latency."""
+    sizes = b.sizes
+    n, due_n, lat_n = sizes.alarms_pending_n, sizes.alarms_due_n, sizes.alarms_latency_n
+    with tempfile.TemporaryDirectory(prefix="actorcore-bench-") as tmp:
+        with_alarms, without = os.path.join(tmp, "alarms.db"), os.path.join(tmp, "none.db")
+        t = time.perf_counter()
+        _alarms_proc(b, "populate", "--db", with_alarms, "--n", n, "--alarms", n)
+        _alarms_proc(b, "populate", "--db", without, "--n", n)
+        b.mark(f"alarms: populate 2 x {n}", t)
+        per: list[float] = []
+        held: list[int] = []
+        for _ in range(b.reps):
+            full = _alarms_proc(b, "memory", "--db", with_alarms)
+            empty = _alarms_proc(b, "memory", "--db", without)
+            per.append((full["rss"] - empty["rss"]) / n)
+            held.append(full["alarms_in_memory"])
+        rates: list[float] = []
+        base_rates: list[float] = []
+        runs: list[dict[str, Any]] = []
+        for rep_ in range(b.reps):
+            due_db = os.path.join(tmp, f"due-{rep_}.db")
+            calls_db = os.path.join(tmp, f"calls-{rep_}.db")
+            _alarms_proc(b, "populate", "--db", due_db, "--n", due_n, "--alarms", due_n,
+                         "--due-in", -5)  # fmt: skip
+            _alarms_proc(b, "populate", "--db", calls_db, "--n", due_n)
+            run = _alarms_proc(b, "restart", "--db", due_db, "--n", due_n)
+            runs.append(run)
+            rates.append(run["alarms_per_s"])
+            base = _alarms_proc(b, "calls", "--db", calls_db, "--n", due_n)
+            base_rates.append(base["calls_per_s"])
+        awake: list[dict[str, Any]] = []
+        asleep: list[dict[str, Any]] = []
+        for rep_ in range(b.reps):
+            awake.append(
+                _alarms_proc(b, "latency", "--db", os.path.join(tmp, f"l{rep_}.db"), "--n", lat_n)
+            )
+            asleep.append(
+                _alarms_proc(
+                    b, "latency", "--db", os.path.join(tmp, f"s{rep_}.db"), "--n", lat_n, "--asleep"
+                )
+            )
+    return [
+        row(
+            f"memory per pending alarm ({n:,} asleep actors, one alarm each, SQLite)",
+            "RSS delta / alarm (vs. no alarms)",
+            "B",
+            per,
+            None,
+            "0 beyond a bounded prefetch (<= 8 B)",
+            lambda a, _b: a <= 8,
+            extra={"alarms_in_memory": held},
+        ),
+        row(
+            f"restart with {due_n:,} alarms due (each wakes its actor)",
+            "alarms/s (base: the same wakes by calls)",
+            "alarms/s",
+            rates,
+            base_rates,
+            "all run once, none lost",
+            lambda _a, _b: all(r["ran_twice"] == 0 and r["lost"] == 0 for r in runs),
+            extra={
+                "delay_p50_ms": [r["delay_p50_ms"] for r in runs],
+                "delay_p99_ms": [r["delay_p99_ms"] for r in runs],
+                "ran_twice": [r["ran_twice"] for r in runs],
+                "lost": [r["lost"] for r in runs],
+                "left_in_store": [r["left_in_store"] for r in runs],
+            },
+        ),
+        row(
+            f"alarm latency, idle registry ({lat_n} alarms, actor awake)",
+            "due-to-start p50",
+            "ms",
+            [r["p50_ms"] for r in awake],
+            None,
+            "p50 <= 5 ms",
+            lambda a, _b: a <= 5,
+            extra={"p99_ms": [r["p99_ms"] for r in awake]},
+        ),
+        row(
+            f"alarm latency, idle registry ({lat_n} alarms, each wakes its actor)",
+            "due-to-start p50",
+            "ms",
+            [r["p50_ms"] for r in asleep],
+            None,
+            "-",
+            None,
+            extra={"p99_ms": [r["p99_ms"] for r in asleep]},
+        ),
+    ]
+
+
 RUNNERS: dict[str, Callable[[Bench], list[dict[str, Any]]]] = {
     "echo": w_echo,
     "oneway": w_oneway,
@@ -911,6 +1023,7 @@ RUNNERS: dict[str, Callable[[Bench], list[dict[str, Any]]]] = {
     "mem_awake": w_mem_awake,
     "mem_asleep": w_mem_asleep,
     "mem_conn": w_mem_conn,
+    "alarms": w_alarms,
 }
 
 
@@ -943,10 +1056,10 @@ def machine() -> dict[str, Any]:
 def fmt(v: float | None, unit: str) -> str:
     if v is None:
         return "-"
-    if unit in ("msgs/s", "rt/s"):
+    if unit in ("msgs/s", "rt/s", "alarms/s"):
         return f"{v:,.0f}"
     if unit == "B":
-        return f"{v:,.0f} B"
+        return f"{v:.1f} B" if abs(v) < 100 else f"{v:,.0f} B"
     if unit == "ms":
         return f"{v:.2f} ms"
     if unit == "s":

@@ -445,3 +445,55 @@ async def test_alarms_survive_a_restart_on_sqlite(tmp_path: Path) -> None:
             assert [run[3] for run in Reminder.runs] == [("after restart",)]
             [[_, _, args, _, _]] = await (await reg.get_by_id(handle.actor_id)).call("pending")
             assert args == ["much later"]
+
+
+async def test_the_example_room_closes_itself_after_an_idle_hour(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from examples.reminder import Reminders, Room
+
+    async with Registry([Reminders, Room], wall_clock=wall) as reg:
+        room = await reg.get_or_create("room", "lobby")
+        await trio.sleep(3000)
+        assert await room.call("post", "still here") == 1  # moves the close an hour on
+        await trio.sleep(3000)
+        assert room.lifecycle is not S.DESTROYED
+        await trio.sleep(601)
+        assert room.lifecycle is S.DESTROYED
+        me = await reg.get_or_create("reminders", "me")
+        await me.call("remind", 10, "stretch")
+        await trio.sleep(11)
+        assert await me.call("fired") == [{"text": "stretch", "generation": 2}]
+
+
+async def test_a_store_without_alarms_refuses_to_schedule(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class NoAlarms(MemoryStore):
+        keeps_alarms = False
+
+    async with running(NoAlarms()) as reg:
+        handle = await reg.get_or_create("reminder", "a")
+        with pytest.raises(ScheduleError, match="keeps no alarms"):
+            await handle.call("remind", 1)
+        with pytest.raises(ScheduleError, match="keeps no alarms"):
+            await handle.call("pending")
+        with pytest.raises(ScheduleError, match="keeps no alarms"):
+            await handle.call("cancel", "x")
+
+
+async def test_run_due_alarms_waits_for_the_due_ones_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from actorcore.testing import run_due_alarms
+
+    async with running() as reg:
+        handle = await reg.get_or_create("reminder", "a")
+        await handle.call("remind_at", wall() - 1)  # already due
+        await handle.call("remind", 50, "later")
+        assert await run_due_alarms(reg, timeout=1) == 1
+        assert [run[3] for run in Reminder.runs] == [("at",)]
+        assert await run_due_alarms(reg, timeout=1) == 0, "the later one is not due"
+        autojump_clock.jump(50)
+        assert await run_due_alarms(reg, timeout=1) == 1
+        assert [run[3] for run in Reminder.runs] == [("at",), ("later",)]
