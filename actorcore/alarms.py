@@ -50,6 +50,8 @@ PREFETCH = 512
 """Default bound on the alarms held in memory (the ones due first)."""
 MAX_RUNNING = 256
 """Default bound on alarms whose actions run at once (each may wake its actor)."""
+BUG_RETRY_DELAY = 60.0
+"""Seconds before an alarm runs again after the registry itself failed to run it."""
 REFILL_RETRY_FIRST = 1.0
 """Seconds before reading the store again after a failed read; doubled up to 30."""
 
@@ -392,8 +394,9 @@ class AlarmTimer:
             log.info("alarm %s left for the next run: %s", record.alarm_id, exc)
             return None
         except Exception:
+            # A bug of actorcore's, not the action's: keep the alarm (at least once), slowly.
             log.exception("alarm %s: the registry failed to run it", record.alarm_id)
-            return None
+            return attrs.evolve(record, due=self.now() + BUG_RETRY_DELAY)
         if options is None:
             return None  # cancelled before it began: the cancel removed it
         self._ran += 1

@@ -985,6 +985,8 @@ class Registry:
             entry = await self.find_entry(alarm.actor_id)
         except ActorNotFound as exc:  # a destroyed one too
             raise AlarmGone(exc.message) from None
+        except StoreError as exc:  # the lookup's read failed: retried like a failed run
+            raise AlarmFailed(exc, ActorOptions()) from exc
         definition = entry.definition
         fn = definition.actions.get(alarm.action)
         if fn is None:

@@ -497,3 +497,27 @@ async def test_run_due_alarms_waits_for_the_due_ones_only(
         autojump_clock.jump(50)
         assert await run_due_alarms(reg, timeout=1) == 1
         assert [run[3] for run in Reminder.runs] == [("at",), ("later",)]
+
+
+async def test_a_failed_lookup_is_retried_not_lost(autojump_clock: trio.testing.MockClock) -> None:
+    class FlakyReads(MemoryStore):
+        failures = 0
+
+        async def get_by_id(self, actor_id: str) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise actorcore.StoreError("get_by_id failed: disk unplugged")
+            return await super().get_by_id(actor_id)
+
+    store = FlakyReads()
+    async with running(store) as reg:
+        handle = await reg.get_or_create("reminder", "a")
+        await handle.call("remind", 10, "despite the store")
+        await handle.call("nap")
+        await trio.sleep(1)
+        assert reg.entries() == []  # the alarm's lookup must read the store
+        store.failures = 1
+        await trio.sleep(10)
+        assert Reminder.runs == [] and reg.statistics().alarms.retried == 1
+        await trio.sleep(2)  # alarm_retry_delay: 1 s
+        assert [run[3] for run in Reminder.runs] == [("despite the store",)]
