@@ -16,9 +16,10 @@ life in milliseconds.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import attrs
@@ -28,8 +29,9 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_st
 from wsproto.utilities import LocalProtocolError
 
 from .client import ActorConnection, connect
-from .lifecycle import LifecycleState
-from .registry import Registry
+from .context import ActorContext
+from .lifecycle import LifecycleState, WorkKind
+from .registry import ActorHandle, Registry
 from .ws.server import WebSocketServer, serve_listeners
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "receive_json",
     "record_transitions",
     "run_due_alarms",
+    "run_in_actor",
     "serve_in_memory",
     "serve_loopback",
     "wait_for_state",
@@ -237,6 +240,26 @@ async def wait_for_state(
             await reached.wait()
     finally:
         stop()
+
+
+async def run_in_actor(handle: ActorHandle, fn: Callable[[ActorContext], Any]) -> Any:
+    """Run ``fn(ctx)`` (sync or async) inside the actor, as in-flight work of its current
+    generation, waking it if it sleeps, and return its result: a test reads or sets
+    ``ctx.state``, calls ``ctx.sleep()``, inspects ``ctx.conns`` ... without an action for it.
+    Admitted like a call (held past a finishing generation, bounded by ``ready_timeout`` and
+    ``action_timeout``); a state it leaves unsaveable raises StateError and is rolled back."""
+    registry = handle.registry
+    entry = await registry.find_entry(handle.actor_id)
+    gen = await registry.admit_entry(entry, WorkKind.CALL)
+    work = gen.track_work("run_in_actor", timeout=gen.definition.options.action_timeout)
+
+    async def body(_instance: Any, ctx: ActorContext) -> Any:
+        result = fn(ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    return await registry.invoke(gen, work, "run_in_actor", body, (), {}, None)
 
 
 async def run_due_alarms(

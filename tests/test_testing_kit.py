@@ -10,7 +10,13 @@ import trio
 
 import actorcore
 from actorcore import ActorContext, LifecycleState
-from actorcore.testing import record_transitions, serve_in_memory, serve_loopback, wait_for_state
+from actorcore.testing import (
+    record_transitions,
+    run_in_actor,
+    serve_in_memory,
+    serve_loopback,
+    wait_for_state,
+)
 
 S = LifecycleState
 
@@ -84,3 +90,29 @@ async def test_a_protocol_client_on_the_loopback_server() -> None:
     with trio.fail_after(20):
         async with serve_loopback(registry) as server, server.client("napper", "k") as napper:
             assert await napper.call("touch") == 1
+
+
+async def test_run_in_actor_runs_sync_and_async_functions_inside_the_actor(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with actorcore.Registry([Napper]) as registry:
+        handle = await registry.get_or_create("napper", "k")
+        await handle.call("touch")
+        assert await run_in_actor(handle, lambda ctx: ctx.state["n"]) == 1
+
+        async def bump(ctx: ActorContext) -> int:
+            await trio.sleep(1)
+            ctx.state["n"] += 10
+            return ctx.generation
+
+        assert await run_in_actor(handle, bump) == 1
+        await wait_for_state(registry, handle.actor_id, S.ASLEEP)
+        # Asleep: it is woken for the function, and the state it set was persisted.
+        assert await run_in_actor(handle, lambda ctx: (ctx.generation, ctx.state["n"])) == (2, 11)
+
+        def unsaveable(ctx: ActorContext) -> None:
+            ctx.state["n"] = {1, 2}
+
+        with pytest.raises(actorcore.StateError):
+            await run_in_actor(handle, unsaveable)
+        assert await handle.call("touch") == 12, "rolled back to the last saveable state"
