@@ -32,6 +32,7 @@ from .client import ActorConnection, connect
 from .context import ActorContext
 from .lifecycle import LifecycleState, WorkKind
 from .registry import ActorHandle, Registry
+from .storecontract import store_contract
 from .ws.server import WebSocketServer, serve_listeners
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "run_in_actor",
     "serve_in_memory",
     "serve_loopback",
+    "store_contract",
     "wait_for_state",
 ]
 

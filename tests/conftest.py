@@ -12,6 +12,8 @@ import trio
 
 import actorcore
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 def make_registry(

@@ -17,6 +17,7 @@ import actorcore.store.sqlite as sqlite_module
 from actorcore.errors import ActorNotFound, ScheduleLimit, StaleGeneration, StoreError
 from actorcore.store import ActorRecord, MemoryStore, SQLiteStore, Store, open_store
 from actorcore.store.base import AlarmRecord
+from actorcore.testing import store_contract
 
 TIMEOUT = 10.0
 
@@ -902,3 +903,52 @@ async def test_a_version_1_file_is_upgraded_with_its_actors(tmp_path: Path) -> N
         assert conn.execute("SELECT value FROM meta").fetchone()[0] == "2"
     finally:
         conn.close()
+
+
+# -- the shipped contract (actorcore.testing.store_contract) -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["memory", "memory-composed", "sqlite"])
+async def test_the_shipped_contract_passes(kind: str, tmp_path: Path) -> None:
+    counter = iter(range(1000))
+
+    def make() -> Store:
+        if kind == "memory":
+            return MemoryStore()
+        if kind == "memory-composed":
+            return _ComposedMemoryStore()
+        return SQLiteStore(tmp_path / f"contract-{next(counter)}.db")
+
+    checked = await store_contract(make)
+    assert "fences_saves" in checked and "keeps_alarms" in checked
+    assert len(checked) == 9
+
+
+class _UnfencedStore(MemoryStore):
+    """Saves from any generation: the bug fencing exists to prevent."""
+
+    async def save(self, actor_id: str, generation: int, state: bytes) -> None:
+        record = await self.get_by_id(actor_id)
+        await super().save(actor_id, record.generation if record else generation, state)
+
+
+class _LeakyAlarms(MemoryStore):
+    """Forgets to delete an actor's alarms with it."""
+
+    async def delete(self, actor_id: str, generation: int) -> None:
+        alarms = await self.list_alarms(actor_id)
+        await super().delete(actor_id, generation)
+        for alarm in alarms:
+            await self.create(alarm.actor_id, "ghost", alarm.alarm_id, None)
+            record = await self.begin_generation(alarm.actor_id)
+            await self.add_alarm(alarm, record.generation, 10)
+
+
+@pytest.mark.parametrize(
+    ("broken", "rule"), [(_UnfencedStore, "fences_saves"), (_LeakyAlarms, "keeps_alarms")]
+)
+async def test_the_shipped_contract_catches_a_broken_store(
+    broken: type[MemoryStore], rule: str
+) -> None:
+    with pytest.raises(AssertionError, match=f"rule '{rule}'"):
+        await store_contract(broken)
