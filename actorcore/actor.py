@@ -13,16 +13,16 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from types import CodeType
-from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Generic, TypeVar, cast
 
 import attrs
 
+from .context import ActorContext, StateT
 from .errors import DefinitionError
 from .options import ActorOptions
 
 if TYPE_CHECKING:
     from .conn import Conn
-    from .context import ActorContext
 
 __all__ = ["Actor", "ActorDefinition", "action", "definition_of"]
 
@@ -54,52 +54,57 @@ def action(fn: F) -> F:
     return fn
 
 
-class Actor:
+class Actor(Generic[StateT]):
     """Base class of user actors. Every hook is optional.
 
     Class attributes: ``name`` (route name, default the class name in lower case) and
-    ``options`` (:class:`ActorOptions`).
+    ``options`` (:class:`ActorOptions`). ``Actor[S]`` types the state for the checker:
+    ``ctx: ActorContext[S]`` has ``ctx.state: S`` (a plain ``Actor`` keeps ``Any``).
     """
 
     name: ClassVar[str] = ""
     options: ClassVar[ActorOptions] = ActorOptions()
 
-    def create_state(self, ctx: ActorContext, input: Any) -> Any:
+    def create_state(self, ctx: ActorContext[StateT], input: Any) -> StateT | Awaitable[StateT]:
         """Initial state, on first creation only (plain or async). Must be JSON-serialisable."""
-        return {}
+        return cast(StateT, {})
 
-    async def on_create(self, ctx: ActorContext) -> None:
+    async def on_create(self, ctx: ActorContext[StateT]) -> None:
         """First creation only, after ``create_state``."""
 
-    async def on_wake(self, ctx: ActorContext) -> None:
+    async def on_wake(self, ctx: ActorContext[StateT]) -> None:
         """Start of every generation, the first included."""
 
-    async def on_sleep(self, ctx: ActorContext) -> None:
+    async def on_sleep(self, ctx: ActorContext[StateT]) -> None:
         """Sleep grace: the actor still serves work while this runs."""
 
-    async def on_destroy(self, ctx: ActorContext) -> None:
+    async def on_destroy(self, ctx: ActorContext[StateT]) -> None:
         """Destroy grace: new work is refused while this runs."""
 
-    async def on_before_connect(self, ctx: ActorContext, params: Any, request: Any) -> None:
+    async def on_before_connect(self, ctx: ActorContext[StateT], params: Any, request: Any) -> None:
         """Before a connection is set up; raise :class:`actorcore.Forbidden` to refuse it."""
 
-    async def create_conn_state(self, ctx: ActorContext, params: Any) -> Any:
+    async def create_conn_state(self, ctx: ActorContext[StateT], params: Any) -> Any:
         """Initial ``conn.state`` of a new connection (plain or async)."""
         return None
 
-    async def on_connect(self, ctx: ActorContext, conn: Conn) -> None:
+    async def on_connect(self, ctx: ActorContext[StateT], conn: Conn) -> None:
         """A connection became live (not called again after a wake for hibernated ones)."""
 
-    async def on_disconnect(self, ctx: ActorContext, conn: Conn) -> None:
+    async def on_disconnect(self, ctx: ActorContext[StateT], conn: Conn) -> None:
         """A connection ended (not called when a hibernatable one sleeps with its actor)."""
 
-    async def on_ws_open(self, ctx: ActorContext, conn: Conn) -> None:
+    async def on_ws_open(self, ctx: ActorContext[StateT], conn: Conn) -> None:
         """A raw WebSocket became live."""
 
-    async def on_ws_message(self, ctx: ActorContext, conn: Conn, message: str | bytes) -> None:
+    async def on_ws_message(
+        self, ctx: ActorContext[StateT], conn: Conn, message: str | bytes
+    ) -> None:
         """A message on a raw WebSocket; messages of one connection come one at a time."""
 
-    async def on_ws_close(self, ctx: ActorContext, conn: Conn, code: int, reason: str) -> None:
+    async def on_ws_close(
+        self, ctx: ActorContext[StateT], conn: Conn, code: int, reason: str
+    ) -> None:
         """A raw WebSocket closed."""
 
 

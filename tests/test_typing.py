@@ -54,24 +54,61 @@ def test_a_users_module_passes_mypy_strict_against_the_wheel(tmp_path: Path) -> 
     work = tmp_path / "user"
     work.mkdir()
     shutil.copy(HERE / "typed" / "user_actors.py", work)
+    shutil.copy(HERE / "typed" / "wrong_state.py", work)
     (work / "mypy.ini").write_text("[mypy]\n")  # not the project's own configuration
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-incremental",
-            "--config-file",
-            "mypy.ini",
-            "--python-executable",
-            str(python),
-            "user_actors.py",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=work,
-    )
+
+    def check(module: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mypy",
+                "--strict",
+                "--no-incremental",
+                "--config-file",
+                "mypy.ini",
+                "--python-executable",
+                str(python),
+                module,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            cwd=work,
+        )
+
+    result = check("user_actors.py")
     assert result.returncode == 0, result.stdout + result.stderr
+    # Typed state is checked: the two misuses in wrong_state.py are both reported.
+    wrong = check("wrong_state.py")
+    expected = {
+        i + 1
+        for i, line in enumerate((work / "wrong_state.py").read_text().splitlines())
+        if line.rstrip().endswith(("# error: a str is not an int", "# error: no such key"))
+    }
+    reported = {int(line.split(":")[1]) for line in wrong.stdout.splitlines() if ": error:" in line}
+    assert len(expected) == 2 and reported == expected, wrong.stdout
+
+
+async def test_a_typed_actor_runs_like_any_other(autojump_clock: object) -> None:
+    from typing import Any, TypedDict
+
+    from actorcore import ActorContext
+
+    class WalletState(TypedDict):
+        balance: int
+
+    class Wallet(actorcore.Actor[WalletState]):
+        async def create_state(self, ctx: ActorContext[WalletState], input: Any) -> WalletState:
+            return {"balance": int(input)}
+
+        @actorcore.action
+        async def deposit(self, ctx: ActorContext[WalletState], amount: int) -> int:
+            ctx.state["balance"] += amount
+            return ctx.state["balance"]
+
+    async with actorcore.Registry([Wallet]) as registry:
+        wallet = await registry.get_or_create("wallet", "w", input=5)
+        assert await wallet.call("deposit", 3) == 8
+        assert actorcore.Actor[WalletState] is not actorcore.Actor  # a real generic alias

@@ -3,7 +3,7 @@ installed package (``tests/test_typing.py``). Not imported by the test run."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import actorcore
 from actorcore import ActorContext, ConnectRequest, Forbidden
@@ -38,3 +38,29 @@ async def main() -> int:
         handle = await registry.get_or_create("counter", "k")
         result: int = await handle.call("increment", 2)
         return result
+
+
+class AccountState(TypedDict):
+    owner: str
+    balance: int
+
+
+class Account(actorcore.Actor[AccountState]):
+    """Typed state: ``ctx.state`` is an ``AccountState`` for the checker."""
+
+    def create_state(self, ctx: ActorContext[AccountState], input: Any) -> AccountState:
+        return {"owner": str(input), "balance": 0}
+
+    @actorcore.action
+    async def deposit(self, ctx: ActorContext[AccountState], amount: int) -> int:
+        ctx.state["balance"] += amount
+        return ctx.state["balance"]
+
+    async def on_wake(self, ctx: ActorContext[AccountState]) -> None:
+        owner: str = ctx.state["owner"]
+        assert owner
+
+
+class Lazy(actorcore.Actor[list[str]]):
+    async def create_state(self, ctx: ActorContext[list[str]], input: Any) -> list[str]:
+        return []
