@@ -12,6 +12,8 @@ from .actor import ActorDefinition as ActorDefinition
 from .actor import action as action
 from .alarms import AlarmStatistics as AlarmStatistics
 from .authority import LifecycleAuthority as LifecycleAuthority
+from .authority import LifecycleCommands as LifecycleCommands
+from .authority import LifecycleRequest as LifecycleRequest
 from .authority import LocalAuthority as LocalAuthority
 from .client import ActorConnection as ActorConnection
 from .client import ActorEvent as ActorEvent
@@ -104,8 +106,10 @@ __all__ = [
     "InternalError",
     "InvalidMessage",
     "LifecycleAuthority",
+    "LifecycleCommands",
     "LifecycleError",
     "LifecycleEvent",
+    "LifecycleRequest",
     "LifecycleState",
     "LocalAuthority",
     "MemoryStore",

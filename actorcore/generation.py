@@ -70,8 +70,16 @@ class GenerationHost(Protocol):
         """The store actors persist to."""
         ...
 
-    def request(self, entry: ActorEntry, event: LifecycleEvent, reason: str) -> None:
-        """Ask the lifecycle authority for a sleep or destroy of ``entry``."""
+    def request(
+        self,
+        entry: ActorEntry,
+        event: LifecycleEvent,
+        reason: str,
+        *,
+        only_if: Callable[[], bool] | None = None,
+    ) -> None:
+        """Ask the lifecycle authority for a sleep or destroy of ``entry``; a sleep whose
+        ``only_if()`` is false when it is granted is dropped."""
         ...
 
     def spawn(self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
@@ -317,6 +325,8 @@ class Generation:
     _busy: int = 0
     _idle_at: float = math.inf
     """When the idle timer fires (inf: busy, in grace, or no_sleep)."""
+    _idle_since: float = math.inf
+    """When the actor last became idle (no work, no non-hibernatable connection)."""
     _save_at: float = math.inf
     """When the next interval save is due (inf: nothing changed since the last one)."""
     _timer_at: float = math.inf
@@ -474,7 +484,9 @@ class Generation:
         if now >= self._idle_at:
             self._idle_at = math.inf  # re-armed when the actor is next idle
             if self._busy == 0 and self.lifecycle.state is S.STARTED:
-                self.request_sleep("idle")
+                # Asked again after another sleep_timeout, in case it is not granted.
+                self._idle_at = now + self.definition.options.sleep_timeout
+                self.host.request(self.entry, E.SLEEP, "idle", only_if=self._still_idle)
         self._arm(min(self._idle_at, self._save_at))
 
     async def _interval_save(self) -> None:
@@ -485,6 +497,14 @@ class Generation:
             if not self._stopping:
                 self.mark_dirty()  # try again at the next interval (finalize saves anyway)
 
+    def _still_idle(self) -> bool:
+        """An idle sleep granted now is still wanted: idle for a full ``sleep_timeout``."""
+        return (
+            self._busy == 0
+            and self.lifecycle.state is S.STARTED
+            and trio.current_time() >= self._idle_since + self.definition.options.sleep_timeout
+        )
+
     def _busy_inc(self) -> None:
         # Nothing to re-arm: a timer that fires while the actor is busy does nothing.
         self._busy += 1
@@ -492,7 +512,8 @@ class Generation:
     def _busy_dec(self) -> None:
         self._busy -= 1
         if self._busy == 0 and self.lifecycle.state is S.STARTED and not self._no_sleep:
-            self._idle_at = trio.current_time() + self.definition.options.sleep_timeout
+            self._idle_since = trio.current_time()
+            self._idle_at = self._idle_since + self.definition.options.sleep_timeout
             if self._started:
                 self._arm(self._idle_at)
 
@@ -676,6 +697,7 @@ class Generation:
             await self.stop()
             return False
         if self._busy == 0 and not self._no_sleep:
+            self._idle_since = now
             self._idle_at = now + self.definition.options.sleep_timeout
         self._arm(min(self._idle_at, self._save_at))
         return True

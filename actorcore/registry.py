@@ -36,7 +36,7 @@ import trio
 from . import gcpause, jsoncodec
 from .actor import Actor, ActorDefinition, definition_of
 from .alarms import MAX_RUNNING, PREFETCH, AlarmFailed, AlarmGone, AlarmStatistics, AlarmTimer
-from .authority import LifecycleAuthority, LocalAuthority
+from .authority import LifecycleAuthority, LifecycleCommands, LifecycleRequest, LocalAuthority
 from .context import current_conn
 from .errors import (
     ActionNotFound,
@@ -189,6 +189,7 @@ class Registry:
         self._store: Store = store if store is not None else MemoryStore()
         self._store_is_default = store is None
         self._authority: LifecycleAuthority = authority or LocalAuthority()
+        self._commands = _Commands(self)
         self._by_id: dict[str, ActorEntry] = {}
         self._by_key: dict[tuple[str, str], ActorEntry] = {}
         self._key_locks: dict[tuple[str, str], trio.Lock] = {}
@@ -331,6 +332,9 @@ class Registry:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._watchdog.run, name="actorcore watchdog")
+                    attach = getattr(self._authority, "attach", None)
+                    if attach is not None:
+                        attach(self._commands)
                     self._alarms.start()
                     nursery.start_soon(self._alarms.run, name="actorcore alarms")
                     task_status.started(self)
@@ -1014,21 +1018,58 @@ class Registry:
 
     # ---------------------------------------------------------------- sleep / destroy
 
-    def request(self, entry: ActorEntry, event: LifecycleEvent, reason: str) -> None:
-        """Ask the authority for ``event`` on ``entry`` (a GenerationHost method)."""
+    def request(
+        self,
+        entry: ActorEntry,
+        event: LifecycleEvent,
+        reason: str,
+        *,
+        only_if: Callable[[], bool] | None = None,
+    ) -> None:
+        """Ask the authority for ``event`` on ``entry`` (a GenerationHost method). The grant
+        is re-checked when it arrives: a sleep for a generation that has ended, or one whose
+        ``only_if()`` is now false (an idle sleep after new activity), is dropped."""
+        generation = entry.last_generation
 
         def apply() -> None:
-            entry.process(event, reason)
-            if (
-                event is E.DESTROY
-                and entry.lifecycle.state is S.ASLEEP
-                and entry.generation is None
-                and not entry.retired
-                and not self._draining
+            if event is E.SLEEP and (
+                entry.last_generation != generation or (only_if is not None and not only_if())
             ):
-                self._wake(entry, "destroy requested while asleep")
+                log.debug(
+                    "actor %s id=%s: sleep (%s) granted too late; dropped",
+                    entry.name,
+                    entry.actor_id,
+                    reason,
+                )
+                return
+            self._apply_request(entry, event, reason)
 
-        self._authority.request(entry.actor_id, entry.last_generation, event, apply)
+        self._authority.request(self._lifecycle_request(entry, event, reason), apply)
+
+    def _lifecycle_request(
+        self, entry: ActorEntry, event: LifecycleEvent, reason: str
+    ) -> LifecycleRequest:
+        return LifecycleRequest(
+            entry.actor_id, entry.name, entry.key, entry.last_generation, event, reason
+        )
+
+    def _apply_request(self, entry: ActorEntry, event: LifecycleEvent, reason: str) -> None:
+        """Carry out a granted (or commanded) sleep or destroy."""
+        entry.process(event, reason)
+        if (
+            event is E.DESTROY
+            and entry.lifecycle.state is S.ASLEEP
+            and entry.generation is None
+            and not entry.retired
+            and not self._draining
+        ):
+            self._wake(entry, "destroy requested while asleep")
+
+    @property
+    def commands(self) -> LifecycleCommands:
+        """What the authority may command (handed to its ``attach`` when the registry
+        starts; usable directly by an embedder too)."""
+        return self._commands
 
     async def sleep(self, actor_id: str) -> None:
         """Request sleep and return when the generation running now has finished."""
@@ -1081,7 +1122,8 @@ class Registry:
 
     def _wake(self, entry: ActorEntry, reason: str) -> None:
         self._authority.request(
-            entry.actor_id, entry.last_generation, E.WAKE, lambda: self._apply_wake(entry, reason)
+            self._lifecycle_request(entry, E.WAKE, reason),
+            lambda: self._apply_wake(entry, reason),
         )
 
     def _apply_wake(self, entry: ActorEntry, reason: str) -> None:
@@ -1223,6 +1265,44 @@ class Registry:
     def entries(self) -> list[ActorEntry]:
         """All in-memory entries."""
         return list(self._by_id.values())
+
+
+class _Commands:
+    """The registry's :class:`~actorcore.authority.LifecycleCommands`: transitions applied
+    without asking the authority (it is the one commanding)."""
+
+    __slots__ = ("_registry",)
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    async def sleep(self, actor_id: str, reason: str) -> None:
+        """Put the actor to sleep (a no-op if it is not awake)."""
+        await trio.lowlevel.checkpoint()
+        entry = self._registry.entry(actor_id)
+        if entry is not None and entry.generation is not None:
+            self._registry._apply_request(entry, E.SLEEP, reason)
+
+    async def destroy(self, actor_id: str, reason: str) -> None:
+        """Destroy the actor (waking it so that ``on_destroy`` runs)."""
+        registry = self._registry
+        entry = await registry.find_entry(actor_id)
+        if registry.draining:
+            raise RuntimeShutdown("the registry is shutting down")
+        registry._apply_request(entry, E.DESTROY, reason)
+
+    async def wake(self, actor_id: str, reason: str) -> None:
+        """Start a generation of the actor if it is asleep."""
+        registry = self._registry
+        entry = await registry.find_entry(actor_id)
+        if registry.draining:
+            raise RuntimeShutdown("the registry is shutting down")
+        if entry.lifecycle.state is S.ASLEEP and entry.generation is None:
+            registry._apply_wake(entry, reason)
+
+    async def move_away(self, actor_id: str, reason: str) -> None:
+        """Put the actor to sleep here: it is to run elsewhere."""
+        await self.sleep(actor_id, f"moved away: {reason}")
 
 
 def _decided(entry: ActorEntry, kind: WorkKind) -> Generation | None:

@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, LifecycleState, MemoryStore
+from actorcore.authority import LifecycleRequest
 from actorcore.generation import Generation
 from actorcore.lifecycle import LifecycleEvent
 from actorcore.store import open_store
@@ -168,10 +169,9 @@ class RecordingAuthority:
         self.harness = harness
         self.registry: actorcore.Registry | None = None
 
-    def request(
-        self, actor_id: str, generation: int, event: LifecycleEvent, apply: Callable[[], None]
-    ) -> None:
+    def request(self, request: LifecycleRequest, apply: Callable[[], None]) -> None:
         assert self.registry is not None
+        actor_id, event = request.actor_id, request.event
         entry = self.registry.entry(actor_id)
         if entry is None:
             self.harness.violation(f"{event.name} requested for {actor_id} with no entry")

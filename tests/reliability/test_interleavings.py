@@ -73,6 +73,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Conn, LifecycleState, MemoryStore, closecodes
+from actorcore.authority import LifecycleRequest
 from actorcore.conn import TransportClosed
 from actorcore.generation import Generation
 from actorcore.lifecycle import LifecycleEvent
@@ -325,10 +326,9 @@ class RecordingAuthority:
         self.harness = harness
         self.registry: actorcore.Registry | None = None
 
-    def request(
-        self, actor_id: str, generation: int, event: LifecycleEvent, apply: Callable[[], None]
-    ) -> None:
+    def request(self, request: LifecycleRequest, apply: Callable[[], None]) -> None:
         assert self.registry is not None
+        actor_id, event = request.actor_id, request.event
         entry = self.registry.entry(actor_id)
         if entry is None:
             self.harness.violation(f"{event.name} requested for {actor_id} with no entry")
