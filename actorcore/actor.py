@@ -199,7 +199,12 @@ def definition_of(cls: type[Actor]) -> ActorDefinition:
     clash = set(actions) & ({"create_state", "create_conn_state"} | set(ASYNC_HOOKS))
     if clash:
         raise DefinitionError(f"{cls.__qualname__}: hooks cannot be actions: {sorted(clash)}")
-    inline = {name: fn.__code__ for name, fn in actions.items() if never_suspends(fn)}
+    # A serial actor's actions take a turn each: none may run inline, past the turn order.
+    inline = {
+        name: fn.__code__
+        for name, fn in actions.items()
+        if not options.serial and never_suspends(fn)
+    }
     return ActorDefinition(
         cls=cls,
         name=name,

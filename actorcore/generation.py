@@ -21,10 +21,11 @@ up other actors.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -60,6 +61,12 @@ S = LifecycleState
 E = LifecycleEvent
 _GRACE_STATES = frozenset({S.SLEEP_GRACE, S.DESTROY_GRACE})
 _NO_CONNS: frozenset[Conn] = frozenset()
+
+#: The generations whose turn the current call chain holds (serial actors): a call that
+#: re-enters one of them from within its turn (A -> B -> A, one task) runs in that turn.
+_turns_held: contextvars.ContextVar[frozenset[Generation]] = contextvars.ContextVar(
+    "actorcore_turns_held", default=frozenset()
+)
 
 
 class GenerationHost(Protocol):
@@ -343,6 +350,9 @@ class Generation:
     _saveable: bytes | None = None
     """The last encoding of the state that succeeded (what a rollback returns to)."""
     _no_sleep: bool = attrs.field(default=False, init=False)
+    serial: bool = attrs.field(default=False, init=False)
+    """The actor is serial (``ActorOptions.serial``): its work takes turns (:meth:`turn`)."""
+    _turn_lock: trio.Lock | None = None
     _finalizing: bool = False
     ended: bool = False
     """The generation has ended (finalized, failed to start, or was cancelled)."""
@@ -351,6 +361,7 @@ class Generation:
     def __attrs_post_init__(self) -> None:
         self.ctx = ActorContext(self)
         self._no_sleep = self.entry.definition.options.no_sleep
+        self.serial = self.entry.definition.options.serial
 
     # ---------------------------------------------------------------- identity
 
@@ -558,6 +569,9 @@ class Generation:
         async_fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
     ) -> None:
+        # Background work is not part of the turn it was started from: were it to call its
+        # actor, it takes a turn of its own.
+        _turns_held.set(frozenset())
         try:
             with work:
                 await async_fn(*args)
@@ -566,6 +580,25 @@ class Generation:
 
     def _drained(self) -> bool:
         return not self._work
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold this serial actor's turn for the block: one at a time, in arrival order
+        (``trio.Lock`` is fair). Re-entered from the call chain that holds it, it is that
+        turn (no wait, no deadlock)."""
+        held = _turns_held.get()
+        if self in held:
+            yield
+            return
+        lock = self._turn_lock
+        if lock is None:
+            lock = self._turn_lock = trio.Lock()
+        async with lock:
+            token = _turns_held.set(held | {self})
+            try:
+                yield
+            finally:
+                _turns_held.reset(token)
 
     # ---------------------------------------------------------------- connections
 

@@ -56,6 +56,11 @@ class ActorOptions:
     hibernation_buffer: int = attrs.field(default=256, validator=_positive_int)
     """Messages one hibernatable connection may buffer while its actor sleeps; beyond it the
     connection closes with 1013 ``actor.overloaded``."""
+    serial: bool = False
+    """Run one action or raw-message handler at a time, in arrival order, across every
+    connection, in-process call and alarm (a *turn* each); a call that re-enters the actor
+    from within its own turn (A -> B -> A) runs as part of that turn. See
+    ``docs/serial.md``."""
     max_alarms: int = attrs.field(default=1000, validator=_positive_int)
     """Pending alarms (``ctx.schedule``) one actor may hold; one more raises
     :class:`~actorcore.ScheduleLimit`."""

@@ -947,6 +947,11 @@ class Registry:
         token = current_conn.set(conn)
         try:
             with work:
+                if gen.serial:
+                    async with gen.turn():
+                        result = await fn(gen.instance, gen.ctx, *args, **kwargs)
+                        gen.check_state(action)
+                        return result
                 result = await fn(gen.instance, gen.ctx, *args, **kwargs)
                 gen.check_state(action)
                 return result

@@ -490,14 +490,21 @@ def w_action(b: Bench) -> list[dict[str, Any]]:
     row; ``increment_awaiting`` (the same after one checkpoint: its own task) is shown
     beside it, against the same plain echo."""
     s = b.sizes
-    variants: list[tuple[str, str, Callable[[float, float | None], bool] | None]] = [
-        ("increment", ">= 0.90 x plain echo", lambda a, base: base is not None and a >= 0.9 * base),
-        ("increment_awaiting", "-", None),
+    variants: list[tuple[str, str, str, Callable[[float, float | None], bool] | None]] = [
+        (
+            "counter",
+            "increment",
+            ">= 0.90 x plain echo",
+            lambda a, base: base is not None and a >= 0.9 * base,
+        ),
+        ("counter", "increment_awaiting", "-", None),
+        # Issue 18: the cost of serial=True (every action takes a turn; none runs inline).
+        ("counter-serial", "increment", "-", None),
     ]
     return [
         _paired_row(
             b,
-            f"action round trip over /connect ({name})",
+            f"action round trip over /connect ({name}{', serial' if actor != 'counter' else ''})",
             "round trips/s",
             "rt/s",
             target,
@@ -505,7 +512,7 @@ def w_action(b: Bench) -> list[dict[str, Any]]:
             [
                 "action",
                 "--path",
-                "/actors/counter/c/connect",
+                f"/actors/{actor}/c/connect",
                 "--action",
                 name,
                 "--n",
@@ -514,7 +521,7 @@ def w_action(b: Bench) -> list[dict[str, Any]]:
                 s.action_warmup,
             ],
         )
-        for name, target, check in variants
+        for actor, name, target, check in variants
     ]
 
 

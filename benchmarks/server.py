@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import attrs
 import trio
 
 from .common import CLOSE_TIMEOUT, HARD_TIMEOUT, HOST, raise_fd_limit, ws_options
@@ -134,6 +135,12 @@ def _actors() -> list[type[Any]]:
             await trio.lowlevel.checkpoint()
             ctx.state["count"] += by
             return int(ctx.state["count"])
+
+    class SerialCounter(Counter):
+        """``Counter`` with ``serial=True``: every action takes a turn (and none runs inline)."""
+
+        name = "counter-serial"
+        options = attrs.evolve(long, serial=True)
 
     class Drainer(Actor):
         name = "drainer"
@@ -239,7 +246,7 @@ def _actors() -> list[type[Any]]:
             }
 
     del actorcore
-    return [Echo, Sink, Counter, Drainer, Control]
+    return [Echo, Sink, Counter, SerialCounter, Drainer, Control]
 
 
 REGISTRY: Any = None

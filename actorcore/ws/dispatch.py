@@ -415,7 +415,11 @@ class _ConnHandler:
                             gen.work_began(self, "hook:on_ws_message", blocks_idle=True)
                             watchdog.arm(self, now() + hook_timeout, expire_hook)
                             try:
-                                await instance.on_ws_message(gen.ctx, conn, item)
+                                if gen.serial:
+                                    async with gen.turn():
+                                        await instance.on_ws_message(gen.ctx, conn, item)
+                                else:
+                                    await instance.on_ws_message(gen.ctx, conn, item)
                             except Exception:
                                 self._hook_raised(gen, "on_ws_message")
                             except BaseException:
@@ -716,7 +720,7 @@ class _ConnHandler:
             return
         assert gen.instance is not None
         work = gen.track_work("hook:on_ws_message", timeout=gen.definition.options.hook_timeout)
-        await self._run_hook(gen, work, gen.instance.on_ws_message, conn, item)
+        await self._run_hook(gen, work, gen.instance.on_ws_message, conn, item, turn=True)
 
     async def _action(
         self,
@@ -793,12 +797,22 @@ class _ConnHandler:
             gen.work_ended(answer, blocks_idle=False)
 
     async def _run_hook(
-        self, gen: Generation, work: Any, hook: Callable[..., Awaitable[Any]], *args: Any
+        self,
+        gen: Generation,
+        work: Any,
+        hook: Callable[..., Awaitable[Any]],
+        *args: Any,
+        turn: bool = False,
     ) -> bool:
-        """Run a connection hook as tracked work; on an exception close with 1011."""
+        """Run a connection hook as tracked work (``turn``: in a turn of a serial actor, as a
+        message handler is); on an exception close with 1011."""
         try:
             with work as scope:
-                await hook(gen.ctx, *args)
+                if turn and gen.serial:
+                    async with gen.turn():
+                        await hook(gen.ctx, *args)
+                else:
+                    await hook(gen.ctx, *args)
             if scope.cancelled_caught and not gen.aborted:
                 raise InternalError(f"{hook.__name__} exceeded hook_timeout")
         except Exception:
