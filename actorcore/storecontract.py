@@ -33,12 +33,12 @@ def _check(condition: bool, message: str) -> None:
         raise AssertionError(message)
 
 
-async def _raises(error: type[BaseException], call: Awaitable[object], what: str) -> None:
+async def _raises(error: type[Exception], call: Awaitable[object], what: str) -> None:
     try:
         await call
     except error:
         return
-    except BaseException as exc:
+    except Exception as exc:
         raise AssertionError(
             f"{what}: raised {type(exc).__name__}, not {error.__name__}: {exc}"
         ) from exc
