@@ -1,0 +1,82 @@
+"""The examples of the user guide's testing page (docs/guide/testing.md), run as written: if
+this file changes, the page changes with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+import actorcore
+from actorcore import ActorContext, LifecycleState
+from actorcore.testing import (
+    record_transitions,
+    run_due_alarms,
+    run_in_actor,
+    serve_in_memory,
+    wait_for_state,
+)
+
+
+class Counter(actorcore.Actor):
+    options = actorcore.ActorOptions(sleep_timeout=30.0)
+
+    def create_state(self, ctx: ActorContext, input: Any) -> Any:
+        return {"count": 0}
+
+    @actorcore.action
+    async def increment(self, ctx: ActorContext, by: int = 1) -> int:
+        ctx.state["count"] += by
+        ctx.broadcast("changed", ctx.state["count"])
+        return int(ctx.state["count"])
+
+    @actorcore.action
+    async def remind(self, ctx: ActorContext, seconds: float) -> str:
+        return await ctx.schedule.after(seconds, "increment", 100)
+
+
+async def test_sleep_and_wake_in_virtual_time(autojump_clock: trio.abc.Clock) -> None:
+    async with actorcore.Registry([Counter]) as registry:
+        counter = await registry.get_or_create("counter", "k")
+        assert await counter.call("increment") == 1
+        with record_transitions(registry) as rec:
+            await wait_for_state(registry, counter.actor_id, LifecycleState.ASLEEP)
+            assert await counter.call("increment") == 2  # woken, state kept
+        assert (LifecycleState.SLEEP_FINALIZE, LifecycleState.ASLEEP) in rec.of(counter.actor_id)
+
+
+async def test_look_inside_the_actor(autojump_clock: trio.abc.Clock) -> None:
+    async with actorcore.Registry([Counter]) as registry:
+        counter = await registry.get_or_create("counter", "k")
+        await run_in_actor(counter, lambda ctx: ctx.state.update(count=41))
+        assert await counter.call("increment") == 42
+
+
+async def test_alarms(autojump_clock: trio.abc.Clock) -> None:
+    async with actorcore.Registry([Counter]) as registry:
+        counter = await registry.get_or_create("counter", "k")
+        await counter.call("remind", 60)
+        await trio.sleep(60)
+        await run_due_alarms(registry)
+        assert await run_in_actor(counter, lambda ctx: ctx.state["count"]) == 100
+
+
+async def test_over_the_protocol(autojump_clock: trio.abc.Clock) -> None:
+    registry = actorcore.Registry([Counter])
+    async with serve_in_memory(registry) as server, server.client("counter", "k") as counter:
+        await counter.subscribe("changed")
+        events = counter.events()
+        assert await counter.call("increment", 5) == 5
+        event = await events.receive()
+        assert event.args == (5,)
+
+
+@pytest.fixture
+def actorcore_actors() -> list[type[actorcore.Actor]]:
+    return [Counter]
+
+
+async def test_with_the_registry_fixture(registry: actorcore.Registry) -> None:
+    counter = await registry.get_or_create("counter", "k")
+    assert await counter.call("increment") == 1
