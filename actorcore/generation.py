@@ -122,6 +122,11 @@ class GenerationHost(Protocol):
         ...
 
     @property
+    def pause_gc(self) -> bool:
+        """Whether a finalize closing many connections may pause the garbage collector."""
+        ...
+
+    @property
     def actors(self) -> ActorLookup:
         """The registry's lookup of actors (``ctx.actors``)."""
         ...
@@ -219,7 +224,8 @@ class ActorEntry:
             if self.observer is not None:
                 self.observer(self, old, new)
             gen = self.generation
-            number = gen.number if gen is not None else self.last_generation
+            # A generation that is starting has no number yet: name the one the actor had.
+            number = gen.number if gen is not None and gen.number else self.last_generation
             log.info(
                 "actor %s/%s id=%s gen=%d %s -> %s (%s)",
                 self.name,
@@ -904,7 +910,7 @@ class Generation:
             for conn in closing:
                 self._start_close(conn, close.code, close.reason)
             # Bounded by the closes' deadlines; see actorcore/gcpause.py for why.
-            many = len(closing) >= GC_PAUSE_CLOSES
+            many = len(closing) >= GC_PAUSE_CLOSES and self.host.pause_gc
             with gcpause.paused() if many else contextlib.nullcontext():
                 async with trio.open_nursery() as nursery:
                     for conn in closing:

@@ -94,6 +94,10 @@ class LifecycleEvent(enum.Enum):
     """Hooks and in-flight work finished, or the grace deadline passed."""
     FINALIZED = "finalized"
     """The finalize sequence finished."""
+    CANCELLED = "cancelled"
+    """The registry was cancelled from outside while a generation ran (a hard stop): the
+    generation ended where it was, recorded as asleep without its finalize (``Registry.run``
+    saved its state once)."""
 
 
 S = LifecycleState
@@ -102,12 +106,12 @@ E = LifecycleEvent
 #: Event-triggered transitions: ``{state: {event: new_state}}``. A pair missing here is a
 #: :class:`LifecycleError`, except for the requests, which :data:`REQUEST_ACCEPTED` covers.
 TRANSITIONS: Final[dict[LifecycleState, dict[LifecycleEvent, LifecycleState]]] = {
-    S.LOADING: {E.LOADED: S.STARTED, E.LOAD_FAILED: S.ASLEEP},
-    S.STARTED: {},
-    S.SLEEP_GRACE: {E.GRACE_ENDED: S.SLEEP_FINALIZE},
+    S.LOADING: {E.LOADED: S.STARTED, E.LOAD_FAILED: S.ASLEEP, E.CANCELLED: S.ASLEEP},
+    S.STARTED: {E.CANCELLED: S.ASLEEP},
+    S.SLEEP_GRACE: {E.GRACE_ENDED: S.SLEEP_FINALIZE, E.CANCELLED: S.ASLEEP},
     S.SLEEP_FINALIZE: {E.FINALIZED: S.ASLEEP},
     S.ASLEEP: {E.WAKE: S.LOADING},
-    S.DESTROY_GRACE: {E.GRACE_ENDED: S.DESTROYING},
+    S.DESTROY_GRACE: {E.GRACE_ENDED: S.DESTROYING, E.CANCELLED: S.ASLEEP},
     S.DESTROYING: {E.FINALIZED: S.DESTROYED},
     S.DESTROYED: {},
 }
@@ -127,56 +131,72 @@ class Lifecycle:
     """The lifecycle of one actor: its state and its two request flags.
 
     Mutated only through :meth:`process_event`, which applies the table and then the
-    state-triggered transitions to a fixed point, and returns the new state.
+    state-triggered transitions to a fixed point, and returns the new state. The state and
+    the flags are read-only properties: nothing else can write them.
     """
 
-    state: LifecycleState = S.ASLEEP
-    sleep_requested: bool = False
-    destroy_requested: bool = False
+    _state: LifecycleState = attrs.field(default=S.ASLEEP, alias="state")
+    _sleep_requested: bool = attrs.field(default=False, alias="sleep_requested")
+    _destroy_requested: bool = attrs.field(default=False, alias="destroy_requested")
+
+    @property
+    def state(self) -> LifecycleState:
+        """Where the actor is."""
+        return self._state
+
+    @property
+    def sleep_requested(self) -> bool:
+        """A sleep was requested for the current generation."""
+        return self._sleep_requested
+
+    @property
+    def destroy_requested(self) -> bool:
+        """A destroy was requested (it survives the end of a generation)."""
+        return self._destroy_requested
 
     @property
     def started(self) -> bool:
         """True in STARTED and SLEEP_GRACE: the actor runs and serves work."""
-        return self.state in _STARTED_STATES
+        return self._state in _STARTED_STATES
 
     def process_event(self, event: LifecycleEvent) -> LifecycleState:
         """Apply ``event``; raise :class:`LifecycleError` naming the state and the event if the
         table does not allow it."""
         accepted_in = REQUEST_ACCEPTED.get(event)
         if accepted_in is not None:
-            if self.state in accepted_in:
+            if self._state in accepted_in:
                 if event is E.SLEEP:
-                    self.sleep_requested = True
+                    self._sleep_requested = True
                 else:
-                    self.destroy_requested = True
+                    self._destroy_requested = True
         else:
             try:
-                new_state = TRANSITIONS[self.state][event]
+                new_state = TRANSITIONS[self._state][event]
             except KeyError:
                 raise LifecycleError(
-                    f"can't handle event {event.name} in state {self.state.name}"
+                    f"can't handle event {event.name} in state {self._state.name}"
                 ) from None
             if event is E.WAKE:
                 # A new generation starts with a clean sleep request; a pending destroy stays.
-                self.sleep_requested = False
+                self._sleep_requested = False
             elif event is E.LOAD_FAILED:
                 # The start failed and its waiters (a destroy's included) got the error: the
                 # actor is asleep as before, with nothing pending.
-                self.sleep_requested = False
-                self.destroy_requested = False
-            self.state = new_state
+                self._sleep_requested = False
+                self._destroy_requested = False
+            self._state = new_state
         self._fire_state_triggered_transitions()
-        return self.state
+        return self._state
 
     def _fire_state_triggered_transitions(self) -> None:
         # Loop to a fixed point (at most two steps: STARTED -> SLEEP_GRACE -> DESTROY_GRACE).
         while True:
-            start = self.state
-            if self.destroy_requested and self.state in _STARTED_STATES:
-                self.state = S.DESTROY_GRACE
-            elif self.sleep_requested and self.state is S.STARTED:
-                self.state = S.SLEEP_GRACE
-            if self.state is start:
+            start = self._state
+            if self._destroy_requested and self._state in _STARTED_STATES:
+                self._state = S.DESTROY_GRACE
+            elif self._sleep_requested and self._state is S.STARTED:
+                self._state = S.SLEEP_GRACE
+            if self._state is start:
                 return
 
 
@@ -239,6 +259,6 @@ def admit(lifecycle: Lifecycle, kind: WorkKind) -> Admission:
 
     O(1) and allocation-free: two dict lookups and a flag test.
     """
-    if lifecycle.destroy_requested:
+    if lifecycle._destroy_requested:
         return A.DESTROYED
-    return ADMISSION[lifecycle.state][kind]
+    return ADMISSION[lifecycle._state][kind]

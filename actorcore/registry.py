@@ -169,6 +169,7 @@ class Registry:
         wall_clock: Callable[[], float] = time.time,
         max_running_alarms: int = MAX_RUNNING,
         alarm_prefetch: int = PREFETCH,
+        pause_gc: bool = False,
     ) -> None:
         self.authorize = authorize
         """The gate every incoming connection passes after routing, before any actor is
@@ -202,7 +203,7 @@ class Registry:
         self._pending_deletes: dict[str, tuple[int, ActorError]] = {}
         """Destroyed actors whose delete failed: id -> (last generation, the store's error)."""
         self._retrying_deletes = False
-        self._gc_paused = False
+        self._pause_gc = pause_gc
         self._nursery: trio.Nursery | None = None
         self._running_generations = 0
         self._generations_done = trio.Event()
@@ -225,6 +226,12 @@ class Registry:
     def store(self) -> Store:
         """The store actors persist to."""
         return self._store
+
+    @property
+    def pause_gc(self) -> bool:
+        """Whether mass teardowns (the drain, a finalize closing ``GC_PAUSE_CLOSES``
+        connections or more) pause the cyclic garbage collector (see ``actorcore/gcpause.py``)."""
+        return self._pause_gc
 
     @property
     def alarms(self) -> AlarmTimer:
@@ -340,7 +347,9 @@ class Registry:
                     task_status.started(self)
                     try:
                         await self._shutdown_requested.wait()
-                        await self._drain()
+                        # See actorcore/gcpause.py: opt-in, bounded by the drain's own budget.
+                        with gcpause.paused() if self._pause_gc else contextlib.nullcontext():
+                            await self._drain()
                     finally:
                         # Also when cancelled from outside: a generation that ends now must not
                         # wake another one (they would be cancelled and re-woken forever).
@@ -355,8 +364,6 @@ class Registry:
                     await self._store.aclose()
                 store_scope.cancel()
                 store_nursery.cancel_scope.cancel()
-                if self._gc_paused:
-                    gcpause.resume()
                 self._stopped.set()
 
     async def _run_store(
@@ -451,8 +458,6 @@ class Registry:
     async def _drain(self) -> None:
         self._draining = True
         self._alarms.stop()
-        self._gc_paused = True
-        gcpause.pause()  # resumed when the registry has stopped (see run)
         async with trio.open_nursery() as nursery:
             # Save what is awake now, while the connections close: a drain that runs out of
             # time later still finds every state persisted (finalize saves again if it changed).
@@ -646,7 +651,9 @@ class Registry:
                         return entry
             finally:
                 self._drop_key_lock((record.name, record.key), lock)
-        return self._add_entry(record.actor_id, record.key, definition)
+        entry = self._add_entry(record.actor_id, record.key, definition)
+        entry.last_generation = record.generation
+        return entry
 
     async def find_entry_by_key(
         self, name: str, key: str, *, create: bool, input: Any, client: str | None = None
@@ -763,6 +770,9 @@ class Registry:
         entry = self._by_id.get(record.actor_id)
         if entry is None:
             entry = self._add_entry(record.actor_id, record.key, definition)
+            # The generation it had (logs, and the authority's requests, name it; a record a
+            # lookup began is one further on already).
+            entry.last_generation = record.generation - 1 if begun else record.generation
             if begun:
                 self._begun[record.actor_id] = (entry, record)
         return entry
@@ -1193,10 +1203,8 @@ class Registry:
         if state in (S.SLEEP_FINALIZE, S.DESTROYING):
             entry.process(E.FINALIZED, "finalized")
         elif state is not S.ASLEEP:
-            # Cancelled mid-way (hard shutdown): record it as asleep without a save.
-            entry.lifecycle.state = S.ASLEEP
-            self._transitioned(entry, state, S.ASLEEP)
-            entry.notify()
+            # Cut off mid-way (a hard stop): recorded as asleep without its finalize.
+            entry.process(E.CANCELLED, "cancelled")
         gen.end()
         self._generation_ended(entry, cut=cut)
         if self._running_generations == 0:

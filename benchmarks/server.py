@@ -299,7 +299,7 @@ async def run_actorcore(port: int, db: str, max_connections: int) -> None:
     from actorcore import Registry, SQLiteStore
 
     # The load generator is one address creating thousands of actors: no creation budget.
-    registry = REGISTRY = Registry(_actors(), SQLiteStore(db), create_rate=None)
+    registry = REGISTRY = Registry(_actors(), SQLiteStore(db), create_rate=None, pause_gc=True)
     with trio.move_on_after(HARD_TIMEOUT):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(

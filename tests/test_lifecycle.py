@@ -157,3 +157,22 @@ def test_load_failure_clears_pending_requests() -> None:
     assert lc.process_event(E.LOAD_FAILED) is S.ASLEEP
     assert not lc.sleep_requested and not lc.destroy_requested
     assert admit(lc, WorkKind.CALL) is Admission.HOLD
+
+
+def test_state_and_flags_are_read_only() -> None:
+    lc = Lifecycle()
+    with pytest.raises(AttributeError):
+        lc.state = S.STARTED  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        lc.sleep_requested = True  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        lc.destroy_requested = True  # type: ignore[misc]
+    assert lc.state is S.ASLEEP
+
+
+def test_a_hard_stop_is_an_event_of_the_table() -> None:
+    for state in (S.LOADING, S.STARTED, S.SLEEP_GRACE, S.DESTROY_GRACE):
+        assert at(state).process_event(E.CANCELLED) is S.ASLEEP
+    for state in (S.SLEEP_FINALIZE, S.ASLEEP, S.DESTROYING, S.DESTROYED):
+        with pytest.raises(LifecycleError):
+            at(state).process_event(E.CANCELLED)

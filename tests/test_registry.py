@@ -123,8 +123,9 @@ async def test_async_with_drains_and_saves(autojump_clock: Any) -> None:
 
 
 async def test_drain_pauses_the_garbage_collector_and_restores_it(autojump_clock: Any) -> None:
-    """The drain turns the cyclic GC off (its full passes stalled the loop while thousands of
-    connections closed) and the last of two nested registries restores it as it was."""
+    """With ``pause_gc=True`` the drain turns the cyclic GC off (its full passes stalled the
+    loop while thousands of connections closed) and the last of two nested registries restores
+    it as it was."""
     seen: list[bool] = []
 
     class Sleeper(actorcore.Actor):
@@ -135,9 +136,9 @@ async def test_drain_pauses_the_garbage_collector_and_restores_it(autojump_clock
             await trio.sleep(0.5 if ctx.key == "a" else 2)
 
     assert gc.isenabled()
-    async with actorcore.Registry([Sleeper]) as outer:
+    async with actorcore.Registry([Sleeper], pause_gc=True) as outer:
         await outer.get_or_create("sleeper", "a")
-        async with actorcore.Registry([Sleeper]) as inner:
+        async with actorcore.Registry([Sleeper], pause_gc=True) as inner:
             await inner.get_or_create("sleeper", "b")
             inner.request_shutdown()
             await outer.shutdown()  # drains in 0.5 s while the inner one drains for 2 s
@@ -146,7 +147,7 @@ async def test_drain_pauses_the_garbage_collector_and_restores_it(autojump_clock
         assert gc.isenabled(), "restored once both drains ended"
     gc.disable()
     try:
-        async with actorcore.Registry([Sleeper]) as registry:
+        async with actorcore.Registry([Sleeper], pause_gc=True) as registry:
             await registry.get_or_create("sleeper", "c")
         assert not gc.isenabled(), "a collector the application turned off stays off"
     finally:
@@ -955,3 +956,100 @@ async def test_store_io_of_a_start_is_bounded_apart_from_the_hooks(
         Hooked.hook_seconds = 0.8
     store.write_delay = 0.0
     assert await handle.call("get") == 0
+
+
+class _GcWatcher(actorcore.Actor):
+    name = "gcwatcher"
+    seen: list[bool] = []
+
+    async def on_sleep(self, ctx: ActorContext) -> None:
+        import gc
+
+        self.seen.append(gc.isenabled())
+
+
+@pytest.mark.parametrize("pause_gc", [True, False])
+async def test_the_drain_pauses_the_collector_only_when_asked(
+    autojump_clock: trio.testing.MockClock, pause_gc: bool
+) -> None:
+    import gc
+
+    _GcWatcher.seen = []
+    async with actorcore.Registry([_GcWatcher], pause_gc=pause_gc) as registry:
+        await registry.get_or_create("gcwatcher", "k")
+        assert gc.isenabled()
+    assert _GcWatcher.seen == [not pause_gc], "on_sleep ran in the drain"
+    assert gc.isenabled(), "restored after the drain"
+
+
+def test_gc_pauses_nest_and_leave_the_applications_choice_alone() -> None:
+    import gc
+
+    from actorcore import gcpause
+
+    assert gc.isenabled()
+    with gcpause.paused():
+        with gcpause.paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "the outer pause still holds"
+    assert gc.isenabled()
+    gc.disable()  # the application turned it off: a pause must not turn it on
+    try:
+        with gcpause.paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with gcpause.paused():
+        gc.enable()  # the application turned it back on meanwhile: left alone
+    assert gc.isenabled()
+
+
+async def test_every_transition_goes_through_the_table(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lifecycle table is the only writer of lifecycle state: every transition the
+    registry reports (sleep, wake, destroy, and a hard stop from outside) is the result of a
+    ``Lifecycle.process_event`` call, the hard stop included (CANCELLED)."""
+    from actorcore.lifecycle import Lifecycle, LifecycleEvent
+
+    made: list[tuple[LifecycleState, LifecycleEvent, LifecycleState]] = []
+    original = Lifecycle.process_event
+
+    def recording(self: Lifecycle, event: LifecycleEvent) -> LifecycleState:
+        before = self.state
+        after = original(self, event)
+        made.append((before, event, after))
+        return after
+
+    monkeypatch.setattr(Lifecycle, "process_event", recording)
+    seen: list[tuple[LifecycleState, LifecycleState]] = []
+    registry = actorcore.Registry([Counter])
+    registry.watch_transitions(lambda _id, old, new: seen.append((old, new)))
+    with trio.CancelScope() as outside:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(registry.run)
+            a = await registry.get_or_create("counter", "a")
+            await registry.sleep(a.actor_id)
+            await a.call("increment")  # woken
+            b = await registry.get_or_create("counter", "b")
+            await registry.destroy(b.actor_id)
+            outside.cancel()  # a hard stop while "a" is awake
+    assert seen, "transitions were reported"
+    assert seen == [(old, new) for old, _, new in made if old is not new]
+    assert (S.STARTED, LifecycleEvent.CANCELLED, S.ASLEEP) in made
+
+
+async def test_a_wake_after_leaving_memory_logs_the_generation_it_had(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with actorcore.Registry([Counter]) as registry:
+        handle = await registry.get_or_create("counter", "k")
+        await registry.sleep(handle.actor_id)
+        await registry.get_or_create("counter", "k")
+        await registry.sleep(handle.actor_id)
+        assert registry.entry(handle.actor_id) is None, "left memory"
+        with caplog.at_level(logging.INFO, logger="actorcore.lifecycle"):
+            await handle.call("increment")
+    wakes = [r.getMessage() for r in caplog.records if "asleep -> loading" in r.getMessage()]
+    assert wakes and "gen=2 " in wakes[0], wakes
