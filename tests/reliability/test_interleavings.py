@@ -82,6 +82,7 @@ from actorcore.testing import MemoryServer, client_nursery, serve_in_memory
 from actorcore.ws.dispatch import ConnectRequest, Dispatcher
 
 from .._log_recording import recording_logs
+from ._tasks import actor_work, actorcore_tasks
 
 S = LifecycleState
 E = LifecycleEvent
@@ -161,22 +162,6 @@ BUG_MESSAGES: Final = (
     "start hook raised",
     "disconnect hook raised",
 )
-
-#: Coroutines that are actor work: none may outlive the registry.
-ACTOR_WORK: Final = frozenset(
-    {
-        "Generation.run",
-        "Generation._run_hook",
-        "Generation._run_background",
-        "Generation._saver",
-        "Generation._idle_timer",
-        "Registry._run_generation",
-        "_ConnHandler._action",
-        "_ConnHandler._deliver_buffered",
-    }
-)
-
-ACTORCORE_DIR: Final = os.path.dirname(actorcore.__file__) + os.sep
 
 TOTALS: collections.Counter[str] = collections.Counter()
 
@@ -983,22 +968,9 @@ class Harness:
             if hook == "on_destroy" and ended != S.DESTROYING.value:
                 self.violation(f"{actor_id} gen {number}: on_destroy ran, but it ended {ended}")
 
-    def actorcore_tasks(self) -> list[str]:
-        """Names of living tasks running actorcore code, and which of them are actor work."""
-        found: list[str] = []
-        todo = [trio.lowlevel.current_root_task()]
-        while todo:
-            task = todo.pop()
-            for nursery in task.child_nurseries:
-                todo.extend(nursery.child_tasks)
-            code = getattr(task.coro, "cr_code", None)
-            if code is not None and code.co_filename.startswith(ACTORCORE_DIR):
-                found.append(code.co_qualname)
-        return found
-
     async def watch_registry(self) -> None:
         await self.registry.wait_stopped()
-        self.leftover_work = [n for n in self.actorcore_tasks() if n in ACTOR_WORK]
+        self.leftover_work = actor_work()
 
     # ------------------------------------------------------------ the program
 
@@ -1009,7 +981,7 @@ class Harness:
         except trio.TooSlowError:
             self.violation(f"the example did not end within {EXAMPLE_BUDGET} virtual seconds")
             return
-        leftover = self.actorcore_tasks()
+        leftover = actorcore_tasks()
         if leftover:
             self.violation(f"actorcore tasks outlived the server: {leftover}")
         if self.leftover_work:
