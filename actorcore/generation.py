@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
-from . import closecodes, gcpause, jsoncodec
+from . import closecodes, deadlines, gcpause, jsoncodec
 from .actor import Actor
 from .conn import Conn, ConnKind
 from .context import ActorContext
@@ -782,14 +782,15 @@ class Generation:
         # (Registry.take_begun, one write on the connect path); otherwise begin one here.
         begun = self.host.take_begun(entry)
         if begun is None:
-            try:
-                with trio.fail_after(timeout):
-                    record = await self.host.store.begin_generation(self.actor_id)
-            except trio.TooSlowError:
-                raise ActorStartFailed(
+
+            def store_too_slow() -> ActorError:
+                return ActorStartFailed(
                     f"start of actor {self.actor_id}: the store did not begin a generation "
                     f"within hook_timeout={timeout}s"
-                ) from None
+                )
+
+            with deadlines.fail_after(timeout, store_too_slow):
+                record = await self.host.store.begin_generation(self.actor_id)
         else:
             record = begun
         unstored = begun is not None and self.host.is_unstored(entry)

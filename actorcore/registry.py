@@ -24,7 +24,6 @@ from collections.abc import (
     Callable,
     Coroutine,
     Iterable,
-    Iterator,
     Sequence,
 )
 from types import TracebackType
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import trio
 
-from . import gcpause, jsoncodec
+from . import deadlines, gcpause, jsoncodec
 from .actor import Actor, ActorDefinition, definition_of
 from .alarms import MAX_RUNNING, PREFETCH, AlarmFailed, AlarmGone, AlarmStatistics, AlarmTimer
 from .authority import LifecycleAuthority, LifecycleCommands, LifecycleRequest, LocalAuthority
@@ -883,8 +882,15 @@ class Registry:
         if entry.held >= options.max_held_work:
             raise ActorOverloaded(f"actor {entry.actor_id} has {entry.held} requests waiting")
         entry.held += 1
+
+        def not_ready() -> ActorError:
+            return ActorReadyTimeout(
+                f"actor {entry.actor_id} was not ready within {options.ready_timeout}s "
+                f"(state {entry.lifecycle.state.value})"
+            )
+
         try:
-            with trio.fail_after(options.ready_timeout):
+            with deadlines.fail_after(options.ready_timeout, not_ready):
                 while True:
                     gen = _decided(entry, kind)
                     if gen is not None:
@@ -901,11 +907,6 @@ class Registry:
                     attempt = entry.wakes
                     await entry.changed.wait()
                     _raise_if_start_failed(entry, attempt)
-        except trio.TooSlowError:
-            raise ActorReadyTimeout(
-                f"actor {entry.actor_id} was not ready within {options.ready_timeout}s "
-                f"(state {entry.lifecycle.state.value})"
-            ) from None
         finally:
             entry.held -= 1
             if not entry.held:
@@ -1339,14 +1340,11 @@ def _raise_if_start_failed(entry: ActorEntry, attempt: int) -> None:
         raise ActorStartFailed(err.message) from err
 
 
-@contextlib.contextmanager
-def _bounded(seconds: float, what: str) -> Iterator[None]:
-    """``trio.fail_after`` whose timeout is an :class:`ActorStopping`, not a trio error."""
-    try:
-        with trio.fail_after(seconds):
-            yield
-    except trio.TooSlowError:
-        raise ActorStopping(f"{what} did not finish within {seconds:.1f}s") from None
+def _bounded(seconds: float, what: str) -> contextlib.AbstractContextManager[None]:
+    """A deadline whose expiry is an :class:`ActorStopping`, not a trio error."""
+    return deadlines.fail_after(
+        seconds, lambda: ActorStopping(f"{what} did not finish within {seconds:.1f}s")
+    )
 
 
 def _encode_input(value: Any) -> bytes | None:

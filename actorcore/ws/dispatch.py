@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from .. import closecodes
+from .. import closecodes, deadlines
 from ..closecodes import CloseCode
 from ..conn import Conn, ConnKind, Transport, TransportClosed
 from ..errors import (
@@ -596,25 +596,26 @@ class _ConnHandler:
 
     async def _setup(self, entry: ActorEntry, conn: Conn) -> Generation | None:
         options = entry.definition.options
-        try:
-            with trio.fail_after(options.ready_timeout):
-                while True:
-                    gen = await self._admit_connect(entry)  # check point 1
-                    instance = gen.instance
-                    assert instance is not None
-                    work = gen.track_work(f"connect:{conn.id}", timeout=options.hook_timeout)
-                    with work as scope:
-                        await self._setup_hooks(gen, conn)
-                    if scope.cancelled_caught and not gen.aborted:
-                        raise InternalError("connection setup hooks exceeded hook_timeout")
-                    # Check point 2: the generation may have moved on while setup awaited.
-                    admitted = admit(entry.lifecycle, WorkKind.CONNECT) is Admission.ADMIT
-                    if admitted and entry.generation is gen:
-                        return gen
-        except trio.TooSlowError:
-            raise ActorReadyTimeout(
+
+        def not_ready() -> ActorError:
+            return ActorReadyTimeout(
                 f"connection to actor {entry.actor_id} not ready in {options.ready_timeout}s"
-            ) from None
+            )
+
+        with deadlines.fail_after(options.ready_timeout, not_ready):
+            while True:
+                gen = await self._admit_connect(entry)  # check point 1
+                instance = gen.instance
+                assert instance is not None
+                work = gen.track_work(f"connect:{conn.id}", timeout=options.hook_timeout)
+                with work as scope:
+                    await self._setup_hooks(gen, conn)
+                if scope.cancelled_caught and not gen.aborted:
+                    raise InternalError("connection setup hooks exceeded hook_timeout")
+                # Check point 2: the generation may have moved on while setup awaited.
+                admitted = admit(entry.lifecycle, WorkKind.CONNECT) is Admission.ADMIT
+                if admitted and entry.generation is gen:
+                    return gen
 
     async def _admit_connect(self, entry: ActorEntry) -> Generation:
         """Check point 1, counting connections that wait for a generation."""
