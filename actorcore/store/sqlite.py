@@ -2,22 +2,25 @@
 
 Three connections, each used by one thread at a time:
 
-* the **writer**, used by the task running :meth:`SQLiteStore.run`. Writes are queued on a
-  bounded trio memory channel; the writer takes every request currently queued and applies them
-  in ONE transaction (group commit), so many concurrent saves cost one fsync-free WAL commit
-  (``synchronous=NORMAL``); a batch runs in ONE worker-thread call. A lone write that finds
-  the writer idle skips the writer task: its caller makes that thread call itself, holding
-  the writer's limiter (at most the first write of a burst; the rest queue for the writer and
-  share its commits). Opt-in (``inline_max_bytes > 0``): a small batch is applied on the event
-  loop instead: it costs SQLite tens of microseconds, where a thread hop costs several times
-  that, but it blocks the loop for as long as the disk takes. A bigger batch, or one that
-  finds another process holding the write lock, still goes to a worker thread: the event
-  loop never busy-waits (``busy_timeout`` applies only in the thread). SQLite's
-  automatic WAL checkpoint is off (it would run inside a commit, on the event loop); the writer
-  checkpoints in a worker thread instead, after about 4 MiB of writes. Each request of a batch
-  runs in its own savepoint and gets its own result or error; only a failed COMMIT fails the
-  whole batch (it is rolled back and the next batch starts clean). The connection is used by
-  one party at a time, serialized by the writer's ``trio.CapacityLimiter(1)``.
+* the **writer**. Every write is a request with an ``apply`` function; one function,
+  ``_apply_batch``, applies a batch of them in ONE transaction, in ONE worker-thread call,
+  holding the writer's ``trio.CapacityLimiter(1)`` (the connection is used by one party at a
+  time). Who calls it is the only choice, and there are two:
+
+  - the **writer task** (:meth:`SQLiteStore.run`): requests are queued on a bounded trio
+    memory channel; the writer takes every request queued and applies them together (group
+    commit), so many concurrent saves cost one fsync-free WAL commit (``synchronous=NORMAL``);
+  - the **direct strategy** (``direct_writes=True``, the default): a write that finds the
+    writer idle (nothing queued, the limiter free, no checkpoint due) makes that thread call
+    from its own task, saving the two scheduling rounds of a trip to the writer task and back
+    (most of a lone write's latency). In a burst only the first write can: the others find
+    the limiter taken and queue, and are group-committed.
+
+  Each request of a batch runs in its own savepoint and gets its own result or error; only a
+  failed COMMIT fails the whole batch (it is rolled back and the next batch starts clean).
+  SQLite's automatic WAL checkpoint is off (it would run inside a commit); the writer
+  checkpoints in a worker thread, after about 4 MiB of writes. Nothing runs SQL on the event
+  loop.
 * the **reader** (``query_only``), for :meth:`~SQLiteStore.get_by_key`,
   :meth:`~SQLiteStore.get_by_id` and :meth:`~SQLiteStore.count`, in a worker thread serialized
   by its own ``trio.CapacityLimiter(1)``. In WAL mode it never blocks the writer and sees every
@@ -111,12 +114,6 @@ _BATCH_BYTES = 8 * 1024 * 1024
 checkpoint is at 1000 pages, 4 MiB; the writer turns that off and checkpoints in a worker
 thread instead, because a checkpoint syncs the database file)."""
 
-_DIRECT_GAP = 50e-6
-"""Seconds after a write applied by its caller (``SQLiteStore._write_directly``) during which
-the next write queues for the writer instead: tasks of one scheduling round follow each other
-much faster than that, so a burst is group-committed, while separate requests (a connect's
-create, then its first save) are further apart."""
-
 _Row = tuple[str, str, str, int, int, bytes | None, bytes | None]
 
 
@@ -136,19 +133,6 @@ def _record(row: _Row) -> ActorRecord:
 
 def _alarm(row: tuple[str, str, float, str, bytes, int]) -> AlarmRecord:
     return AlarmRecord(*row)
-
-
-def _deny_commit(action: int, arg1: str | None, *_: str | None) -> int:
-    """Authorizer that makes SQLite refuse to prepare COMMIT (the ``fail_commits`` hook)."""
-    if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT":
-        return sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    """Whether SQLite answered SQLITE_BUSY (another connection holds a lock)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def _current_generation(conn: sqlite3.Connection, operation: str, actor_id: str) -> int:
@@ -266,17 +250,9 @@ class SQLiteStore(Store):
     )
     """Seconds :meth:`aclose` (or cancellation of :meth:`run`) spends flushing queued writes."""
 
-    _inline_max_bytes: int = attrs.field(default=0, kw_only=True)
-    """Opt-in: batches carrying at most this many payload bytes (and at most
-    ``inline_max_requests`` writes) are applied on the event loop instead of in a worker thread.
-    Off (0) by default: a write on the event loop stalls every connection for as long as the
-    disk takes, so by default every write goes through the writer thread."""
-    _inline_max_requests: int = attrs.field(default=16, kw_only=True)
-    """See ``inline_max_bytes``."""
-
-    fail_commits: int = attrs.field(default=0, kw_only=True)
-    """Fault hook: the next ``fail_commits`` batches have their COMMIT refused by SQLite (through
-    an authorizer), exercising the same rollback path as a disk-full or locked database."""
+    _direct_writes: bool = attrs.field(default=True, kw_only=True)
+    """The direct strategy (see the module docstring): a write that finds the writer idle is
+    applied from its caller's task. False: every write goes through the writer task."""
 
     _writer: sqlite3.Connection | None = attrs.field(default=None, init=False)
     _reader: sqlite3.Connection | None = attrs.field(default=None, init=False)
@@ -297,12 +273,8 @@ class SQLiteStore(Store):
     _closing: bool = attrs.field(default=False, init=False)
     _stopped: trio.Event = attrs.field(factory=trio.Event, init=False)
     _actors: int = attrs.field(default=0, init=False)
-    _busy_wait: bool = attrs.field(default=True, init=False)
-    """Whether the writer connection currently waits ``busy_timeout`` for locks."""
     _wal_estimate: int = attrs.field(default=0, init=False)
     """Bytes written to the WAL since the last checkpoint, estimated."""
-    _direct_after: float = attrs.field(default=0.0, init=False)
-    """``time.perf_counter()`` before which no write takes the fast path (``_write_directly``)."""
     _writes: int = attrs.field(default=0, init=False)
     _commits: int = attrs.field(default=0, init=False)
     _write_errors: int = attrs.field(default=0, init=False)
@@ -655,7 +627,7 @@ class SQLiteStore(Store):
         send = self._send
         if send is None:
             raise StoreError(f"{request.operation} failed: the store is not running")
-        if time.perf_counter() >= self._direct_after:
+        if self._direct_writes:
             await trio.lowlevel.checkpoint_if_cancelled()
             if await self._write_directly(request, send):
                 return request.unwrap()
@@ -677,44 +649,25 @@ class SQLiteStore(Store):
     async def _write_directly(
         self, request: _Request[Any], send: trio.MemorySendChannel[_Request[Any]]
     ) -> bool:
-        """The writer's fast path, taken in the caller's own task: if the writer is idle
-        (nothing queued, no batch in flight, no checkpoint due) and no other write took this
-        path just before (``_DIRECT_GAP``), the write is applied right from here, in a
-        transaction of its own: on the event loop if ``_write_batch_inline`` takes it, else in
-        one worker-thread call made by this task while it holds the writer's limiter (one
-        writer at a time, as always). That saves the two scheduling rounds of a trip to the
-        writer task and back, a good part of a lone write's latency. In a burst (tasks of one
-        scheduling round, running back to back) the first write may go this way; the others
-        find the limiter taken, or the gap too short, or the queue non-empty, and queue: they
-        are still group-committed by the writer. Returns False if the write was not applied
-        (the caller queues it)."""
-        if (
-            self.fail_commits  # the fault hook is about the writer's batches
-            or self._wal_estimate >= _CHECKPOINT_BYTES
-            or send.statistics().current_buffer_used
-        ):
+        """The direct strategy: if the writer is idle (nothing queued, its limiter free, no
+        checkpoint due), apply ``request`` from this task in one worker-thread call, holding
+        the writer's limiter. False if the writer was not idle (the caller queues it)."""
+        if self._wal_estimate >= _CHECKPOINT_BYTES or send.statistics().current_buffer_used:
             return False
+        try:
+            self._write_limiter.acquire_nowait()
+        except trio.WouldBlock:
+            return False  # the writer (or another direct write) has the connection
         batch = [request]
         try:
-            committed = self._write_batch_inline(batch, False)
-            if committed is None:
-                try:
-                    self._write_limiter.acquire_nowait()
-                except trio.WouldBlock:
-                    return False  # the writer (or a direct write) has the connection
-                try:
-                    committed = await _in_thread_holding(
-                        functools.partial(self._write_batch_sync, batch, False, False)
-                    )
-                finally:
-                    self._write_limiter.release()
+            committed = await _in_thread_holding(functools.partial(self._apply_batch, batch))
         except BaseException:
             self._fail_batch(batch, "the writer failed unexpectedly")
             self._settle(batch)
             raise
         finally:
-            self._direct_after = time.perf_counter() + _DIRECT_GAP
-        self._batch_done(batch, committed is True)  # (the thread path never answers None)
+            self._write_limiter.release()
+        self._batch_done(batch, committed)
         return True
 
     def _batch_done(self, batch: list[_Request[Any]], committed: bool) -> None:
@@ -753,60 +706,27 @@ class SQLiteStore(Store):
             await self._write_batch(self._take_urgent())
 
     async def _write_batch(self, batch: list[_Request[Any]]) -> None:
-        """Apply ``batch`` in one transaction (on the event loop if it is small, else in one
-        thread hop), then wake every caller."""
+        """The writer task's part: apply ``batch`` (one thread call), then wake every caller."""
         if not batch:
             return
-        deny_commit = self.fail_commits > 0
-        if deny_commit:
-            self.fail_commits -= 1
         # Shielded: once taken from the queue, a batch is always applied and settled (the
         # thread call itself cannot be abandoned; this also covers its entry checkpoint).
         try:
-            committed = self._write_batch_inline(batch, deny_commit)
-            if committed is None:
-                with trio.CancelScope(shield=True):
-                    committed = await _in_worker_thread(
-                        functools.partial(self._write_batch_sync, batch, deny_commit, False),
-                        self._write_limiter,
-                    )
+            with trio.CancelScope(shield=True):
+                committed = await _in_worker_thread(
+                    functools.partial(self._apply_batch, batch), self._write_limiter
+                )
         except BaseException:
             # A bug in the batch code itself: callers must still be answered, then it surfaces.
             self._fail_batch(batch, "the writer failed unexpectedly")
             self._settle(batch)
             raise
         # No checkpoint from here on: a cancellation cannot leave callers waiting forever.
-        self._batch_done(batch, committed is True)  # (the thread path never answers None)
+        self._batch_done(batch, committed)
         if self._wal_estimate >= _CHECKPOINT_BYTES:
             self._wal_estimate = 0
             with trio.CancelScope(shield=True):
                 await _in_worker_thread(self._checkpoint_sync, self._write_limiter)
-
-    @trio.lowlevel.enable_ki_protection  # a Ctrl-C must not leave the transaction open
-    def _write_batch_inline(self, batch: list[_Request[Any]], deny_commit: bool) -> bool | None:
-        """Apply a small batch right here, on the event loop; None if it was not applied (too
-        big, the writer connection is lent out, or another process holds the write lock): it
-        then goes to a worker thread.
-
-        A small write costs SQLite some tens of microseconds, a thread hop several times that
-        (most of a write's latency). What could block the loop is kept off it: another
-        process's write lock (no busy wait here, ``busy_timeout=0``), WAL checkpoints (they
-        run in a worker thread, see ``_checkpoint_sync``) and large payloads.
-        """
-        if (
-            self._inline_max_bytes <= 0
-            or len(batch) > self._inline_max_requests
-            or sum(request.size for request in batch) > self._inline_max_bytes
-        ):
-            return None
-        try:
-            self._write_limiter.acquire_nowait()
-        except trio.WouldBlock:
-            return None
-        try:
-            return self._write_batch_sync(batch, deny_commit, True)
-        finally:
-            self._write_limiter.release()
 
     def _checkpoint_sync(self) -> None:
         """Copy the WAL into the database file (PASSIVE: never waits for readers). Runs in a
@@ -815,34 +735,20 @@ class SQLiteStore(Store):
         conn = self._writer
         if conn is None:
             return
-        self._set_busy_wait(conn, True)
         with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
-    def _set_busy_wait(self, conn: sqlite3.Connection, wait: bool) -> None:
-        """Let the writer connection wait ``busy_timeout`` for another process's lock, or not."""
-        if self._busy_wait is not wait:
-            timeout_ms = round(self._busy_timeout * 1000) if wait else 0
-            conn.execute(f"PRAGMA busy_timeout={timeout_ms}")
-            self._busy_wait = wait
-
-    def _write_batch_sync(
-        self, batch: list[_Request[Any]], deny_commit: bool, inline: bool
-    ) -> bool | None:
-        """Apply ``batch`` in one transaction on the writer connection, holding the write
-        limiter: in a worker thread, or ``inline`` on the event loop. Returns whether it
-        committed; None (nothing done) if ``inline`` and another process holds the write lock.
-        """
+    def _apply_batch(self, batch: list[_Request[Any]]) -> bool:
+        """THE apply function: ``batch`` in one transaction on the writer connection. Runs in
+        a worker thread, holding the writer's limiter. Returns whether it committed; every
+        request has its value or error afterwards."""
         conn = self._writer
         if conn is None:
             self._fail_batch(batch, "the store is closed")
             return False
         try:
-            self._set_busy_wait(conn, not inline)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            if inline and _is_busy(exc):
-                return None
             self._fail_batch(batch, f"could not begin a transaction: {exc}", exc)
             return False
         # A lone request needs no savepoint: if it fails, the whole transaction is rolled back.
@@ -857,13 +763,7 @@ class SQLiteStore(Store):
             self._rollback(conn)
             return False
         try:
-            if deny_commit:
-                conn.set_authorizer(_deny_commit)
-            try:
-                conn.execute("COMMIT")
-            finally:
-                if deny_commit:
-                    conn.set_authorizer(None)
+            self._commit(conn)
         except sqlite3.Error as exc:
             self._rollback(conn)
             self._fail_batch(
@@ -871,6 +771,12 @@ class SQLiteStore(Store):
             )
             return False
         return True
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """COMMIT the batch's transaction. The seam for fault injection: a test subclass
+        overrides it to make commits fail the way a full disk does (see
+        ``tests/store/_faults.py``)."""
+        conn.execute("COMMIT")
 
     @staticmethod
     def _apply_one(conn: sqlite3.Connection, request: _Request[Any], savepoint: bool) -> None:

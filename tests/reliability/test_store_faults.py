@@ -23,6 +23,7 @@ import trio
 import actorcore
 from actorcore import ActorContext, ActorOptions, LifecycleState, MemoryStore, SQLiteStore
 from actorcore.store import open_store
+from tests.store._faults import CommitFailingSQLiteStore
 
 from ._support import call, close_code, receive_frame, serve_streams, tally
 
@@ -399,7 +400,7 @@ async def sqlite_integrity(path: Path) -> str:
 
 
 async def test_sqlite_refused_commits_keep_state_and_recover(sqlite_path: Path) -> None:
-    store = SQLiteStore(sqlite_path)
+    store = CommitFailingSQLiteStore(sqlite_path)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             registry = await start(nursery, store)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from actorcore.errors import ActorNotFound, ScheduleLimit, StaleGeneration, Stor
 from actorcore.store import ActorRecord, MemoryStore, SQLiteStore, Store, open_store
 from actorcore.store.base import AlarmRecord
 from actorcore.testing import store_contract
+
+from ._faults import CommitFailingSQLiteStore
 
 TIMEOUT = 10.0
 
@@ -33,11 +34,11 @@ class _ComposedMemoryStore(MemoryStore):
     create_initialized = Store.create_initialized
 
 
-@pytest.fixture(params=["memory", "memory-composed", "sqlite", "sqlite-inline"])
+@pytest.fixture(params=["memory", "memory-composed", "sqlite", "sqlite-queued"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AnyStore]:
     """A running store of each kind (SQLite in a fresh file; ``sqlite`` as configured by
-    default, every write in a worker thread; ``sqlite-inline`` applies small batches on the
-    event loop)."""
+    default, a write that finds the writer idle applied from its caller's task;
+    ``sqlite-queued`` with ``direct_writes=False``, every write through the writer task)."""
     instance: AnyStore
     if request.param == "memory":
         instance = MemoryStore()
@@ -46,7 +47,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     elif request.param == "sqlite":
         instance = SQLiteStore(tmp_path / "actors.db")
     else:
-        instance = SQLiteStore(tmp_path / "actors.db", inline_max_bytes=64 * 1024)
+        instance = SQLiteStore(tmp_path / "actors.db", direct_writes=False)
     async with open_store(instance):
         yield instance
 
@@ -433,7 +434,9 @@ async def test_sqlite_wal_and_integrity(tmp_path: Path) -> None:
 
 async def test_sqlite_commit_failure_fails_the_batch_only(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_store(SQLiteStore(tmp_path / "actors.db")) as store:
+        # Every write through the writer task: the two requests below form one batch.
+        failing = CommitFailingSQLiteStore(tmp_path / "actors.db", direct_writes=False)
+        async with open_store(failing) as store:
             generation = await _started(store)
             await store.save("a1", generation, b"before")
             before = store.statistics()
@@ -506,47 +509,13 @@ async def test_sqlite_begin_or_create_is_group_committed(tmp_path: Path) -> None
             assert await store.count() == 50
 
 
-@pytest.fixture
-def write_threads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """For every batch the SQLite writer applies: True if it ran on the event loop's thread."""
-    ran_inline: list[bool] = []
-    original = SQLiteStore._write_batch_sync
-    loop_thread = threading.get_ident()
-
-    def spy(self: SQLiteStore, batch: list[Any], deny_commit: bool, inline: bool) -> bool | None:
-        result = original(self, batch, deny_commit, inline)
-        if result is not None:  # None: not applied here (it goes to a thread)
-            ran_inline.append(threading.get_ident() == loop_thread)
-        return result
-
-    monkeypatch.setattr(SQLiteStore, "_write_batch_sync", spy)
-    return ran_inline
-
-
-async def test_sqlite_small_writes_skip_the_thread_hop(
-    tmp_path: Path, write_threads: list[bool]
-) -> None:
-    with trio.fail_after(TIMEOUT):
-        inline = SQLiteStore(tmp_path / "actors.db", inline_max_bytes=64 * 1024)
-        async with open_store(inline) as store:
-            record = await store.begin_or_create("counter", "k1", "a1", None)
-            await store.save("a1", record.generation, b"x" * 1000)
-            assert write_threads == [True, True], "opted in: small writes on the event loop"
-            await store.save("a1", record.generation, b"x" * 100_000)
-            await store.create_many([(f"b{i}", "counter", f"b{i}", None) for i in range(100)])
-            assert write_threads[2:] == [False, False], "big ones in a worker thread"
-        write_threads.clear()
-        async with open_store(SQLiteStore(tmp_path / "actors.db")) as store:
-            await store.begin_or_create("counter", "k1", "a1", None)
-            assert write_threads == [False], "by default every write is in the writer thread"
-
-
 async def test_sqlite_a_lone_write_makes_its_thread_call_from_its_own_task(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """By default (no writes on the event loop), a write that finds the writer idle makes its
+    """The direct strategy (the default): a write that finds the writer idle makes its
     worker-thread call from its caller's task, holding the writer's limiter: no trip to the
-    writer task and back. Writes of a burst still go to the writer task."""
+    writer task and back. Writes of a burst still go to the writer task; with
+    ``direct_writes=False`` every write does."""
     callers: list[str] = []
     original = sqlite_module._in_thread_holding
 
@@ -561,7 +530,6 @@ async def test_sqlite_a_lone_write_makes_its_thread_call_from_its_own_task(
             callers.clear()
             record = await store.begin_or_create("counter", "k", "a", None)
             assert callers == [me]
-            await trio.sleep(0.001)  # past the gap that sends a burst's next write to the writer
             await store.save("a", record.generation, b"1")
             assert callers == [me, me]
             stored = await store.get_by_id("a")
@@ -577,6 +545,16 @@ async def test_sqlite_a_lone_write_makes_its_thread_call_from_its_own_task(
                     nursery.start_soon(store.save, f"b{i}", gens[i], b"2")
             assert any(name.endswith("SQLiteStore.run") for name in callers), callers
             assert store.statistics().writes == 2 + 1 + 20 + 20
+        callers.clear()
+        queued = SQLiteStore(tmp_path / "queued.db", direct_writes=False)
+        async with open_store(queued) as store:
+            record = await store.begin_or_create("counter", "k", "a", None)
+            await store.save("a", record.generation, b"1")
+            assert callers, callers
+            assert all(name.endswith("SQLiteStore.run") for name in callers), (
+                "every write went through the writer task"
+            )
+            assert store.statistics().writes == 2
 
 
 async def test_sqlite_a_burst_is_still_group_committed(tmp_path: Path) -> None:
@@ -602,15 +580,13 @@ async def test_sqlite_a_burst_is_still_group_committed(tmp_path: Path) -> None:
                 assert record is not None and record.state == b"%d" % i
 
 
-async def test_sqlite_locked_database_does_not_block_the_event_loop(
-    tmp_path: Path, write_threads: list[bool]
-) -> None:
-    """Another process holding the write lock: the small write is not attempted on the event
-    loop with a busy wait, it waits (``busy_timeout``) in a worker thread."""
+async def test_sqlite_locked_database_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    """Another process holding the write lock: the write waits (``busy_timeout``) in a worker
+    thread, never on the event loop."""
     path = tmp_path / "actors.db"
     busy = 1.0
     with trio.fail_after(TIMEOUT):
-        store_ = SQLiteStore(path, busy_timeout=busy, inline_max_bytes=64 * 1024)
+        store_ = SQLiteStore(path, busy_timeout=busy)
         async with open_store(store_) as store:
             record = await store.begin_or_create("counter", "k1", "a1", None)
             locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -637,9 +613,7 @@ async def test_sqlite_locked_database_does_not_block_the_event_loop(
                 locker.execute("ROLLBACK")
                 locker.close()
             assert max(gaps) < busy / 2, "the event loop kept running meanwhile"
-            assert write_threads[-1] is False
-            await store.save("a1", record.generation, b"{}")
-            assert write_threads[-1] is True, "back on the event loop once the lock is free"
+            await store.save("a1", record.generation, b"{}")  # the lock is free again
 
 
 async def test_sqlite_wal_is_checkpointed(tmp_path: Path) -> None:
