@@ -18,6 +18,7 @@ from .authority import LocalAuthority as LocalAuthority
 from .client import ActorConnection as ActorConnection
 from .client import ActorEvent as ActorEvent
 from .client import CallTimeout as CallTimeout
+from .client import ClientOptions as ClientOptions
 from .client import ConnectionLost as ConnectionLost
 from .client import RemoteError as RemoteError
 from .client import connect as connect
@@ -95,6 +96,7 @@ __all__ = [
     "AlarmStatistics",
     "CallTimeout",
     "ClientAddress",
+    "ClientOptions",
     "Conn",
     "ConnKind",
     "ConnectRequest",

@@ -108,6 +108,7 @@ __all__ = [
     "ActorConnection",
     "ActorEvent",
     "CallTimeout",
+    "ClientOptions",
     "ClientStatistics",
     "CloseInfo",
     "ConnectionLost",
@@ -466,6 +467,39 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 # ---------------------------------------------------------------------------- the connection
 
 
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _positive_or_none(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ClientOptions:
+    """How an :class:`ActorConnection` behaves; :func:`connect` takes each as a keyword."""
+
+    reconnect: bool = True
+    """False: finish at the first close instead of reconnecting."""
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """Bound on each attempt (TCP, upgrade, ``init``, subscriptions) and on the initial
+    connect as a whole."""
+    call_timeout: float | None = attrs.field(default=60.0, validator=_positive_or_none)
+    """Default bound on :meth:`ActorConnection.call` (None: unbounded)."""
+    close_timeout: float = attrs.field(default=2.0, validator=_positive)
+    """Bound on the closing handshake."""
+    initial_backoff: float = attrs.field(default=0.1, validator=_positive)
+    """The first reconnect delay (:func:`backoff_delay`)."""
+    max_backoff: float = attrs.field(default=5.0, validator=_positive)
+    """The longest reconnect delay."""
+    max_message_size: int = 16 * 2**20
+    """Largest frame accepted from the server."""
+    buffer_size: int = attrs.field(default=1024, validator=attrs.validators.ge(0))
+    """Events (and messages) buffered for :meth:`ActorConnection.events`."""
+
+
 class ActorConnection:
     """A client connection to one actor, kept open across reconnects; made by :func:`connect`.
 
@@ -481,32 +515,13 @@ class ActorConnection:
         key: str,
         *,
         params: Any = None,
-        reconnect: bool = True,
-        connect_timeout: float = 10.0,
-        call_timeout: float | None = 60.0,
-        close_timeout: float = 2.0,
-        initial_backoff: float = 0.1,
-        max_backoff: float = 5.0,
-        max_message_size: int = 16 * 2**20,
-        buffer_size: int = 1024,
+        options: ClientOptions = ClientOptions(),
         ssl_context: ssl.SSLContext | None = None,
         open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
     ) -> None:
         _check_name(name, "name")
         if not isinstance(key, str) or not key:
             raise ValueError("key must be a non-empty string")
-        for label, value in (
-            ("connect_timeout", connect_timeout),
-            ("close_timeout", close_timeout),
-            ("initial_backoff", initial_backoff),
-            ("max_backoff", max_backoff),
-        ):
-            if not value > 0:
-                raise ValueError(f"{label} must be > 0, got {value!r}")
-        if call_timeout is not None and not call_timeout > 0:
-            raise ValueError(f"call_timeout must be > 0 or None, got {call_timeout!r}")
-        if buffer_size < 0:
-            raise ValueError(f"buffer_size must be >= 0, got {buffer_size!r}")
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise ValueError(f"url must be ws://host[:port][/path] or wss://..., got {url!r}")
@@ -529,7 +544,9 @@ class ActorConnection:
         """The actor definition's name."""
         self.key: Final = key
         """The actor's key."""
-        self.call_timeout = call_timeout
+        self.options: Final = options
+        """How this client behaves (:class:`ClientOptions`)."""
+        self.call_timeout = options.call_timeout
         """Default bound on :meth:`call` in seconds (None: unbounded); :class:`CallTimeout`."""
         self.actor_id = ""
         """The actor's id (from the latest ``init``)."""
@@ -541,13 +558,6 @@ class ActorConnection:
         """The latest close seen from the server or the network (the client's own close is not
         recorded here)."""
 
-        self._reconnect = reconnect
-        self._connect_timeout = connect_timeout
-        self._close_timeout = close_timeout
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
-        self._max_message_size = max_message_size
-
         self._stack: contextlib.AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._live: _Live | None = None
@@ -557,6 +567,7 @@ class ActorConnection:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._subscriptions: set[str] = set()
+        buffer_size = options.buffer_size
         self._events_send, self._events_receive = trio.open_memory_channel[ActorEvent](buffer_size)
         self._messages_send, self._messages_receive = trio.open_memory_channel[Any](buffer_size)
 
@@ -693,7 +704,7 @@ class ActorConnection:
         live = self._live
         if live is not None:
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + self._close_timeout
+                scope.deadline = trio.current_time() + self.options.close_timeout
                 await live.ws.aclose(1000)
         else:
             await trio.lowlevel.checkpoint()
@@ -731,10 +742,12 @@ class ActorConnection:
             try:
                 # _supervise finishes the connection when the initial connect runs out of
                 # time; the extra bound only guards against a bug there.
-                with trio.move_on_after(2 * self._connect_timeout + self._close_timeout) as scope:
+                with trio.move_on_after(
+                    2 * self.options.connect_timeout + self.options.close_timeout
+                ) as scope:
                     await self._wait_live()
                 if scope.cancelled_caught:
-                    raise ConnectionLost(f"not connected within {self._connect_timeout}s")
+                    raise ConnectionLost(f"not connected within {self.options.connect_timeout}s")
                 yield self
             except BaseException as exc:  # noqa: ASYNC103 - re-raised below, outside the nursery
                 error = exc
@@ -830,9 +843,9 @@ class ActorConnection:
 
     async def _supervise(self) -> None:
         failures = 0
-        initial_deadline = trio.current_time() + self._connect_timeout
+        initial_deadline = trio.current_time() + self.options.connect_timeout
         while True:
-            deadline = trio.current_time() + self._connect_timeout
+            deadline = trio.current_time() + self.options.connect_timeout
             if not self._ever_live:
                 deadline = min(deadline, initial_deadline)
             self._attempts += 1
@@ -844,7 +857,7 @@ class ActorConnection:
             self._closes_by_code[close.code] = self._closes_by_code.get(close.code, 0) + 1
             if ended.got_init:
                 failures = 0
-            if not self._reconnect or ended.policy is ReconnectPolicy.NEVER:
+            if not self.options.reconnect or ended.policy is ReconnectPolicy.NEVER:
                 log.info("%s: closed %d %s; not reconnecting", self, close.code, close.reason)
                 self._finish(ended.error)
                 return
@@ -852,7 +865,7 @@ class ActorConnection:
                 delay = 0.0
             else:
                 delay = backoff_delay(
-                    failures, initial=self._initial_backoff, maximum=self._max_backoff
+                    failures, initial=self.options.initial_backoff, maximum=self.options.max_backoff
                 )
             failures += 1
             if not self._ever_live and trio.current_time() + delay >= initial_deadline:
@@ -891,7 +904,9 @@ class ActorConnection:
                     # trio-websocket's reader finishes the close handshake and waits for the
                     # server to close TCP (RFC 6455 7.1.1); the writer ends with its outbox.
                     scope = nursery.cancel_scope
-                    scope.deadline = min(scope.deadline, trio.current_time() + self._close_timeout)
+                    scope.deadline = min(
+                        scope.deadline, trio.current_time() + self.options.close_timeout
+                    )
             except* LocalProtocolError:
                 # trio-websocket answers a server ping that crosses our own close frame, which
                 # wsproto refuses (python-trio/trio-websocket#184): the connection was ending.
@@ -934,7 +949,7 @@ class ActorConnection:
             stream,  # type: ignore[arg-type]  # any trio Stream works
             self._host_header,
             self._resource,
-            max_message_size=self._max_message_size,
+            max_message_size=self.options.max_message_size,
             receive_buffer_size=4096,  # see actorcore.ws.server.RECEIVE_BUFFER
         )
         try:
@@ -943,7 +958,7 @@ class ActorConnection:
             return _from_close(exc, got_init=False)
         init = _parse_init(first)
         if init is None:
-            with trio.move_on_after(self._close_timeout):
+            with trio.move_on_after(self.options.close_timeout):
                 await ws.aclose(1002, "protocol.invalid_init")
             return _lost(
                 f"the first frame is not an init frame: {first[:200]!r}",
@@ -1087,11 +1102,7 @@ def connect(
     - ``open_stream``: open the byte stream yourself (tests: an in-memory stream); the URL's
       host then only goes into the ``Host`` header.
     """
-    return ActorConnection(
-        url,
-        name,
-        key,
-        params=params,
+    options = ClientOptions(
         reconnect=reconnect,
         connect_timeout=connect_timeout,
         call_timeout=call_timeout,
@@ -1100,6 +1111,13 @@ def connect(
         max_backoff=max_backoff,
         max_message_size=max_message_size,
         buffer_size=buffer_size,
+    )
+    return ActorConnection(
+        url,
+        name,
+        key,
+        params=params,
+        options=options,
         ssl_context=ssl_context,
         open_stream=open_stream,
     )

@@ -702,8 +702,18 @@ def test_connect_validates_arguments() -> None:
         connect("ws://127.0.0.1:1", "", "k")
     with pytest.raises(ValueError):
         connect("ws://127.0.0.1:1", "counter", "")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="connect_timeout must be > 0"):
         connect("ws://127.0.0.1:1", "counter", "k", connect_timeout=0)
+    with pytest.raises(ValueError, match="call_timeout must be > 0 or None"):
+        connect("ws://127.0.0.1:1", "counter", "k", call_timeout=-1)
+    with pytest.raises(ValueError):
+        actorcore.ClientOptions(buffer_size=-1)
+    options = actorcore.ClientOptions(reconnect=False, call_timeout=None)
+    direct = actorcore.ActorConnection("ws://127.0.0.1:1", "counter", "k", options=options)
+    assert direct.options is options and direct.call_timeout is None
+    assert connect(
+        "ws://127.0.0.1:1", "counter", "k", reconnect=False
+    ).options == options.__class__(reconnect=False)
     client = connect("ws://[::1]:8080/base/", "counter", "a/b", params={"n": 1})
     assert (
         client.url == "ws://[::1]:8080/base/actors/counter/a%2Fb/connect?params=%7B%22n%22%3A1%7D"
