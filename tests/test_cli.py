@@ -17,12 +17,13 @@ from urllib.parse import quote
 import pytest
 import trio
 import trustme
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import actorcore
 from actorcore import cli
 from actorcore.store import open_store
-from actorcore.testing import client_nursery
+
+from ._clients import tcp_websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -89,23 +90,6 @@ async def serve(tmp_path: Path, *args: str, cwd: Path = ROOT) -> AsyncIterator[S
                     await proc.stdout.aclose()
 
 
-@asynccontextmanager
-async def connect(port: int, resource: str) -> AsyncIterator[WebSocketConnection]:
-    """A client WebSocket whose TCP stream the test owns: trio-websocket's client does not close
-    its socket after a close the server started (it waits for the server's TCP close and then
-    leaves the stream open), which ``filterwarnings = error`` reports as a ResourceWarning."""
-    async with client_nursery() as nursery:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            ws = await wrap_client_stream(nursery, stream, f"127.0.0.1:{port}", resource)
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(5, shield=True):
-                    await ws.aclose()
-        nursery.cancel_scope.cancel()
-
-
 async def receive(ws: WebSocketConnection) -> dict[str, Any]:
     with trio.fail_after(5):
         frame: dict[str, Any] = json.loads(await ws.get_message())
@@ -134,7 +118,7 @@ async def test_serve_chat_drains_on_sigterm(tmp_path: Path) -> None:
             f"actorcore: serving examples.chat:registry on ws://127.0.0.1:{srv.port} (store: {db})"
         )
         params = quote(json.dumps({"nick": "ann"}))
-        async with connect(srv.port, f"/actors/chat/room/connect?params={params}") as ws:
+        async with tcp_websocket(srv.port, f"/actors/chat/room/connect?params={params}") as ws:
             init = await receive(ws)
             assert init["type"] == "init"
             await ws.send_message(json.dumps({"type": "subscribe", "event": "message"}))
@@ -190,7 +174,7 @@ async def test_second_signal_exits_without_draining(tmp_path: Path) -> None:
     ) as srv:
         await srv.wait_listening()
         assert srv.listening_line.endswith("(store: :memory:)")
-        async with connect(srv.port, "/actors/slow/a/connect") as ws:
+        async with tcp_websocket(srv.port, "/actors/slow/a/connect") as ws:
             await receive(ws)
             assert await call(ws, 1, "ping") == "pong"
             srv.proc.send_signal(signal.SIGINT)
@@ -399,11 +383,11 @@ async def test_limits_and_origins_from_the_command_line(tmp_path: Path) -> None:
         "0.2",
     ) as server:
         await server.wait_listening()
-        async with connect(server.port, "/actors/echo/a/ws") as first:
+        async with tcp_websocket(server.port, "/actors/echo/a/ws") as first:
             await first.send_message("hi")
             with trio.fail_after(5):
                 assert await first.get_message() == "hi"
-            async with connect(server.port, "/actors/echo/a/ws") as second:
+            async with tcp_websocket(server.port, "/actors/echo/a/ws") as second:
                 with pytest.raises(ConnectionClosed) as closed, trio.fail_after(5):
                     await second.get_message()
                 assert closed.value.reason is not None

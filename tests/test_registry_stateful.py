@@ -29,7 +29,6 @@ import collections
 import json
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -41,11 +40,11 @@ from hypothesis import strategies as st
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, LifecycleState, MemoryStore
-from actorcore.authority import LifecycleRequest
 from actorcore.generation import Generation
 from actorcore.lifecycle import LifecycleEvent
 from actorcore.store import open_store
 
+from ._clients import RecordingAuthority
 from ._log_recording import recording_logs
 
 S = LifecycleState
@@ -162,28 +161,6 @@ class RecordingStore(MemoryStore):
         del self.saved[actor_id]
 
 
-class RecordingAuthority:
-    """Grants every request at once (like LocalAuthority) and lets the harness check it."""
-
-    def __init__(self, harness: Harness) -> None:
-        self.harness = harness
-        self.registry: actorcore.Registry | None = None
-
-    def request(self, request: LifecycleRequest, apply: Callable[[], None]) -> None:
-        assert self.registry is not None
-        actor_id, event = request.actor_id, request.event
-        entry = self.registry.entry(actor_id)
-        if entry is None:
-            self.harness.violation(f"{event.name} requested for {actor_id} with no entry")
-            apply()
-            return
-        before = entry.lifecycle.state
-        destroy_before = entry.lifecycle.destroy_requested
-        gen = entry.generation
-        apply()
-        self.harness.on_request(entry.key, actor_id, event, before, destroy_before, gen, entry)
-
-
 class Harness:
     """The model, the instrumentation callbacks and the operations of one example."""
 
@@ -219,7 +196,12 @@ class Harness:
         self.sleep_targets: list[tuple[str, Generation]] = []
 
     def new_registry(self) -> actorcore.Registry:
-        authority = RecordingAuthority(self)
+        authority = RecordingAuthority(
+            lambda request, entry, before, destroy_before, gen: self.on_request(
+                entry.key, request.actor_id, request.event, before, destroy_before, gen, entry
+            ),
+            self.violation,
+        )
         registry = actorcore.Registry([self.actor_cls], store=self.store, authority=authority)
         authority.registry = registry
         return registry

@@ -89,10 +89,12 @@ async def test_a_cancel_during_a_send_waits_for_the_send(autojump_clock: Any) ->
     async def abort() -> None:
         raise AssertionError("not cut: the send ends within its bound")
 
-    async def sender(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+    async def sender(
+        task_status: trio.TaskStatus[tuple[trio.CancelScope, trio.lowlevel.Task]],
+    ) -> None:
         with trio.CancelScope() as scope:
             task = trio.lowlevel.current_task()
-            task_status.started(scope)
+            task_status.started((scope, task))
             watchdog.send_started(task, 10.0, abort)
             try:
                 with trio.CancelScope(shield=True):  # stands in for a frame half written
@@ -106,9 +108,9 @@ async def test_a_cancel_during_a_send_waits_for_the_send(autojump_clock: Any) ->
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watchdog.run)
-        scope = await nursery.start(sender)
+        scope, task = await nursery.start(sender)
         await trio.testing.wait_all_tasks_blocked()
-        watchdog.cancel(next(iter(watchdog._sending)), scope.cancel)
+        watchdog.cancel(task, scope.cancel)
         assert not scope.cancel_called  # deferred
         release.set()
         await trio.sleep(0.1)

@@ -746,6 +746,7 @@ class SQLiteStore(Store):
         if conn is None:
             self._fail_batch(batch, "the store is closed")
             return False
+        self._before_batch(conn)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -771,6 +772,11 @@ class SQLiteStore(Store):
             )
             return False
         return True
+
+    def _before_batch(self, conn: sqlite3.Connection) -> None:
+        """Called before each batch's transaction, in the worker thread that applies it. The
+        seam for fault injection: a test subclass changes the writer connection here (a page
+        limit, as a full disk)."""
 
     def _commit(self, conn: sqlite3.Connection) -> None:
         """COMMIT the batch's transaction. The seam for fault injection: a test subclass

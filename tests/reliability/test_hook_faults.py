@@ -399,7 +399,7 @@ async def test_hanging_message_hook_cut_at_grace_keeps_a_hibernatable_connection
     async with serve_streams(registry) as server, server.connect("/actors/hanging/k/ws") as ws:
         await ws.send_message("fault")
         await trio.testing.wait_all_tasks_blocked()
-        (entry,) = list(registry._by_id.values())
+        (entry,) = registry.entries()
         before = trio.current_time()
         with trio.fail_after(GRACE + 5):
             await registry.sleep(entry.actor_id)

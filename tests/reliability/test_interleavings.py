@@ -73,13 +73,13 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Conn, LifecycleState, MemoryStore, closecodes
-from actorcore.authority import LifecycleRequest
 from actorcore.conn import TransportClosed
 from actorcore.generation import Generation
 from actorcore.lifecycle import LifecycleEvent
 from actorcore.store import open_store
 from actorcore.testing import MemoryServer, client_nursery, serve_in_memory
 from actorcore.ws.dispatch import ConnectRequest, Dispatcher
+from tests._clients import RecordingAuthority
 
 from .._log_recording import recording_logs
 from ._tasks import actor_work, actorcore_tasks
@@ -304,28 +304,6 @@ class FaultyStore(MemoryStore):
             raise actorcore.StoreError(f"{operation} failed: {self.fault!r}") from self.fault
 
 
-class RecordingAuthority:
-    """Grants every request at once (like LocalAuthority) and checks destroy-beats-sleep."""
-
-    def __init__(self, harness: Harness) -> None:
-        self.harness = harness
-        self.registry: actorcore.Registry | None = None
-
-    def request(self, request: LifecycleRequest, apply: Callable[[], None]) -> None:
-        assert self.registry is not None
-        actor_id, event = request.actor_id, request.event
-        entry = self.registry.entry(actor_id)
-        if entry is None:
-            self.harness.violation(f"{event.name} requested for {actor_id} with no entry")
-            apply()
-            return
-        before = entry.lifecycle.state
-        destroy_before = entry.lifecycle.destroy_requested
-        gen = entry.generation
-        apply()
-        self.harness.on_request(entry, event, before, destroy_before, gen)
-
-
 def make_actors(h: Harness) -> list[type[actorcore.Actor]]:
     """The instrumented actors, bound to one harness."""
 
@@ -392,7 +370,12 @@ class Harness:
 
     def __init__(self) -> None:
         self.store = FaultyStore()
-        self.authority = RecordingAuthority(self)
+        self.authority = RecordingAuthority(
+            lambda request, entry, before, destroy_before, gen: self.on_request(
+                entry, request.event, before, destroy_before, gen
+            ),
+            self.violation,
+        )
         self.registry = actorcore.Registry(
             make_actors(self), store=self.store, authority=self.authority
         )

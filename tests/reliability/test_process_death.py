@@ -27,9 +27,10 @@ from typing import IO
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import actorcore
+from tests._clients import tcp_websocket
 
 from ._support import tally
 
@@ -90,21 +91,6 @@ async def serve(db: Path, log: Path) -> AsyncIterator[Server]:
                 await proc.wait()
                 if proc.stdout is not None:
                     await proc.stdout.aclose()
-
-
-@asynccontextmanager
-async def ws_connect(port: int, resource: str) -> AsyncIterator[WebSocketConnection]:
-    """A trio-websocket client whose TCP stream the test owns (and closes)."""
-    async with trio.open_nursery() as nursery:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            ws = await wrap_client_stream(nursery, stream, f"127.0.0.1:{port}", resource)
-            try:
-                yield ws
-            finally:
-                with trio.move_on_after(2, shield=True):
-                    await ws.aclose()
-        nursery.cancel_scope.cancel()
 
 
 async def closed_with(ws: WebSocketConnection) -> tuple[int, str]:
@@ -193,7 +179,7 @@ async def test_sigkill_mid_writes_then_restart(tmp_path: Path) -> None:
                         while actor.statistics().connects < cycle + 1:  # noqa: ASYNC110
                             await trio.sleep(0.01)
                     assert await actor.call("get") == n, "continues from the stored state"
-                async with ws_connect(server.port, "/actors/durable/k/connect") as watcher:
+                async with tcp_websocket(server.port, "/actors/durable/k/connect") as watcher:
                     assert json.loads(await watcher.get_message())["type"] == "init"
                     scope = trio.CancelScope()
                     async with trio.open_nursery() as nursery:
@@ -242,7 +228,7 @@ async def test_sigterm_closes_every_connection_1012_and_saves_everything(tmp_pat
                 expected[("lazy", "reconnecting")] = 1
 
                 async def one(key: str, count: int) -> None:
-                    async with ws_connect(server.port, f"/actors/lazy/{key}/connect") as ws:
+                    async with tcp_websocket(server.port, f"/actors/lazy/{key}/connect") as ws:
                         assert json.loads(await ws.get_message())["type"] == "init"
                         for i in range(1, count + 1):
                             frame = {"type": "action", "id": i, "name": "inc"}
@@ -254,7 +240,7 @@ async def test_sigterm_closes_every_connection_1012_and_saves_everything(tmp_pat
                         codes.append(await closed_with(ws))
 
                 async def raw() -> None:
-                    async with ws_connect(server.port, "/actors/echo/e/ws") as ws:
+                    async with tcp_websocket(server.port, "/actors/echo/e/ws") as ws:
                         await ws.send_message("hi")
                         assert await ws.get_message() == "hi"
                         acked.set()

@@ -450,17 +450,9 @@ async def test_sqlite_locked_database_during_interval_and_final_saves(sqlite_pat
 
 
 async def test_sqlite_disk_full_rolls_back_and_recovers(sqlite_path: Path) -> None:
-    store = SQLiteStore(sqlite_path)
-
-    async def on_writer(sql: str) -> None:
-        # White box: the page limit is per connection, so it is set on the store's writer
-        # connection, in a worker thread holding the writer's limiter like every write does.
-        def run() -> None:
-            writer = store._writer
-            assert writer is not None
-            writer.execute(sql)
-
-        await trio.to_thread.run_sync(run, limiter=store._write_limiter)
+    # The page limit is per connection: the test subclass sets it on the store's writer
+    # connection, before its next batch.
+    store = CommitFailingSQLiteStore(sqlite_path)
 
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -473,13 +465,13 @@ async def test_sqlite_disk_full_rolls_back_and_recovers(sqlite_path: Path) -> No
                 (page_count,) = pages.execute("PRAGMA page_count").fetchone()
             finally:
                 pages.close()
-            await on_writer(f"PRAGMA max_page_count={page_count}")  # the disk is full
+            store.on_writer(f"PRAGMA max_page_count={page_count}")  # the disk is full
             assert await handle.call("inc", 1, 200_000) == 2  # a state that needs new pages
             with pytest.raises(actorcore.StoreError):
                 await handle.call("save")
             tally("fault: sqlite disk full", store.statistics().write_errors)
             assert (await stored(store, handle.actor_id))["n"] == 1
-            await on_writer("PRAGMA max_page_count=1073741823")
+            store.on_writer("PRAGMA max_page_count=1073741823")
             assert await handle.call("inc") == 3
             assert await handle.call("save") == 3
             registry.request_shutdown()
