@@ -68,14 +68,22 @@ def spawned_functions() -> frozenset[str]:
 ACTOR_WORK: Final = spawned_functions() - NOT_ACTOR_WORK
 
 
-def actorcore_tasks() -> list[str]:
-    """Qualified names of the living tasks whose top frame is actorcore code."""
-    found: list[str] = []
+def _living_tasks() -> list[trio.lowlevel.Task]:
+    """Every living task, from the root down."""
+    found: list[trio.lowlevel.Task] = []
     todo = [trio.lowlevel.current_root_task()]
     while todo:
         task = todo.pop()
+        found.append(task)
         for nursery in task.child_nurseries:
             todo.extend(nursery.child_tasks)
+    return found
+
+
+def actorcore_tasks() -> list[str]:
+    """Qualified names of the living tasks whose top frame is actorcore code."""
+    found: list[str] = []
+    for task in _living_tasks():
         code = getattr(task.coro, "cr_code", None)
         if code is not None and code.co_filename.startswith(ACTORCORE_DIR):
             found.append(code.co_qualname)
@@ -96,11 +104,7 @@ def _frames(coro: object) -> list[tuple[str, int]]:
 def actor_work() -> list[str]:
     """The living tasks that are actor work, each with where it is suspended."""
     found: list[str] = []
-    todo = [trio.lowlevel.current_root_task()]
-    while todo:
-        task = todo.pop()
-        for nursery in task.child_nurseries:
-            todo.extend(nursery.child_tasks)
+    for task in _living_tasks():
         frames = _frames(task.coro)
         if not frames:
             continue
