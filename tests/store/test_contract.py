@@ -926,3 +926,10 @@ async def test_the_shipped_contract_catches_a_broken_store(
 ) -> None:
     with pytest.raises(AssertionError, match=f"rule '{rule}'"):
         await store_contract(broken)
+
+
+async def test_the_shipped_contract_runs_on_one_given_store(tmp_path: Path) -> None:
+    assert len(await store_contract(MemoryStore())) == 9
+    assert len(await store_contract(SQLiteStore(tmp_path / "one.db"))) == 9
+    with pytest.raises(AssertionError, match="rule 'fences_saves'"):
+        await store_contract(_UnfencedStore())
