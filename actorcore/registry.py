@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import logging
 import math
 import ssl
@@ -189,6 +190,7 @@ class Registry:
         self._store: Store = store if store is not None else MemoryStore()
         self._store_is_default = store is None
         self._authority: LifecycleAuthority = authority or LocalAuthority()
+        self._authority_takes_request = _takes_one_request(self._authority)
         self._commands = _Commands(self)
         self._by_id: dict[str, ActorEntry] = {}
         self._by_key: dict[tuple[str, str], ActorEntry] = {}
@@ -1060,7 +1062,14 @@ class Registry:
                 return
             self._apply_request(entry, event, reason)
 
-        self._authority.request(self._lifecycle_request(entry, event, reason), apply)
+        self._ask_authority(self._lifecycle_request(entry, event, reason), apply)
+
+    def _ask_authority(self, request: LifecycleRequest, apply: Callable[[], None]) -> None:
+        if self._authority_takes_request:
+            self._authority.request(request, apply)
+        else:  # an authority written for the first seam: request(actor_id, generation, ...)
+            legacy: Any = self._authority
+            legacy.request(request.actor_id, request.generation, request.event, apply)
 
     def _lifecycle_request(
         self, entry: ActorEntry, event: LifecycleEvent, reason: str
@@ -1137,7 +1146,7 @@ class Registry:
     # ---------------------------------------------------------------- generations
 
     def _wake(self, entry: ActorEntry, reason: str) -> None:
-        self._authority.request(
+        self._ask_authority(
             self._lifecycle_request(entry, E.WAKE, reason),
             lambda: self._apply_wake(entry, reason),
         )
@@ -1317,6 +1326,21 @@ class _Commands:
     async def move_away(self, actor_id: str, reason: str) -> None:
         """Put the actor to sleep here: it is to run elsewhere."""
         await self.sleep(actor_id, f"moved away: {reason}")
+
+
+def _takes_one_request(authority: object) -> bool:
+    """Whether ``authority.request`` takes ``(request, apply)`` (the current seam) rather than
+    the first seam's ``(actor_id, generation, event, apply)``, which is still accepted."""
+    try:
+        parameters = inspect.signature(authority.request).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return True
+    positional = [
+        p
+        for p in parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return len(positional) != 4
 
 
 def _decided(entry: ActorEntry, kind: WorkKind) -> Generation | None:

@@ -185,3 +185,24 @@ async def test_an_attached_authority_commands(autojump_clock: trio.testing.MockC
         )
         with pytest.raises(actorcore.ActorNotFound):
             await commands.wake("no-such-actor", "x")
+
+
+async def test_an_authority_of_the_first_seam_still_works(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``request(actor_id, generation, event, apply)``, as authorities were written before the
+    request carried a reason, name and key."""
+    seen: list[tuple[str, int, LifecycleEvent]] = []
+
+    class OldStyle:
+        def request(
+            self, actor_id: str, generation: int, event: LifecycleEvent, apply: Callable[[], None]
+        ) -> None:
+            seen.append((actor_id, generation, event))
+            apply()
+
+    async with actorcore.Registry([Worker], authority=OldStyle()) as registry:  # type: ignore[arg-type]
+        handle = await registry.get_or_create("worker", "w")
+        await registry.sleep(handle.actor_id)
+    assert (handle.actor_id, 1, E.SLEEP) in seen
+    assert any(event is E.WAKE for _, _, event in seen)
