@@ -267,7 +267,7 @@ class WorkScope:
     registry's :class:`~actorcore.watchdog.Watchdog`, not by a cancel-scope deadline.
     """
 
-    __slots__ = ("_blocks_idle", "_ended", "_gen", "_task", "_timeout", "scope")
+    __slots__ = ("_blocks_idle", "_ended", "_gen", "_task", "_timeout", "scope", "timed_out")
 
     def __init__(
         self, gen: Generation, name: str, blocks_idle: bool, timeout: float | None
@@ -278,13 +278,15 @@ class WorkScope:
         self._task: trio.lowlevel.Task | None = None
         self._ended = False
         self.scope = trio.CancelScope()
+        self.timed_out = False
+        """Its own ``timeout`` cut it (not the grace deadline, not a cancel from outside)."""
         gen.work_began(self, name, blocks_idle=blocks_idle)
 
     def __enter__(self) -> trio.CancelScope:
         scope = self.scope.__enter__()
         self._task = trio.lowlevel.current_task()
         if self._timeout is not None:
-            self._gen.host.watchdog.arm(self, trio.current_time() + self._timeout, self.cancel)
+            self._gen.host.watchdog.arm(self, trio.current_time() + self._timeout, self._expire)
         return scope
 
     def __exit__(
@@ -313,6 +315,12 @@ class WorkScope:
     def cancel(self) -> None:
         """Cancel the work; a frame it is sending right now goes out first."""
         self._gen.host.watchdog.cancel(self._task, self.scope.cancel)
+
+    def _expire(self) -> None:
+        """Its timeout passed (the watchdog's callback)."""
+        if not self.scope.cancel_called:
+            self.timed_out = True
+        self.cancel()
 
 
 @attrs.define(eq=False, slots=True)

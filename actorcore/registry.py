@@ -970,12 +970,12 @@ class Registry:
                 return result
         finally:
             current_conn.reset(token)
-        # Only reached when the scope was cancelled: by the grace deadline or the timeout.
-        if gen.aborted:
-            raise ActorStopping(
-                f"action {action!r} was cancelled at the end of generation {gen.number}"
-            )
-        raise ActionTimeout(f"action {action!r} exceeded its action_timeout")
+        # Only reached when the scope was cancelled: by its timeout or the grace deadline.
+        if work.timed_out:
+            raise ActionTimeout(f"action {action!r} exceeded its action_timeout")
+        raise ActorStopping(
+            f"action {action!r} was cancelled at the end of generation {gen.number}"
+        )
 
     def invoke_inline(
         self, gen: Generation, action: str, args: Sequence[Any], kwargs: dict[str, Any], conn: Conn

@@ -610,7 +610,7 @@ class _ConnHandler:
                 work = gen.track_work(f"connect:{conn.id}", timeout=options.hook_timeout)
                 with work as scope:
                     await self._setup_hooks(gen, conn)
-                if scope.cancelled_caught and not gen.aborted:
+                if scope.cancelled_caught and work.timed_out:
                     raise InternalError("connection setup hooks exceeded hook_timeout")
                 # Check point 2: the generation may have moved on while setup awaited.
                 admitted = admit(entry.lifecycle, WorkKind.CONNECT) is Admission.ADMIT
@@ -814,7 +814,7 @@ class _ConnHandler:
                         await hook(gen.ctx, *args)
                 else:
                     await hook(gen.ctx, *args)
-            if scope.cancelled_caught and not gen.aborted:
+            if scope.cancelled_caught and work.timed_out:
                 raise InternalError(f"{hook.__name__} exceeded hook_timeout")
         except Exception:
             self._hook_raised(gen, hook.__name__)
