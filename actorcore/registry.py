@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from .conn import Conn
     from .request import ConnectRequest
 
-__all__ = ["ActorHandle", "Registry", "RegistryStatistics"]
+__all__ = ["ActorHandle", "Registry", "RegistryHost", "RegistryStatistics", "host_of"]
 
 log = logging.getLogger("actorcore.registry")
 
@@ -215,10 +215,14 @@ class Registry:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._cancel_save_timeout = cancel_save_timeout
         self._watchdog = Watchdog()
+        self._host = RegistryHost(self)
         self._alarms = AlarmTimer(
-            self, wall_clock=wall_clock, prefetch=alarm_prefetch, max_running=max_running_alarms
+            self._host,
+            wall_clock=wall_clock,
+            prefetch=alarm_prefetch,
+            max_running=max_running_alarms,
         )
-        self.counters = _Counters()
+        self._counters = _Counters()
         """Mutable counters; the dispatcher adds its message and close counts here."""
 
     # ---------------------------------------------------------------- running
@@ -227,22 +231,6 @@ class Registry:
     def store(self) -> Store:
         """The store actors persist to."""
         return self._store
-
-    @property
-    def pause_gc(self) -> bool:
-        """Whether mass teardowns (the drain, a finalize closing ``GC_PAUSE_CLOSES``
-        connections or more) pause the cyclic garbage collector (see ``actorcore/gcpause.py``)."""
-        return self._pause_gc
-
-    @property
-    def alarms(self) -> AlarmTimer:
-        """The timer that runs every actor's alarms (``ctx.schedule``)."""
-        return self._alarms
-
-    @property
-    def watchdog(self) -> Watchdog:
-        """Keeps the deadlines of in-flight work and the bounds of direct sends."""
-        return self._watchdog
 
     def use_store(self, store: Store) -> None:
         """Replace the store before the registry runs (the CLI's ``--store``)."""
@@ -394,7 +382,7 @@ class Registry:
             try:
                 await gen.save_state(reason="cancelled")
             except ActorError as exc:
-                self.note_save_error(entry, exc)
+                self._note_save_error(entry, exc)
 
         async with trio.open_nursery() as nursery:
             for entry, gen in awake:
@@ -472,7 +460,7 @@ class Registry:
             # on each generation's save lock and find the state already saved).
             for entry in list(self._by_id.values()):
                 if entry.lifecycle.state in (S.LOADING, S.STARTED):
-                    self.request(entry, E.SLEEP, "drain")
+                    self._request(entry, E.SLEEP, "drain")
         with trio.move_on_after(self._drain_budget()) as scope:
             while self._running_generations:
                 self._generations_done = trio.Event()
@@ -508,7 +496,7 @@ class Registry:
         try:
             await gen.save_state(reason=reason)
         except ActorError as exc:
-            self.note_save_error(entry, exc)
+            self._note_save_error(entry, exc)
 
     async def _delete_pending(self, actor_id: str, generation: int) -> bool:
         """Retry one failed delete; True once the row is gone."""
@@ -540,7 +528,7 @@ class Registry:
         try:
             await self._store.save(entry.actor_id, entry.last_generation, entry.pending_state)
         except ActorError as exc:
-            self.note_save_error(entry, exc)
+            self._note_save_error(entry, exc)
         else:
             entry.pending_state = None
 
@@ -569,7 +557,7 @@ class Registry:
         """This registry's lookup of actors, as actors see it (``ctx.actors``)."""
         return self._lookup
 
-    def definition(self, name: str) -> ActorDefinition:
+    def _definition(self, name: str) -> ActorDefinition:
         """The definition named ``name``; :class:`ActorNotFound` if there is none."""
         try:
             return self._definitions[name]
@@ -580,13 +568,13 @@ class Registry:
         """The actor ``name``/``key``, created (with ``input``) if it does not exist, and
         started. Raises ActorStartFailed, ActorDestroyed (while that actor is being
         destroyed), ActorReadyTimeout."""
-        entry = await self.find_entry_by_key(name, key, create=True, input=input)
-        await self.admit_entry(entry, WorkKind.CALL)
+        entry = await self._find_entry_by_key(name, key, create=True, input=input)
+        await self._admit_entry(entry, WorkKind.CALL)
         return self._handle(entry)
 
     async def get(self, name: str, key: str) -> ActorHandle:
         """The existing actor ``name``/``key`` (not woken); :class:`ActorNotFound` if none."""
-        entry = await self.find_entry_by_key(name, key, create=False, input=None)
+        entry = await self._find_entry_by_key(name, key, create=False, input=None)
         self._release(entry)
         return self._handle(entry)
 
@@ -594,7 +582,7 @@ class Registry:
         """The existing actor with this id (not woken); :class:`ActorNotFound` if none."""
         if actor_id in self._tombstones:
             raise ActorNotFound(f"actor {actor_id} was destroyed")
-        entry = await self.find_entry(actor_id)
+        entry = await self._find_entry(actor_id)
         self._release(entry)
         return self._handle(entry)
 
@@ -622,7 +610,7 @@ class Registry:
                 "`await nursery.start(registry.run)`"
             )
 
-    async def find_entry(self, actor_id: str) -> ActorEntry:
+    async def _find_entry(self, actor_id: str) -> ActorEntry:
         """The in-memory entry of an existing actor, loading it (asleep) from the store if
         needed. Raises ActorNotFound, or ActorDestroyed for a recently destroyed id."""
         self._require_running()
@@ -656,7 +644,7 @@ class Registry:
         entry.last_generation = record.generation
         return entry
 
-    async def find_entry_by_key(
+    async def _find_entry_by_key(
         self, name: str, key: str, *, create: bool, input: Any, client: str | None = None
     ) -> ActorEntry:
         """Like :meth:`find_entry` by name and key; with ``create`` a missing actor is created
@@ -671,7 +659,7 @@ class Registry:
         self._require_running()
         if create and self._draining:
             raise RuntimeShutdown("the registry is shutting down")
-        definition = self.definition(name)
+        definition = self._definition(name)
         if not isinstance(key, str):
             raise TypeError(f"actor keys are str, not {type(key).__name__}")
         entry = self._by_key.get((name, key))
@@ -778,12 +766,12 @@ class Registry:
                 self._begun[record.actor_id] = (entry, record)
         return entry
 
-    def take_begun(self, entry: ActorEntry) -> ActorRecord | None:
+    def _take_begun(self, entry: ActorEntry) -> ActorRecord | None:
         """The store record of the generation that ``entry``'s lookup began, once; None when
         there is none (the generation's start then calls :meth:`Store.begin_generation`).
         For an actor not yet in the store (:meth:`is_unstored`): the record its first
         generation starts from, every time until the store has it."""
-        if self.is_unstored(entry):
+        if self._is_unstored(entry):
             input = self._unstored[entry.actor_id][1]
             return ActorRecord(entry.actor_id, entry.name, entry.key, 1, False, None, input)
         begun = self._begun.pop(entry.actor_id, None)
@@ -791,18 +779,18 @@ class Registry:
             return None
         return begun[1]
 
-    def is_unstored(self, entry: ActorEntry) -> bool:
+    def _is_unstored(self, entry: ActorEntry) -> bool:
         """Whether ``entry`` is a new actor the store does not hold yet: its start writes it
         with :meth:`Store.create_initialized` (and then calls :meth:`note_stored`)."""
         unstored = self._unstored.get(entry.actor_id)
         return unstored is not None and unstored[0] is entry
 
-    def note_stored(self, entry: ActorEntry) -> None:
+    def _note_stored(self, entry: ActorEntry) -> None:
         """The store now holds ``entry``'s actor."""
-        if self.is_unstored(entry):
+        if self._is_unstored(entry):
             del self._unstored[entry.actor_id]
 
-    async def write_unstored(self, entry: ActorEntry) -> None:
+    async def _write_unstored(self, entry: ActorEntry) -> None:
         """Write ``entry``'s new actor now, created, not initialized, at generation 1 (its
         start then saves its first state into that row)."""
         unstored = self._unstored.get(entry.actor_id)
@@ -815,7 +803,7 @@ class Registry:
             raise StoreError(
                 f"actor {entry.name}/{entry.key} was created in the store by someone else"
             )
-        self.note_stored(entry)
+        self._note_stored(entry)
 
     def _drop_key_lock(self, key: tuple[str, str], lock: trio.Lock) -> None:
         if (
@@ -845,7 +833,7 @@ class Registry:
             and not entry.lifecycle.destroy_requested
             # A new actor not written yet stays for its first start (a failed one drops it:
             # it never existed).
-            and not (self.is_unstored(entry) and entry.wakes == 0)
+            and not (self._is_unstored(entry) and entry.wakes == 0)
         ):
             self._retire(entry)
 
@@ -854,7 +842,7 @@ class Registry:
         begun = self._begun.get(entry.actor_id)
         if begun is not None and begun[0] is entry:
             del self._begun[entry.actor_id]
-        self.note_stored(entry)  # a new actor retired unwritten never existed
+        self._note_stored(entry)  # a new actor retired unwritten never existed
         if self._by_id.get(entry.actor_id) is entry:
             del self._by_id[entry.actor_id]
         if self._by_key.get((entry.name, entry.key)) is entry:
@@ -862,14 +850,14 @@ class Registry:
 
     # ---------------------------------------------------------------- admission
 
-    async def admit(self, actor_id: str, kind: WorkKind) -> Generation:
+    async def _admit(self, actor_id: str, kind: WorkKind) -> Generation:
         """Admit one unit of work for ``actor_id`` (waking or holding as the lifecycle says)
         and return the generation it must run in. The caller must enter
         ``generation.track_work`` before its next checkpoint."""
-        entry = await self.find_entry(actor_id)
-        return await self.admit_entry(entry, kind)
+        entry = await self._find_entry(actor_id)
+        return await self._admit_entry(entry, kind)
 
-    async def admit_entry(self, entry: ActorEntry, kind: WorkKind) -> Generation:
+    async def _admit_entry(self, entry: ActorEntry, kind: WorkKind) -> Generation:
         """Check point for ``kind`` on ``entry``: return the generation to run in now, or hold
         for the next one (waking the actor; bounded by ``ready_timeout``), or raise."""
         gen = _decided(entry, kind)
@@ -922,10 +910,10 @@ class Registry:
         """Run ``action`` on the actor: admitted by the lifecycle (woken or held as needed),
         bounded by ``action_timeout``. The action's own exception reaches the caller
         unchanged; ActorStopping if the generation's grace deadline cut it off."""
-        entry = await self.find_entry(actor_id)
-        return await self.call_entry(entry, action, args, kwargs)
+        entry = await self._find_entry(actor_id)
+        return await self._call_entry(entry, action, args, kwargs)
 
-    async def call_entry(
+    async def _call_entry(
         self,
         entry: ActorEntry,
         action: str,
@@ -937,11 +925,11 @@ class Registry:
         fn = entry.definition.actions.get(action)
         if fn is None:
             raise ActionNotFound(f"actor {entry.name!r} has no action {action!r}")
-        gen = await self.admit_entry(entry, WorkKind.CALL)
+        gen = await self._admit_entry(entry, WorkKind.CALL)
         work = gen.track_work(f"action:{action}", timeout=gen.definition.options.action_timeout)
-        return await self.invoke(gen, work, action, fn, args, kwargs, conn)
+        return await self._invoke(gen, work, action, fn, args, kwargs, conn)
 
-    async def invoke(
+    async def _invoke(
         self,
         gen: Generation,
         work: WorkScope,
@@ -956,7 +944,7 @@ class Registry:
 
         The one place actions run, for in-process calls and protocol connections alike.
         """
-        self.counters.calls += 1
+        self._counters.calls += 1
         token = current_conn.set(conn)
         try:
             with work:
@@ -977,13 +965,13 @@ class Registry:
             f"action {action!r} was cancelled at the end of generation {gen.number}"
         )
 
-    def invoke_inline(
+    def _invoke_inline(
         self, gen: Generation, action: str, args: Sequence[Any], kwargs: dict[str, Any], conn: Conn
     ) -> Any:
         """Run the admitted ``action``, whose body never suspends
         (:attr:`ActorDefinition.inline_actions`), to completion in the caller's task: no task,
         no cancel scope, no watchdog deadline (none could reach it before it returns)."""
-        self.counters.calls += 1
+        self._counters.calls += 1
         fn = gen.definition.actions[action]
         token = current_conn.set(conn)
         try:
@@ -998,13 +986,13 @@ class Registry:
         finally:
             current_conn.reset(token)
 
-    async def run_alarm(self, alarm: AlarmRecord) -> ActorOptions | None:
+    async def _run_alarm(self, alarm: AlarmRecord) -> ActorOptions | None:
         """Run a due alarm's action on its actor (an AlarmHost method): woken if asleep, held
         past a generation that is finishing (:attr:`WorkKind.ALARM`), bounded by
         ``action_timeout``. None if it was cancelled before it began. Raises AlarmGone,
         AlarmFailed, or RuntimeShutdown (it is left in the store for the next run)."""
         try:
-            entry = await self.find_entry(alarm.actor_id)
+            entry = await self._find_entry(alarm.actor_id)
         except ActorNotFound as exc:  # a destroyed one too
             raise AlarmGone(exc.message) from None
         except StoreError as exc:  # the lookup's read failed: retried like a failed run
@@ -1018,7 +1006,7 @@ class Registry:
         except ValueError as exc:
             raise AlarmGone(f"its arguments are not JSON: {exc}") from None
         try:
-            gen = await self.admit_entry(entry, WorkKind.ALARM)
+            gen = await self._admit_entry(entry, WorkKind.ALARM)
         except ActorDestroyed as exc:
             raise AlarmGone(exc.message) from None
         except RuntimeShutdown:
@@ -1029,14 +1017,14 @@ class Registry:
             return None
         work = gen.track_work(f"alarm:{alarm.action}", timeout=definition.options.action_timeout)
         try:
-            await self.invoke(gen, work, alarm.action, fn, args, {}, None)
+            await self._invoke(gen, work, alarm.action, fn, args, {}, None)
         except Exception as exc:
             raise AlarmFailed(exc, definition.options) from exc
         return definition.options
 
     # ---------------------------------------------------------------- sleep / destroy
 
-    def request(
+    def _request(
         self,
         entry: ActorEntry,
         event: LifecycleEvent,
@@ -1098,12 +1086,12 @@ class Registry:
 
     async def sleep(self, actor_id: str) -> None:
         """Request sleep and return when the generation running now has finished."""
-        entry = await self.find_entry(actor_id)
+        entry = await self._find_entry(actor_id)
         gen = entry.generation
         if gen is None:
             self._release(entry)
             return
-        self.request(entry, E.SLEEP, "registry.sleep")
+        self._request(entry, E.SLEEP, "registry.sleep")
         with _bounded(self._stop_budget(entry), f"sleep of actor {actor_id}"):
             await gen.finished.wait()
 
@@ -1114,14 +1102,14 @@ class Registry:
         its row: the delete is retried (in the background with backoff, on the next lookup of
         its key, and by the drain), but until one succeeds a process restart would find the
         actor again."""
-        entry = await self.find_entry(actor_id)
+        entry = await self._find_entry(actor_id)
         if entry.generation is not None and entry.lifecycle.state is S.ASLEEP:
             # A failed start is still ending: the request would be dropped with it.
             await entry.generation.finished.wait()
-            entry = await self.find_entry(actor_id)
+            entry = await self._find_entry(actor_id)
         if self._draining:
             raise RuntimeShutdown("the registry is shutting down")
-        self.request(entry, E.DESTROY, "registry.destroy")
+        self._request(entry, E.DESTROY, "registry.destroy")
         budget = self._stop_budget(entry) + entry.definition.options.ready_timeout
         with _bounded(budget, f"destroy of actor {actor_id}"):
             while entry.lifecycle.state is not S.DESTROYED:
@@ -1157,7 +1145,7 @@ class Registry:
             return  # granted late: another wake already started a generation
         entry.wakes += 1
         entry.process(E.WAKE, reason)
-        gen = Generation(entry=entry, host=self)
+        gen = Generation(entry=entry, host=self._host)
         entry.generation = gen
         self._running_generations += 1
         self._nursery.start_soon(self._run_generation, entry, gen, name=f"actor:{entry.name}")
@@ -1186,15 +1174,15 @@ class Registry:
             if not parked:
                 self._generation_finished(entry, gen, cut=cut)
 
-    def spawn(self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
+    def _spawn(self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
         """Run ``async_fn(*args)`` in the registry's nursery (a GenerationHost method: the
         background work of generations, which have no nursery of their own)."""
         assert self._nursery is not None, "the registry is not running"
         self._nursery.start_soon(async_fn, *args, name=name)
 
-    def stop_generation(self, gen: Generation) -> None:
+    def _spawn_stop(self, gen: Generation) -> None:
         """Run a started generation's grace and finalize (a GenerationHost method)."""
-        self.spawn(self._stop_generation, gen.entry, gen, name=f"actor:{gen.entry.name}:stop")
+        self._spawn(self._stop_generation, gen.entry, gen, name=f"actor:{gen.entry.name}:stop")
 
     def _abandon_generations(self) -> None:
         """The registry's nursery is gone (a drain cut short, or cancelled from outside):
@@ -1237,19 +1225,19 @@ class Registry:
         elif not (entry.held or entry.conns or entry.pending_state is not None):
             self._retire(entry)
 
-    def note_delete_failed(self, entry: ActorEntry, generation: int, error: ActorError) -> None:
+    def _note_delete_failed(self, entry: ActorEntry, generation: int, error: ActorError) -> None:
         """Remember a destroy whose delete failed (a GenerationHost method). It is retried in
         the background with backoff, on the next lookup of its key and by the drain; until it
         succeeds the id stays destroyed in this process (tombstone) and ``destroy()`` raises."""
-        self.note_save_error(entry, error)
+        self._note_save_error(entry, error)
         self._pending_deletes[entry.actor_id] = (generation, error)
         if not self._retrying_deletes and not self._draining and self._nursery is not None:
             self._retrying_deletes = True
             self._nursery.start_soon(self._retry_deletes, name="actorcore delete retry")
 
-    def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
+    def _note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
         """Count a failed save (a GenerationHost method); the error is logged here."""
-        self.counters.save_errors += 1
+        self._counters.save_errors += 1
         level = logging.ERROR if isinstance(error, StoreError) else logging.WARNING
         log.log(level, "actor %s id=%s: state save failed: %s", entry.name, entry.actor_id, error)
 
@@ -1264,7 +1252,7 @@ class Registry:
             held += entry.held
             conns += len(entry.conns)
             hib += sum(1 for c in entry.conns if c.hibernatable)
-        c = self.counters
+        c = self._counters
         return RegistryStatistics(
             actors_by_state=dict(by_state),
             running_generations=self._running_generations,
@@ -1281,11 +1269,11 @@ class Registry:
             alarms=self._alarms.statistics(),
         )
 
-    def entry(self, actor_id: str) -> ActorEntry | None:
+    def _entry(self, actor_id: str) -> ActorEntry | None:
         """The in-memory entry of an actor, if it has one (for the dispatcher and tests)."""
         return self._by_id.get(actor_id)
 
-    def entries(self) -> list[ActorEntry]:
+    def _entries(self) -> list[ActorEntry]:
         """All in-memory entries."""
         return list(self._by_id.values())
 
@@ -1302,14 +1290,14 @@ class _Commands:
     async def sleep(self, actor_id: str, reason: str) -> None:
         """Put the actor to sleep (a no-op if it is not awake)."""
         await trio.lowlevel.checkpoint()
-        entry = self._registry.entry(actor_id)
+        entry = self._registry._entry(actor_id)
         if entry is not None and entry.generation is not None:
             self._registry._apply_request(entry, E.SLEEP, reason)
 
     async def destroy(self, actor_id: str, reason: str) -> None:
         """Destroy the actor (waking it so that ``on_destroy`` runs)."""
         registry = self._registry
-        entry = await registry.find_entry(actor_id)
+        entry = await registry._find_entry(actor_id)
         if registry.draining:
             raise RuntimeShutdown("the registry is shutting down")
         registry._apply_request(entry, E.DESTROY, reason)
@@ -1317,7 +1305,7 @@ class _Commands:
     async def wake(self, actor_id: str, reason: str) -> None:
         """Start a generation of the actor if it is asleep."""
         registry = self._registry
-        entry = await registry.find_entry(actor_id)
+        entry = await registry._find_entry(actor_id)
         if registry.draining:
             raise RuntimeShutdown("the registry is shutting down")
         if entry.lifecycle.state is S.ASLEEP and entry.generation is None:
@@ -1326,6 +1314,188 @@ class _Commands:
     async def move_away(self, actor_id: str, reason: str) -> None:
         """Put the actor to sleep here: it is to run elsewhere."""
         await self.sleep(actor_id, f"moved away: {reason}")
+
+
+class RegistryHost:
+    """What generations, the alarm timer, the dispatcher and the testing kit use of a
+    registry: its internals, kept off the user API. One per registry (:func:`host_of`)."""
+
+    __slots__ = ("_registry",)
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    @property
+    def registry(self) -> Registry:
+        """The registry this is the host of."""
+        return self._registry
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def store(self) -> Store:
+        """The store actors persist to."""
+        return self._registry.store
+
+    @property
+    def watchdog(self) -> Watchdog:
+        """Keeps the deadlines of in-flight work and the bounds of direct sends."""
+        return self._registry._watchdog
+
+    @property
+    def alarms(self) -> AlarmTimer:
+        """The timer that runs every actor's alarms (``ctx.schedule``)."""
+        return self._registry._alarms
+
+    @property
+    def actors(self) -> ActorLookup:
+        """The registry's lookup of actors (``ctx.actors``)."""
+        return self._registry.actors
+
+    @property
+    def pause_gc(self) -> bool:
+        """Whether mass teardowns pause the cyclic garbage collector (``pause_gc=``)."""
+        return self._registry._pause_gc
+
+    @property
+    def counters(self) -> _Counters:
+        """Mutable counters; the dispatcher adds its message and close counts here."""
+        return self._registry._counters
+
+    @property
+    def draining(self) -> bool:
+        """The registry is shutting down."""
+        return self._registry.draining
+
+    @property
+    def authorize(self) -> Callable[[ConnectRequest], Awaitable[None]] | None:
+        """The registry's connection gate (``Registry(authorize=...)``)."""
+        return self._registry.authorize
+
+    def add_drain_step(self, step: Callable[[], Awaitable[None]]) -> None:
+        """See :meth:`Registry.add_drain_step`."""
+        self._registry.add_drain_step(step)
+
+    # ---------------------------------------------------------------- entries
+
+    def definition(self, name: str) -> ActorDefinition:
+        """The definition named ``name``; ActorNotFound if there is none."""
+        return self._registry._definition(name)
+
+    def entry(self, actor_id: str) -> ActorEntry | None:
+        """The in-memory entry of an actor, if it has one."""
+        return self._registry._entry(actor_id)
+
+    def entries(self) -> list[ActorEntry]:
+        """All in-memory entries."""
+        return self._registry._entries()
+
+    async def find_entry(self, actor_id: str) -> ActorEntry:
+        """The entry of an existing actor, loaded (asleep) from the store if needed."""
+        return await self._registry._find_entry(actor_id)
+
+    async def find_entry_by_key(
+        self, name: str, key: str, *, create: bool, input: Any, client: str | None = None
+    ) -> ActorEntry:
+        """The entry of ``name``/``key`` (created with ``create``)."""
+        return await self._registry._find_entry_by_key(
+            name, key, create=create, input=input, client=client
+        )
+
+    def take_begun(self, entry: ActorEntry) -> ActorRecord | None:
+        """The store record of a generation the entry's lookup began, once."""
+        return self._registry._take_begun(entry)
+
+    def is_unstored(self, entry: ActorEntry) -> bool:
+        """Whether the entry is a new actor the store does not hold yet."""
+        return self._registry._is_unstored(entry)
+
+    def note_stored(self, entry: ActorEntry) -> None:
+        """The store now holds the entry's actor."""
+        self._registry._note_stored(entry)
+
+    async def write_unstored(self, entry: ActorEntry) -> None:
+        """Write the entry's new actor to the store now."""
+        await self._registry._write_unstored(entry)
+
+    # ---------------------------------------------------------------- work
+
+    async def admit(self, actor_id: str, kind: WorkKind) -> Generation:
+        """Admit one unit of work for ``actor_id`` (waking or holding as needed)."""
+        return await self._registry._admit(actor_id, kind)
+
+    async def admit_entry(self, entry: ActorEntry, kind: WorkKind) -> Generation:
+        """Check point for ``kind`` on ``entry``."""
+        return await self._registry._admit_entry(entry, kind)
+
+    async def call_entry(
+        self,
+        entry: ActorEntry,
+        action: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        conn: Conn | None = None,
+    ) -> Any:
+        """Run ``action`` on an entry already looked up."""
+        return await self._registry._call_entry(entry, action, args, kwargs, conn)
+
+    async def invoke(
+        self,
+        gen: Generation,
+        work: WorkScope,
+        action: str,
+        fn: Callable[..., Awaitable[Any]],
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        conn: Conn | None,
+    ) -> Any:
+        """Run an admitted action inside its reserved ``work``: the one place actions run."""
+        return await self._registry._invoke(gen, work, action, fn, args, kwargs, conn)
+
+    def invoke_inline(
+        self, gen: Generation, action: str, args: Sequence[Any], kwargs: dict[str, Any], conn: Conn
+    ) -> Any:
+        """Run an admitted action whose body never suspends, in the caller's task."""
+        return self._registry._invoke_inline(gen, action, args, kwargs, conn)
+
+    async def run_alarm(self, alarm: AlarmRecord) -> ActorOptions | None:
+        """Run a due alarm's action on its actor (an AlarmHost method)."""
+        return await self._registry._run_alarm(alarm)
+
+    # ---------------------------------------------------------------- generations
+
+    def request(
+        self,
+        entry: ActorEntry,
+        event: LifecycleEvent,
+        reason: str,
+        *,
+        only_if: Callable[[], bool] | None = None,
+    ) -> None:
+        """Ask the authority for ``event`` on ``entry``."""
+        self._registry._request(entry, event, reason, only_if=only_if)
+
+    def spawn(self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
+        """Run ``async_fn(*args)`` in the registry's nursery."""
+        self._registry._spawn(async_fn, *args, name=name)
+
+    def stop_generation(self, gen: Generation) -> None:
+        """Run a started generation's grace and finalize."""
+        self._registry._spawn_stop(gen)
+
+    def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
+        """Count and log a failed save."""
+        self._registry._note_save_error(entry, error)
+
+    def note_delete_failed(self, entry: ActorEntry, generation: int, error: ActorError) -> None:
+        """Remember a destroy whose delete failed (it is retried)."""
+        self._registry._note_delete_failed(entry, generation, error)
+
+
+def host_of(registry: Registry) -> RegistryHost:
+    """The internal interface of ``registry`` (for the dispatcher, the testing kit and tests:
+    not the user API)."""
+    return registry._host
 
 
 def _takes_one_request(authority: object) -> bool:

@@ -31,7 +31,7 @@ from wsproto.utilities import LocalProtocolError
 from .client import ActorConnection, connect
 from .context import ActorContext
 from .lifecycle import LifecycleState, WorkKind
-from .registry import ActorHandle, Registry
+from .registry import ActorHandle, Registry, host_of
 from .storecontract import store_contract
 from .ws.server import WebSocketServer, serve_listeners
 
@@ -251,8 +251,8 @@ async def run_in_actor(handle: ActorHandle, fn: Callable[[ActorContext], Any]) -
     Admitted like a call (held past a finishing generation, bounded by ``ready_timeout`` and
     ``action_timeout``); a state it leaves unsaveable raises StateError and is rolled back."""
     registry = handle.registry
-    entry = await registry.find_entry(handle.actor_id)
-    gen = await registry.admit_entry(entry, WorkKind.CALL)
+    entry = await host_of(registry).find_entry(handle.actor_id)
+    gen = await host_of(registry).admit_entry(entry, WorkKind.CALL)
     work = gen.track_work("run_in_actor", timeout=gen.definition.options.action_timeout)
 
     async def body(_instance: Any, ctx: ActorContext) -> Any:
@@ -261,7 +261,7 @@ async def run_in_actor(handle: ActorHandle, fn: Callable[[ActorContext], Any]) -
             result = await result
         return result
 
-    return await registry.invoke(gen, work, "run_in_actor", body, (), {}, None)
+    return await host_of(registry).invoke(gen, work, "run_in_actor", body, (), {}, None)
 
 
 async def run_due_alarms(
@@ -275,7 +275,7 @@ async def run_due_alarms(
     ``await trio.sleep(seconds)`` first to make later alarms due. ``timeout``:
     ``trio.TooSlowError`` after that many seconds (None: unbounded)."""
     with trio.fail_after(math.inf if timeout is None else timeout):
-        return await registry.alarms.wait_settled()
+        return await host_of(registry).alarms.wait_settled()
 
 
 @attrs.define

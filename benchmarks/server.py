@@ -74,6 +74,7 @@ async def _workers(width: int, n: int, one: Any) -> None:
 def _actors() -> list[type[Any]]:
     import actorcore
     from actorcore import Actor, ActorContext, ActorOptions, Conn, action
+    from actorcore.registry import host_of
 
     long = ActorOptions(
         sleep_timeout=3600.0,
@@ -204,7 +205,7 @@ def _actors() -> list[type[Any]]:
         async def lifecycle(self, ctx: ActorContext, name: str, key: str) -> dict[str, Any]:
             """The actor's lifecycle state, last generation number and live connections."""
             handle = await REGISTRY.get(name, key)
-            entry = REGISTRY.entry(handle.actor_id)
+            entry = host_of(REGISTRY).entry(handle.actor_id)
             return {
                 "state": handle.lifecycle.value if handle.lifecycle else None,
                 "generation": entry.last_generation if entry is not None else None,
@@ -269,8 +270,10 @@ def _live(name: str, key: str | None) -> int:
     """Connections live on in-memory actors ``name``/``key`` (every key if None): attached
     to the actor's generation (``entry.conns``) and not closing. A connection the client
     has opened may still be in setup here (not yet counted)."""
+    from actorcore.registry import host_of
+
     n = 0
-    for entry in REGISTRY.entries():
+    for entry in host_of(REGISTRY).entries():
         if entry.name == name and (key is None or entry.key == key):
             n += sum(1 for c in entry.conns if not c.closing)
     return n

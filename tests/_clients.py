@@ -14,6 +14,7 @@ import actorcore
 from actorcore.authority import LifecycleRequest
 from actorcore.generation import ActorEntry
 from actorcore.lifecycle import LifecycleState
+from actorcore.registry import host_of
 from actorcore.testing import client_nursery
 
 
@@ -51,7 +52,7 @@ class RecordingAuthority:
 
     def request(self, request: LifecycleRequest, apply: Callable[[], None]) -> None:
         assert self.registry is not None
-        entry = self.registry.entry(request.actor_id)
+        entry = host_of(self.registry).entry(request.actor_id)
         if entry is None:
             self.violation(f"{request.event.name} requested for {request.actor_id} with no entry")
             apply()

@@ -14,6 +14,7 @@ import trio.testing
 import actorcore
 from actorcore import ActorContext, LifecycleCommands, LifecycleRequest, LifecycleState
 from actorcore.lifecycle import LifecycleEvent
+from actorcore.registry import host_of
 from actorcore.testing import record_transitions, serve_in_memory, wait_for_state
 
 S = LifecycleState
@@ -154,7 +155,7 @@ async def test_a_sleep_granted_for_an_ended_generation_is_dropped(
         await authority.commands.sleep(handle.actor_id, "test")  # ends generation 1 anyway
         await wait_for_state(registry, handle.actor_id, S.ASLEEP)
         assert await conn.call("generation") == 2
-        entry = registry.entry(handle.actor_id)
+        entry = host_of(registry).entry(handle.actor_id)
         assert entry is not None and entry.last_generation == 2
         stale_grant()
         assert registry.lifecycle(handle.actor_id) is S.STARTED, "generation 2 keeps running"

@@ -12,6 +12,7 @@ import trio.testing
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, LifecycleState
+from actorcore.registry import host_of
 from actorcore.store import open_store
 
 S = LifecycleState
@@ -232,7 +233,7 @@ async def test_sleep_requested_during_loading_applies_after_start(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(registry.get_or_create, "slowwake", "k")
         await trio.sleep(1)
-        entry = registry.entries()[0]
+        entry = host_of(registry).entries()[0]
         assert entry.lifecycle.state is S.LOADING
         await registry.sleep(entry.actor_id)
     assert Counter.log == ["create:1", "wake:1", "sleep:1"]
@@ -249,7 +250,7 @@ async def test_destroy_requested_during_loading(autojump_clock: Any, make_regist
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_expect_destroyed, registry.get_or_create("slowwake", "k"))
         await trio.sleep(1)
-        actor_id = registry.entries()[0].actor_id
+        actor_id = host_of(registry).entries()[0].actor_id
         assert registry.lifecycle(actor_id) is S.LOADING
         nursery.start_soon(registry.destroy, actor_id)
         await trio.sleep(0.5)
@@ -767,7 +768,7 @@ async def test_failed_starts_leave_no_entries_behind(
     for i in range(20):
         with pytest.raises(actorcore.ActorStartFailed):
             await registry.get_or_create("refuses", f"new-{i}")
-    assert registry.entries() == []
+    assert host_of(registry).entries() == []
     assert store.statistics().actors == 0
     Refuses.fail = False
     try:
@@ -776,7 +777,7 @@ async def test_failed_starts_leave_no_entries_behind(
         Refuses.fail = True
         with pytest.raises(actorcore.ActorStartFailed):
             await handle.call("get")
-        assert registry.entries() == []
+        assert host_of(registry).entries() == []
         assert registry.lifecycle(handle.actor_id) is S.ASLEEP, "still its row in the store"
         Refuses.fail = False
         assert await handle.call("get") == 0
@@ -876,12 +877,12 @@ async def test_a_begun_generation_that_never_starts_is_dropped(
     registry = await make_registry([Counter], store=store)
     first = await registry.get_or_create("counter", "k", input={"start": 3})
     await registry.sleep(first.actor_id)
-    entry = await registry.find_entry_by_key("counter", "k", create=True, input=None)
+    entry = await host_of(registry).find_entry_by_key("counter", "k", create=True, input=None)
     assert registry.lifecycle(entry.actor_id) is S.ASLEEP
     # Looked up again without waking: the entry leaves memory with its begun generation.
     handle = await registry.get("counter", "k")
-    assert registry.entry(handle.actor_id) is None
-    assert registry.take_begun(entry) is None
+    assert host_of(registry).entry(handle.actor_id) is None
+    assert host_of(registry).take_begun(entry) is None
     assert await handle.call("info") == started_info(3)  # 2 began and was never used
     assert await handle.call("get") == 3
     assert Counter.log == ["create:1", "wake:1", "sleep:1", "wake:3"]
@@ -894,16 +895,18 @@ async def test_a_new_actor_is_written_at_its_first_start(
     lookup that does not wake it) until its first start writes it, with the input used."""
     store = actorcore.MemoryStore()
     registry = await make_registry([Counter], store=store)
-    entry = await registry.find_entry_by_key("counter", "k", create=True, input={"start": 3})
+    entry = await host_of(registry).find_entry_by_key(
+        "counter", "k", create=True, input={"start": 3}
+    )
     assert registry.lifecycle(entry.actor_id) is S.ASLEEP
-    assert registry.is_unstored(entry)
+    assert host_of(registry).is_unstored(entry)
     assert await store.get_by_key("counter", "k") is None
     handle = await registry.get("counter", "k")
     assert handle.actor_id == entry.actor_id
-    assert registry.entry(handle.actor_id) is entry
+    assert host_of(registry).entry(handle.actor_id) is entry
     assert await handle.call("info") == started_info(1)
     assert await handle.call("get") == 3, "the creation input is used at the first start"
-    assert not registry.is_unstored(entry)
+    assert not host_of(registry).is_unstored(entry)
     record = await store.get_by_key("counter", "k")
     assert record is not None
     assert (record.generation, record.initialized, record.input) == (1, True, None)
@@ -1048,7 +1051,7 @@ async def test_a_wake_after_leaving_memory_logs_the_generation_it_had(
         await registry.sleep(handle.actor_id)
         await registry.get_or_create("counter", "k")
         await registry.sleep(handle.actor_id)
-        assert registry.entry(handle.actor_id) is None, "left memory"
+        assert host_of(registry).entry(handle.actor_id) is None, "left memory"
         with caplog.at_level(logging.INFO, logger="actorcore.lifecycle"):
             await handle.call("increment")
     wakes = [r.getMessage() for r in caplog.records if "asleep -> loading" in r.getMessage()]

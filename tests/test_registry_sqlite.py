@@ -18,6 +18,7 @@ import trio
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, LifecycleState, SQLiteStore
+from actorcore.registry import host_of
 
 S = LifecycleState
 
@@ -125,7 +126,7 @@ async def test_counter_flow_on_sqlite(sqlite_path: Path) -> None:
             assert registry.lifecycle(handle.actor_id) is S.STARTED
             await registry.sleep(handle.actor_id)
             assert registry.lifecycle(handle.actor_id) is S.ASLEEP
-            assert registry.entry(handle.actor_id) is None, "an asleep actor leaves memory"
+            assert host_of(registry).entry(handle.actor_id) is None, "an asleep actor leaves memory"
             assert await stored_count(store, handle.actor_id) == 2, "saved at finalize"
             again = await registry.get("counter", "room-1")
             assert again.actor_id == handle.actor_id
@@ -211,7 +212,7 @@ async def test_destroyed_actors_stay_gone_after_restart(sqlite_path: Path) -> No
             await registry.destroy(doomed.actor_id)  # woken so that on_destroy runs
             asleep_doomed = await registry.get_or_create("counter", "asleep-doomed")
             await registry.sleep(asleep_doomed.actor_id)
-            assert registry.entry(asleep_doomed.actor_id) is None
+            assert host_of(registry).entry(asleep_doomed.actor_id) is None
             await registry.destroy(asleep_doomed.actor_id)
             kept = await registry.get_or_create("counter", "kept")
             await kept.call("increment", 1)
@@ -314,7 +315,7 @@ async def test_lifecycle_reports_asleep_for_an_actor_only_in_the_store(sqlite_pa
             handle = await registry.get_or_create("awake", "stored")
             assert registry.lifecycle(handle.actor_id) is S.STARTED
     async with running(sqlite_path) as (registry, _):
-        assert registry.entry(handle.actor_id) is None
+        assert host_of(registry).entry(handle.actor_id) is None
         assert registry.lifecycle(handle.actor_id) is S.ASLEEP
         assert registry.lifecycle("0" * 32) is None
         with trio.fail_after(TIMEOUT):

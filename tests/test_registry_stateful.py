@@ -42,6 +42,7 @@ import actorcore
 from actorcore import ActorContext, ActorOptions, LifecycleState, MemoryStore
 from actorcore.generation import Generation
 from actorcore.lifecycle import LifecycleEvent
+from actorcore.registry import host_of
 from actorcore.store import open_store
 
 from ._clients import RecordingAuthority
@@ -272,7 +273,7 @@ class Harness:
                 f"{actor_id} gen {number}: in-memory count {_count(last)} at finalize, "
                 f"model {self.applied[actor_id]}"
             )
-        entry = self.registry.entry(actor_id)
+        entry = host_of(self.registry).entry(actor_id)
         if entry is None:
             self.violation(f"{actor_id} gen {number}: no entry at finalize")
         elif entry.pending_state is not None:  # the final save failed: kept in memory
@@ -423,7 +424,7 @@ class Harness:
         if start_after:
             await trio.sleep(start_after)
         registry = self.registry
-        entry = registry.entry(actor_id)
+        entry = host_of(registry).entry(actor_id)
         pre_state = entry.lifecycle.state if entry is not None else None
         pre_destroy = entry is not None and entry.lifecycle.destroy_requested
         pre_generation = entry.last_generation if entry is not None else None
@@ -471,7 +472,7 @@ class Harness:
         if start_after:
             await trio.sleep(start_after)
         registry = self.registry
-        entry = registry.entry(actor_id)
+        entry = host_of(registry).entry(actor_id)
         gen = entry.generation if entry is not None else None
         try:
             await registry.sleep(actor_id)
@@ -556,7 +557,7 @@ class Harness:
         if stats.running_generations != 0 or not stats.draining:
             self.violation(f"after drain: {stats}")
         self.coverage["drain"] += 1
-        for entry in registry.entries():
+        for entry in host_of(registry).entries():
             if entry.generation is not None:
                 self.violation(f"after drain {entry.actor_id} still has a generation")
             if entry.lifecycle.state is not S.ASLEEP:
@@ -656,7 +657,7 @@ class Harness:
                 None,
             ):
                 self.violation(f"{key}: live {actor_id} is {registry.lifecycle(actor_id)}")
-        running = sum(1 for entry in registry.entries() if entry.generation is not None)
+        running = sum(1 for entry in host_of(registry).entries() if entry.generation is not None)
         if registry.statistics().running_generations != running:
             self.violation(f"running_generations is not {running}: {registry.statistics()}")
 

@@ -28,6 +28,7 @@ from actorcore import (
     ScheduleError,
     ScheduleLimit,
 )
+from actorcore.registry import host_of
 from actorcore.store import AlarmRecord, MemoryStore, SQLiteStore, Store
 
 S = LifecycleState
@@ -197,7 +198,7 @@ async def test_an_alarm_wakes_its_asleep_actor_on_a_new_generation(
         await handle.call("nap")
         await trio.sleep(1)
         assert reg.lifecycle(handle.actor_id) is S.ASLEEP
-        assert reg.entries() == [], "an asleep actor with a pending alarm holds no memory"
+        assert host_of(reg).entries() == [], "an asleep actor with a pending alarm holds no memory"
         await trio.sleep(60)
         [(_, generation, _, args)] = Reminder.runs
         assert (generation, args) == (2, ("wake up",))
@@ -213,7 +214,7 @@ async def test_pending_alarms_keep_nothing_awake(autojump_clock: trio.testing.Mo
             await handle.call("remind", 1000 + (i * 7919) % 200, i)
             await handle.call("nap")
         await trio.sleep(5)
-        assert reg.entries() == []
+        assert host_of(reg).entries() == []
         assert reg.statistics().alarms.in_memory <= 8
         # The registry's own tasks (watchdog, alarm timer, the test's) and nothing per alarm.
         assert trio.lowlevel.current_statistics().tasks_living < 15
@@ -288,7 +289,7 @@ async def test_an_actor_with_a_pending_alarm_still_sleeps_when_idle(
         await handle.call("remind", 1000, "much later")
         await trio.sleep(Reminder.options.sleep_timeout + 1)
         assert reg.lifecycle(handle.actor_id) is S.ASLEEP
-        assert reg.entries() == []
+        assert host_of(reg).entries() == []
 
 
 async def test_an_alarm_held_when_the_registry_drains_runs_after_the_restart(
@@ -515,7 +516,7 @@ async def test_a_failed_lookup_is_retried_not_lost(autojump_clock: trio.testing.
         await handle.call("remind", 10, "despite the store")
         await handle.call("nap")
         await trio.sleep(1)
-        assert reg.entries() == []  # the alarm's lookup must read the store
+        assert host_of(reg).entries() == []  # the alarm's lookup must read the store
         store.failures = 1
         await trio.sleep(10)
         assert Reminder.runs == [] and reg.statistics().alarms.retried == 1

@@ -51,13 +51,14 @@ from ..errors import (
 from ..generation import ActorEntry, Generation, WorkScope
 from ..lifecycle import Admission, WorkKind, admit
 from ..logfmt import RefusalLog, quoted
+from ..registry import host_of
 from ..request import ConnectRequest
 from .protocol import ActionRequest, Subscribe, encode_action_result, encode_error, encode_init
 from .protocol import parse_client_frame as parse_client_frame
 from .routes import Route, parse_route
 
 if TYPE_CHECKING:
-    from ..registry import Registry
+    from ..registry import Registry, RegistryHost
 
 __all__ = ["ConnectRequest", "Dispatcher"]
 
@@ -77,9 +78,9 @@ class _Counting:
 
     __slots__ = ("_counters", "_inner", "receive")
 
-    def __init__(self, inner: Transport, registry: Registry) -> None:
+    def __init__(self, inner: Transport, host: RegistryHost) -> None:
         self._inner = inner
-        self._counters = registry.counters
+        self._counters = host.counters
         self.receive = inner.receive
 
     async def send(self, message: str | bytes) -> None:
@@ -124,9 +125,12 @@ class Dispatcher:
     _handlers: set[_ConnHandler] = attrs.field(factory=set["_ConnHandler"], init=False)
     _closing: bool = attrs.field(default=False, init=False)
     refusals: RefusalLog = attrs.field(factory=lambda: RefusalLog(log), init=False)
+    host: RegistryHost = attrs.field(init=False)
+    """The registry's internal interface (lookups, admission, invocation, counters)."""
     """Connections refused before they had a Conn, logged at most once a second per reason."""
 
     def __attrs_post_init__(self) -> None:
+        self.host = host_of(self.registry)
         # Every connection gets its 1012 close frame before actors sleep (a drain step), for
         # any embedder of the dispatcher, not only actorcore's own server.
         self.registry.add_drain_step(lambda: self.close_all(closecodes.RUNTIME_SHUTDOWN))
@@ -160,7 +164,7 @@ class Dispatcher:
         except TransportClosed:
             log.info("client left during the handshake (%s)", quoted(target, 100))
             return
-        transport = _Counting(accepted, self.registry)
+        transport = _Counting(accepted, self.host)
         handler = _ConnHandler(self, transport, target, request, task_nursery)
         # This frame lives as long as the connection: keep nothing it does not need.
         del accept, accepted, request
@@ -233,6 +237,7 @@ class _ConnHandler:
         "done",
         "done_event",
         "hook_timed_out",
+        "host",
         "inflight",
         "interrupted",
         "last_started",
@@ -258,6 +263,7 @@ class _ConnHandler:
     ) -> None:
         self.dispatcher = dispatcher
         self.registry = dispatcher.registry
+        self.host = dispatcher.host
         self.transport = transport
         self.target = target
         self.request: ConnectRequest | None = request
@@ -362,8 +368,8 @@ class _ConnHandler:
         self.task = trio.lowlevel.current_task()
         max_size = entry.definition.options.max_message_size
         receive = self.transport.receive
-        counters = self.registry.counters
-        watchdog = self.registry.watchdog
+        counters = self.host.counters
+        watchdog = self.host.watchdog
         hook_timeout = entry.definition.options.hook_timeout
         expire_hook = self._expire_hook
         now = trio.lowlevel.current_clock().current_time
@@ -486,7 +492,7 @@ class _ConnHandler:
             hibernatable=hibernatable,
             close_timeout=options.close_timeout,
         )
-        conn.bind(self.transport, self._start_writer, self.registry.watchdog)
+        conn.bind(self.transport, self._start_writer, self.host.watchdog)
         return entry, conn
 
     async def _authorize(self, route: Route) -> None:
@@ -526,11 +532,11 @@ class _ConnHandler:
         self.dispatcher.refusals.note(exc.code, self.client_host, self.target)
 
     async def _resolve(self, route: Route) -> ActorEntry:
-        registry = self.registry
+        host = self.host
         if route.actor_id is not None:
-            return await registry.find_entry(route.actor_id)
+            return await host.find_entry(route.actor_id)
         assert route.name is not None and route.key is not None
-        return await registry.find_entry_by_key(
+        return await host.find_entry_by_key(
             route.name, route.key, create=True, input=None, client=self.client_host
         )
 
@@ -619,11 +625,11 @@ class _ConnHandler:
 
     async def _admit_connect(self, entry: ActorEntry) -> Generation:
         """Check point 1, counting connections that wait for a generation."""
-        counters = self.registry.counters
+        counters = self.host.counters
         held = admit(entry.lifecycle, WorkKind.CONNECT) is Admission.HOLD
         counters.connections_held += held
         try:
-            return await self.registry.admit_entry(entry, WorkKind.CONNECT)
+            return await self.host.admit_entry(entry, WorkKind.CONNECT)
         finally:
             counters.connections_held -= held
 
@@ -688,7 +694,7 @@ class _ConnHandler:
         """Cancel the message hook running in the read loop (tracked work of a generation);
         a frame it is sending goes out first."""
         assert self.task is not None and self.loop_scope is not None
-        self.registry.watchdog.cancel(self.task, self.loop_scope.cancel)
+        self.host.watchdog.cancel(self.task, self.loop_scope.cancel)
 
     def _on_hook_timeout(self) -> None:
         self.hook_timed_out = True
@@ -768,7 +774,7 @@ class _ConnHandler:
             return
         fn = gen.definition.actions[frame.name]
         try:
-            output = await self.registry.invoke(
+            output = await self.host.invoke(
                 gen, work, frame.name, fn, frame.args, frame.kwargs, conn
             )
         except Exception as exc:
@@ -783,7 +789,7 @@ class _ConnHandler:
         its answer, sent from here and tracked as work like every answer."""
         gen.work_began(self, "action:" + frame.name, blocks_idle=True)
         try:
-            output = self.registry.invoke_inline(gen, frame.name, frame.args, frame.kwargs, conn)
+            output = self.host.invoke_inline(gen, frame.name, frame.args, frame.kwargs, conn)
         except Exception as exc:
             reply = _action_error(gen, frame, exc)
         else:
@@ -841,7 +847,7 @@ class _ConnHandler:
         try:
             while self.buffer and not conn.closing:
                 try:
-                    gen = await self.registry.admit_entry(entry, WorkKind.HIBERNATABLE_MESSAGE)
+                    gen = await self.host.admit_entry(entry, WorkKind.HIBERNATABLE_MESSAGE)
                 except ActorError as exc:
                     self.close(closecodes.for_error(exc))
                     self.buffer = None
@@ -878,7 +884,7 @@ class _ConnHandler:
         self, entry: ActorEntry, conn: Conn, code: int, reason: str
     ) -> None:
         try:
-            gen = await self.registry.admit_entry(entry, WorkKind.HIBERNATABLE_MESSAGE)
+            gen = await self.host.admit_entry(entry, WorkKind.HIBERNATABLE_MESSAGE)
         except (ActorDestroyed, RuntimeShutdown, ActorReadyTimeout) as exc:
             log.info(
                 "actor %s id=%s: disconnect hooks skipped (%s)",

@@ -46,7 +46,7 @@ def spawned_functions() -> frozenset[str]:
                 func = call.func
                 if not (
                     isinstance(func, ast.Attribute)
-                    and func.attr in ("start_soon", "start", "spawn")
+                    and func.attr in ("start_soon", "start", "spawn", "_spawn")
                     and call.args
                 ):
                     continue

@@ -20,6 +20,7 @@ from attrs import evolve as attrs_evolve
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Conn, LifecycleState, MemoryStore
+from actorcore.registry import host_of
 from actorcore.store import open_store
 
 from ._support import call, close_code, receive_frame, send_json, serve_streams, tally
@@ -399,7 +400,7 @@ async def test_hanging_message_hook_cut_at_grace_keeps_a_hibernatable_connection
     async with serve_streams(registry) as server, server.connect("/actors/hanging/k/ws") as ws:
         await ws.send_message("fault")
         await trio.testing.wait_all_tasks_blocked()
-        (entry,) = registry.entries()
+        (entry,) = host_of(registry).entries()
         before = trio.current_time()
         with trio.fail_after(GRACE + 5):
             await registry.sleep(entry.actor_id)

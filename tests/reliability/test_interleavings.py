@@ -76,6 +76,7 @@ from actorcore import ActorContext, ActorOptions, Conn, LifecycleState, MemorySt
 from actorcore.conn import TransportClosed
 from actorcore.generation import Generation
 from actorcore.lifecycle import LifecycleEvent
+from actorcore.registry import host_of
 from actorcore.store import open_store
 from actorcore.testing import MemoryServer, client_nursery, serve_in_memory
 from actorcore.ws.dispatch import ConnectRequest, Dispatcher
@@ -1318,14 +1319,16 @@ async def test_an_action_read_before_a_destroy_never_starts_in_destroy_grace(
 
     async with actorcore.Registry([Recorder]) as registry:
         handle = await registry.get_or_create("recorder", "k")
-        entry = registry.entry(handle.actor_id)
+        entry = host_of(registry).entry(handle.actor_id)
         assert entry is not None
         frame = json.dumps(
             {"type": "action", "id": 1, "name": "record_later" if awaits else "record"}
         )
         # The dispatcher reads the frame (admitted: STARTED), then the destroy comes before
         # the action's task has started.
-        transport = ScriptedTransport([frame], lambda: registry.request(entry, E.DESTROY, "test"))
+        transport = ScriptedTransport(
+            [frame], lambda: host_of(registry).request(entry, E.DESTROY, "test")
+        )
 
         async def accept() -> ScriptedTransport:
             return transport
