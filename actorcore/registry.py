@@ -35,6 +35,7 @@ import trio
 
 from . import deadlines, gcpause, jsoncodec
 from .actor import Actor, ActorDefinition, definition_of
+from .actortable import ActorTable
 from .alarms import MAX_RUNNING, PREFETCH, AlarmFailed, AlarmGone, AlarmStatistics, AlarmTimer
 from .authority import LifecycleAuthority, LifecycleCommands, LifecycleRequest, LocalAuthority
 from .context import current_conn
@@ -79,8 +80,6 @@ LAST_SAVE_TIMEOUT = 5.0
 #: States whose generation holds a loaded state that a drain may save.
 _SAVEABLE = frozenset({S.STARTED, S.SLEEP_GRACE, S.SLEEP_FINALIZE})
 
-#: Destroyed ids remembered so ``lifecycle()`` can answer DESTROYED (oldest forgotten first).
-TOMBSTONES = 10_000
 
 DELETE_RETRY_FIRST = 0.5
 """Seconds before the first background retry of a failed delete; doubled after each failure."""
@@ -192,17 +191,12 @@ class Registry:
         self._authority: LifecycleAuthority = authority or LocalAuthority()
         self._authority_takes_request = _takes_one_request(self._authority)
         self._commands = _Commands(self)
-        self._by_id: dict[str, ActorEntry] = {}
-        self._by_key: dict[tuple[str, str], ActorEntry] = {}
-        self._key_locks: dict[tuple[str, str], trio.Lock] = {}
-        self._tombstones: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._table = ActorTable()
         self._begun: dict[str, tuple[ActorEntry, ActorRecord]] = {}
         """Generations a lookup began in the store for an entry it made (see :meth:`take_begun`)."""
         self._unstored: dict[str, tuple[ActorEntry, bytes | None]] = {}
         """New actors not yet written to the store, with their encoded input: the first
         generation's start writes each one, created, in one write (see :meth:`is_unstored`)."""
-        self._pending_deletes: dict[str, tuple[int, ActorError]] = {}
-        """Destroyed actors whose delete failed: id -> (last generation, the store's error)."""
         self._retrying_deletes = False
         self._pause_gc = pause_gc
         self._nursery: trio.Nursery | None = None
@@ -371,7 +365,7 @@ class Registry:
         concurrently (no hooks). Errors are logged; nothing here raises."""
         awake = [
             (entry, gen)
-            for entry in self._by_id.values()
+            for entry in self._table.entries()
             if (gen := entry.generation) is not None and gen.needs_final_save
         ]
         if not awake:
@@ -458,7 +452,7 @@ class Registry:
                     log.exception("drain step %r failed", step)
             # Not after that save: the sleeps' grace overlaps it (their final saves wait for it
             # on each generation's save lock and find the state already saved).
-            for entry in list(self._by_id.values()):
+            for entry in self._table.entries():
                 if entry.lifecycle.state in (S.LOADING, S.STARTED):
                     self._request(entry, E.SLEEP, "drain")
         with trio.move_on_after(self._drain_budget()) as scope:
@@ -468,10 +462,10 @@ class Registry:
             # State whose final save failed is only in memory: persist it now (fenced by the
             # generation it belongs to) or it is lost with the process.
             async with trio.open_nursery() as nursery:
-                for entry in list(self._by_id.values()):
+                for entry in self._table.entries():
                     if entry.pending_state is not None and entry.generation is None:
                         nursery.start_soon(self._save_pending, entry)
-                for actor_id, (generation, _) in list(self._pending_deletes.items()):
+                for actor_id, (generation, _) in list(self._table.pending_deletes.items()):
                     nursery.start_soon(self._delete_pending, actor_id, generation)
         if scope.cancelled_caught:
             log.error(
@@ -487,7 +481,7 @@ class Registry:
         """Save the state of every running generation that has one, concurrently (the store
         group-commits them)."""
         async with trio.open_nursery() as nursery:
-            for entry in list(self._by_id.values()):
+            for entry in self._table.entries():
                 gen = entry.generation
                 if gen is not None and entry.lifecycle.state in _SAVEABLE:
                     nursery.start_soon(self._save_one, entry, gen, reason)
@@ -504,8 +498,8 @@ class Registry:
             await self._finish_delete(actor_id, generation)
         except ActorError as exc:
             log.error("actor id=%s: destroyed, but its delete failed again: %s", actor_id, exc)
-            if actor_id in self._pending_deletes:
-                self._pending_deletes[actor_id] = (generation, exc)
+            if actor_id in self._table.pending_deletes:
+                self._table.pending_deletes[actor_id] = (generation, exc)
             return False
         return True
 
@@ -514,9 +508,9 @@ class Registry:
         drain takes over: a destroyed actor's row must not outlive a store that recovered."""
         delay = DELETE_RETRY_FIRST
         try:
-            while self._pending_deletes and not self._draining:
+            while self._table.pending_deletes and not self._draining:
                 await trio.sleep(delay)
-                for actor_id, (generation, _) in list(self._pending_deletes.items()):
+                for actor_id, (generation, _) in list(self._table.pending_deletes.items()):
                     if not await self._delete_pending(actor_id, generation):
                         break  # the store still fails: back off before the next one
                 delay = min(delay * 2, DELETE_RETRY_MAX)
@@ -580,7 +574,7 @@ class Registry:
 
     async def get_by_id(self, actor_id: str) -> ActorHandle:
         """The existing actor with this id (not woken); :class:`ActorNotFound` if none."""
-        if actor_id in self._tombstones:
+        if self._table.is_tombstoned(actor_id):
             raise ActorNotFound(f"actor {actor_id} was destroyed")
         entry = await self._find_entry(actor_id)
         self._release(entry)
@@ -589,10 +583,10 @@ class Registry:
     def lifecycle(self, actor_id: str) -> LifecycleState | None:
         """The actor's current lifecycle state, DESTROYED for a recently destroyed one, or None
         for an unknown id."""
-        entry = self._by_id.get(actor_id)
+        entry = self._table.get(actor_id)
         if entry is not None:
             return entry.lifecycle.state
-        if actor_id in self._tombstones:
+        if self._table.is_tombstoned(actor_id):
             return S.DESTROYED
         if self._store.exists_nowait(actor_id):
             return S.ASLEEP
@@ -614,13 +608,13 @@ class Registry:
         """The in-memory entry of an existing actor, loading it (asleep) from the store if
         needed. Raises ActorNotFound, or ActorDestroyed for a recently destroyed id."""
         self._require_running()
-        entry = self._by_id.get(actor_id)
+        entry = self._table.get(actor_id)
         if entry is not None:
             return entry
-        if actor_id in self._tombstones:
+        if self._table.is_tombstoned(actor_id):
             raise ActorDestroyed(f"actor {actor_id} was destroyed")
         record = await self._store.get_by_id(actor_id)
-        entry = self._by_id.get(actor_id)  # it may have been loaded while we awaited
+        entry = self._table.get(actor_id)  # it may have been loaded while we awaited
         if entry is not None:
             return entry
         if record is None:
@@ -628,18 +622,18 @@ class Registry:
         definition = self._definitions.get(record.name)
         if definition is None:
             raise ActorNotFound(f"actor {actor_id} is a {record.name!r}, which is not registered")
-        lock = self._key_locks.get((record.name, record.key))
+        lock = self._table.existing_key_lock(record.name, record.key)
         if lock is not None:
             # A lookup by key of this very actor is under way, and it may begin a generation in
             # the store: wait for it and use its entry. An entry made here meanwhile could start
             # a generation that the lookup's later begin would fence out.
             try:
                 async with lock:
-                    entry = self._by_id.get(actor_id)
+                    entry = self._table.get(actor_id)
                     if entry is not None:
                         return entry
             finally:
-                self._drop_key_lock((record.name, record.key), lock)
+                self._table.drop_key_lock(record.name, record.key, lock)
         entry = self._add_entry(record.actor_id, record.key, definition)
         entry.last_generation = record.generation
         return entry
@@ -662,10 +656,10 @@ class Registry:
         definition = self._definition(name)
         if not isinstance(key, str):
             raise TypeError(f"actor keys are str, not {type(key).__name__}")
-        entry = self._by_key.get((name, key))
+        entry = self._table.get_by_key(name, key)
         if entry is not None:
             return entry
-        lock = self._key_locks.setdefault((name, key), trio.Lock())
+        lock = self._table.key_lock(name, key)
         try:
             # A free lock is taken without a scheduling round (the store call checkpoints).
             try:
@@ -673,7 +667,7 @@ class Registry:
             except trio.WouldBlock:
                 await lock.acquire()
             try:
-                entry = self._by_key.get((name, key))
+                entry = self._table.get_by_key(name, key)
                 if entry is not None:
                     return entry
                 if create:
@@ -681,7 +675,7 @@ class Registry:
                         await self._charge_creation(name, key, client)
                     return await self._begin_by_key(definition, key, input)
                 record = await self._store.get_by_key(name, key)
-                if record is not None and record.actor_id in self._tombstones:
+                if record is not None and self._table.is_tombstoned(record.actor_id):
                     await self._finish_delete(record.actor_id, record.generation)
                     record = None
                 if record is None:
@@ -690,7 +684,7 @@ class Registry:
             finally:
                 lock.release()
         finally:
-            self._drop_key_lock((name, key), lock)
+            self._table.drop_key_lock(name, key, lock)
 
     async def _charge_creation(self, name: str, key: str, client: str) -> None:
         """Take a creation token for ``client`` if ``name``/``key`` does not exist yet."""
@@ -736,10 +730,10 @@ class Registry:
                 # and its start retries the begin (a wake failure is a failed start, as for an
                 # actor found in memory); a create failure is the lookup's error.
                 existing = await self._store.get_by_key(name, key)
-                if existing is None or existing.actor_id in self._tombstones:
+                if existing is None or self._table.is_tombstoned(existing.actor_id):
                     raise failed
                 return self._adopt(existing, definition, begun=False)
-            if record.actor_id in self._tombstones:
+            if self._table.is_tombstoned(record.actor_id):
                 await self._finish_delete(record.actor_id, record.generation)
                 continue  # and create a fresh actor for the key
             return self._adopt(record, definition, begun=True)
@@ -749,14 +743,14 @@ class Registry:
         generation) rather than bring the destroyed actor back. Raises the store's error."""
         with contextlib.suppress(ActorNotFound):  # another retry got there first
             await self._store.delete(actor_id, generation)
-        self._pending_deletes.pop(actor_id, None)
+        self._table.pending_deletes.pop(actor_id, None)
 
     def _adopt(
         self, record: ActorRecord, definition: ActorDefinition, *, begun: bool
     ) -> ActorEntry:
         """The entry for ``record`` (an entry loaded meanwhile wins; a generation ``record``
         began is then left unused, which only skips its number)."""
-        entry = self._by_id.get(record.actor_id)
+        entry = self._table.get(record.actor_id)
         if entry is None:
             entry = self._add_entry(record.actor_id, record.key, definition)
             # The generation it had (logs, and the authority's requests, name it; a record a
@@ -805,20 +799,11 @@ class Registry:
             )
         self._note_stored(entry)
 
-    def _drop_key_lock(self, key: tuple[str, str], lock: trio.Lock) -> None:
-        if (
-            not lock.statistics().tasks_waiting
-            and not lock.locked()
-            and self._key_locks.get(key) is lock
-        ):
-            del self._key_locks[key]
-
     def _add_entry(self, actor_id: str, key: str, definition: ActorDefinition) -> ActorEntry:
         entry = ActorEntry(
             actor_id=actor_id, key=key, definition=definition, observer=self._transitioned
         )
-        self._by_id[actor_id] = entry
-        self._by_key[(definition.name, key)] = entry
+        self._table.add(entry)
         return entry
 
     def _release(self, entry: ActorEntry) -> None:
@@ -843,10 +828,7 @@ class Registry:
         if begun is not None and begun[0] is entry:
             del self._begun[entry.actor_id]
         self._note_stored(entry)  # a new actor retired unwritten never existed
-        if self._by_id.get(entry.actor_id) is entry:
-            del self._by_id[entry.actor_id]
-        if self._by_key.get((entry.name, entry.key)) is entry:
-            del self._by_key[(entry.name, entry.key)]
+        self._table.remove(entry)
 
     # ---------------------------------------------------------------- admission
 
@@ -1119,7 +1101,7 @@ class Registry:
                 if entry.generation is None and entry.lifecycle.state is S.ASLEEP and self.draining:
                     # Asked while it finalized a sleep: the drain will not wake it again.
                     raise RuntimeShutdown("the registry is shutting down")
-        pending = self._pending_deletes.get(actor_id)
+        pending = self._table.pending_deletes.get(actor_id)
         if pending is not None:
             raise StoreError(
                 f"actor {actor_id} is destroyed, but the store failed to delete it "
@@ -1187,7 +1169,7 @@ class Registry:
     def _abandon_generations(self) -> None:
         """The registry's nursery is gone (a drain cut short, or cancelled from outside):
         generations still awake have no task left to end them; record them as ended."""
-        for entry in list(self._by_id.values()):
+        for entry in self._table.entries():
             gen = entry.generation
             if gen is not None and not gen.ended:
                 self._generation_finished(entry, gen, cut=True)
@@ -1213,9 +1195,7 @@ class Registry:
         if state is S.DESTROYED:
             self._alarms.forget_actor(entry.actor_id)
             self._retire(entry)
-            self._tombstones[entry.actor_id] = None
-            while len(self._tombstones) > TOMBSTONES:
-                self._tombstones.popitem(last=False)
+            self._table.tombstone(entry.actor_id)
             return
         wanted = entry.held > 0 or entry.lifecycle.destroy_requested
         # A generation cut off by cancellation (the registry is being cancelled from outside)
@@ -1230,7 +1210,7 @@ class Registry:
         the background with backoff, on the next lookup of its key and by the drain; until it
         succeeds the id stays destroyed in this process (tombstone) and ``destroy()`` raises."""
         self._note_save_error(entry, error)
-        self._pending_deletes[entry.actor_id] = (generation, error)
+        self._table.pending_deletes[entry.actor_id] = (generation, error)
         if not self._retrying_deletes and not self._draining and self._nursery is not None:
             self._retrying_deletes = True
             self._nursery.start_soon(self._retry_deletes, name="actorcore delete retry")
@@ -1247,7 +1227,7 @@ class Registry:
         """A snapshot of counters; cheap enough to poll."""
         by_state: collections.Counter[str] = collections.Counter()
         conns = hib = held = 0
-        for entry in self._by_id.values():
+        for entry in self._table.entries():
             by_state[entry.lifecycle.state.value] += 1
             held += entry.held
             conns += len(entry.conns)
@@ -1271,11 +1251,11 @@ class Registry:
 
     def _entry(self, actor_id: str) -> ActorEntry | None:
         """The in-memory entry of an actor, if it has one (for the dispatcher and tests)."""
-        return self._by_id.get(actor_id)
+        return self._table.get(actor_id)
 
     def _entries(self) -> list[ActorEntry]:
         """All in-memory entries."""
-        return list(self._by_id.values())
+        return self._table.entries()
 
 
 class _Commands:
