@@ -369,9 +369,7 @@ class _ConnHandler:
         max_size = entry.definition.options.max_message_size
         receive = self.transport.receive
         counters = self.host.counters
-        watchdog = self.host.watchdog
         hook_timeout = entry.definition.options.hook_timeout
-        expire_hook = self._expire_hook
         now = trio.lowlevel.current_clock().current_time
         closed: tuple[int, str] | None = None
         while closed is None:
@@ -411,30 +409,7 @@ class _ConnHandler:
                         if protocol:
                             await self._deliver(gen, conn, item)
                         else:
-                            # on_ws_message, inline: the per-message path. No cancel scope
-                            # of its own (entering one costs about as much as the rest of
-                            # the message): the handler itself is the tracked work, the
-                            # watchdog keeps its hook_timeout, and cancelling it cancels the
-                            # loop's scope (see cancel()).
-                            instance = gen.instance
-                            assert instance is not None
-                            gen.work_began(self, "hook:on_ws_message", blocks_idle=True)
-                            watchdog.arm(self, now() + hook_timeout, expire_hook)
-                            try:
-                                if gen.serial:
-                                    async with gen.turn():
-                                        await instance.on_ws_message(gen.ctx, conn, item)
-                                else:
-                                    await instance.on_ws_message(gen.ctx, conn, item)
-                            except Exception:
-                                self._hook_raised(gen, "on_ws_message")
-                            except BaseException:
-                                self.interrupted = gen  # cancelled: by us or from outside
-                                raise
-                            finally:
-                                watchdog.disarm(self)
-                                gen.work_ended(self, blocks_idle=True)
-                            del instance
+                            await self._deliver_raw(gen, conn, item, now() + hook_timeout)
                         del gen
                     elif decision is Admission.HOLD:
                         self._buffer(entry, conn, item)
@@ -699,6 +674,33 @@ class _ConnHandler:
     def _on_hook_timeout(self) -> None:
         self.hook_timed_out = True
         self.cancel()
+
+    async def _deliver_raw(
+        self, gen: Generation, conn: Conn, message: str | bytes, deadline: float
+    ) -> None:
+        """``on_ws_message``, in the read loop: the per-message path of raw WebSockets. No
+        cancel scope of its own (entering one costs about as much as the rest of the message):
+        the handler itself is the tracked work, the watchdog keeps its ``deadline``
+        (hook_timeout), and cancelling it cancels the loop's scope (see :meth:`cancel`)."""
+        instance = gen.instance
+        assert instance is not None
+        watchdog = self.host.watchdog
+        gen.work_began(self, "hook:on_ws_message", blocks_idle=True)
+        watchdog.arm(self, deadline, self._expire_hook)
+        try:
+            if gen.serial:
+                async with gen.turn():
+                    await instance.on_ws_message(gen.ctx, conn, message)
+            else:
+                await instance.on_ws_message(gen.ctx, conn, message)
+        except Exception:
+            self._hook_raised(gen, "on_ws_message")
+        except BaseException:
+            self.interrupted = gen  # cancelled: by us or from outside
+            raise
+        finally:
+            watchdog.disarm(self)
+            gen.work_ended(self, blocks_idle=True)
 
     async def _deliver(self, gen: Generation, conn: Conn, item: Any) -> None:
         """Deliver one admitted message: reserve its work now (before any checkpoint)."""
