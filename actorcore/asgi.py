@@ -316,16 +316,16 @@ class ASGIApp:
             with trio.move_on_after(self.close_timeout):
                 await transport.close(refusal.code, refusal.reason)
             return
-        leftover = closecodes.NORMAL
         try:
             await self.dispatcher.handle(path + suffix, request, accept)
-        except trio.Cancelled:
-            # The ASGI server cancels its connections (hypercorn: at the end of its
-            # graceful_timeout, before the lifespan shutdown drains the registry).
-            leftover = closecodes.RUNTIME_SHUTDOWN
-            raise
         finally:
             if accepted and transport.open:
+                # Cancelled from outside: the ASGI server stops (hypercorn cancels its
+                # connections at the end of its graceful_timeout, before the lifespan shutdown
+                # drains the registry); the client is told to come back later. Otherwise the
+                # handler ended without a close frame (as the server, 1000).
+                cancelled = trio.current_effective_deadline() == -math.inf
+                leftover = closecodes.RUNTIME_SHUTDOWN if cancelled else closecodes.NORMAL
                 with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_CLOSE_TIMEOUT):
                     await transport.send_close(leftover)
 
