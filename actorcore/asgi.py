@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import quote, unquote
 
@@ -52,11 +52,13 @@ __all__ = ["ASGIApp", "AsgiTransport", "app"]
 
 log = logging.getLogger("actorcore.asgi")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
+# Typed loosely enough that the app type-checks as hypercorn's app (TypedDict messages) and
+# as a Starlette-style mount (MutableMapping messages) alike.
+Scope = Mapping[str, Any]
+Message = Mapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGICallable = Callable[[Scope, Receive, Send], Awaitable[None]]
+Send = Callable[[Any], Awaitable[None]]
+ASGICallable = Callable[[Any, Any, Any], Awaitable[None]]
 """Any ASGI 3 application (the type of ``fallback``)."""
 
 #: What a WebSocket path starts with (after ``root_path``) to be actorcore's.
@@ -140,7 +142,7 @@ class AsgiTransport:
 
     async def send(self, message: str | bytes) -> None:
         """Send one message; TransportClosed if the connection is gone, closed or aborted."""
-        event: Message = {"type": "websocket.send"}
+        event: dict[str, Any] = {"type": "websocket.send"}
         event["bytes" if isinstance(message, bytes) else "text"] = message
         await self._send_event(event)
 
@@ -359,7 +361,7 @@ class ASGIApp:
         if message.get("type") != "lifespan.startup":
             return
         phase = "startup"
-        answer: Message = {"type": "lifespan.shutdown.complete"}
+        answer: dict[str, Any] = {"type": "lifespan.shutdown.complete"}
         async with trio.open_nursery() as nursery:
             other = None
             if self.fallback is not None:

@@ -544,3 +544,21 @@ async def test_abort_ends_a_blocked_receive_and_waiting_sends() -> None:
         with pytest.raises(TransportClosed):
             await transport.send("after")
         await transport.close(1000, "")  # returns at once: the transport has ended
+
+
+# ---------------------------------------------------------------- the documented example
+
+
+async def test_the_example_app_as_hypercorn_serves_it() -> None:
+    # examples/asgi_app.py as `hypercorn --worker-class trio examples.asgi_app:asgi` runs it
+    # (its module-level registry runs once: this is its only test).
+    from examples.asgi_app import asgi, registry
+
+    with trio.fail_after(TIMEOUT):
+        async with hypercorn_serving(asgi) as served:
+            assert registry.running
+            health = await _raw_http(served.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert health.startswith(b"HTTP/1.1 200") and health.endswith(b"ok")
+            async with actorcore.connect(served.url, "counter", "docs") as counter:
+                assert await counter.call("increment", 5) == 5
+        assert not registry.running
