@@ -29,9 +29,10 @@ async def http_api(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif scope["type"] == "websocket":
         await send({"type": "websocket.close"})  # not an actor route: refused (403)
     else:
-        ok = scope["path"] == "/health"
-        await send({"type": "http.response.start", "status": 200 if ok else 404, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok" if ok else b"not found"})
+        status, body = (200, b"ok") if scope["path"] == "/health" else (404, b"not found")
+        headers = [(b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 registry = actorcore.Registry([Counter])

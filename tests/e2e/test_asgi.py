@@ -141,11 +141,19 @@ async def _closed_with(ws: Any) -> tuple[int, str | None]:
 
 
 async def _raw_http(port: int, request: bytes) -> bytes:
-    """Send ``request`` over a plain TCP stream to 127.0.0.1:``port``; the answer's head."""
+    """Send ``request`` over a plain TCP stream to 127.0.0.1:``port``; the whole answer (the
+    server closes: an error answer, or ``Connection: close`` in the request)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(request)
-        return await stream.receive_some(4096)
+        answer = b""
+        while data := await stream.receive_some(4096):
+            answer += data
+        return answer
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
 
 
 def _upgrade(path: str) -> bytes:
@@ -297,7 +305,7 @@ async def test_what_is_not_an_actor_route() -> None:
     registry = actorcore.Registry([Room])
     with trio.fail_after(TIMEOUT):
         async with hypercorn_serving(registry) as served:
-            health = await _raw_http(served.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            health = await _raw_http(served.port, _get("/health"))
             assert health.startswith(b"HTTP/1.1 404")
             # A WebSocket elsewhere: refused, not upgraded (left to the app around this one).
             for path in ["/elsewhere", "/actors"]:
@@ -383,7 +391,7 @@ async def test_mounted_in_another_app() -> None:
 
     with trio.fail_after(TIMEOUT):
         async with hypercorn_serving(outer) as served:
-            head = await _raw_http(served.port, b"GET /api HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await _raw_http(served.port, _get("/api"))
             assert head.startswith(b"HTTP/1.1 204")
             async with actorcore.connect(served.url + "/rt", "room", "%41") as room:
                 assert (await room.call("key"))[0] == "%41"
@@ -439,7 +447,7 @@ async def test_a_fallback_app_gets_the_other_routes_and_the_lifespan() -> None:
 
     with trio.fail_after(TIMEOUT):
         async with hypercorn_serving(app(registry, fallback=fallback)) as served:
-            head = await _raw_http(served.port, b"GET /api/things HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await _raw_http(served.port, _get("/api/things"))
             assert head.startswith(b"HTTP/1.1 204")
             assert (await _raw_http(served.port, _upgrade("/chat"))).startswith(b"HTTP/1.1 403")
             async with actorcore.connect(served.url, "room", "side") as room:
@@ -557,8 +565,8 @@ async def test_the_example_app_as_hypercorn_serves_it() -> None:
     with trio.fail_after(TIMEOUT):
         async with hypercorn_serving(asgi) as served:
             assert registry.running
-            health = await _raw_http(served.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert health.startswith(b"HTTP/1.1 200") and health.endswith(b"ok")
+            health = await _raw_http(served.port, _get("/health"))
+            assert health.startswith(b"HTTP/1.1 200") and health.endswith(b"\r\n\r\nok")
             async with actorcore.connect(served.url, "counter", "docs") as counter:
                 assert await counter.call("increment", 5) == 5
         assert not registry.running
