@@ -232,6 +232,20 @@ def _below_root(raw_path: str, root_path: str) -> str:
     return "/" + "/".join(segments[len(root) :])
 
 
+def _require_trio(kind: str) -> None:
+    """Raise a RuntimeError that says so when the ASGI server does not run on trio."""
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        message = (
+            "actorcore.asgi runs on trio: serve it with a trio worker "
+            "(hypercorn --worker-class trio module:app)"
+        )
+        if kind == "lifespan":  # hypercorn does not log why a lifespan failed
+            log.error(message)
+        raise RuntimeError(message) from None
+
+
 class ASGIApp:
     """An ASGI 3 application serving a registry's actors; made by :func:`app`."""
 
@@ -259,6 +273,7 @@ class ASGIApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        _require_trio(kind)
         if kind == "lifespan":
             await self._lifespan(scope, receive, send)
             return

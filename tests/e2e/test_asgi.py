@@ -7,6 +7,7 @@ Real clock and sockets; every wait is bounded by ``trio.fail_after``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -513,6 +514,20 @@ async def test_lifespan_failures_are_reported_as_such(tmp_path: Any) -> None:
             "lifespan.shutdown.complete",
         ]
         assert not registry.running
+
+
+def test_it_says_so_when_not_served_on_trio() -> None:
+    # hypercorn's default worker is asyncio's: the error names the trio worker.
+    asgi = app(actorcore.Registry([Room]))
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("not reached")
+
+    async def send(message: Any) -> None:
+        raise AssertionError("not reached")
+
+    with pytest.raises(RuntimeError, match="--worker-class trio"):
+        asyncio.run(asgi({"type": "http", "path": "/"}, receive, send))
 
 
 # ---------------------------------------------------------------- the transport alone
