@@ -74,8 +74,8 @@ class AsgiTransport:
 
     The ASGI server answers the peer's close frame and pings itself. One task at a time waits
     in the ASGI ``receive``; another caller (:meth:`close` waiting for the peer's answer while
-    the read loop also reads) waits until the connection ends, and what arrives after our close
-    frame is dropped, as actorcore's own transport drops it.
+    the read loop also reads) waits for it to leave and then reads in turn. Both drop what
+    arrives after our close frame, as the dispatcher does.
 
     What ASGI cannot do: report the peer's close code faithfully (hypercorn 0.18 reports a
     client's close as 1006, or 1000 after our own close), put a close frame on the wire without
@@ -90,8 +90,8 @@ class AsgiTransport:
         self._send = send
         self._closed: tuple[int, str] | None = None
         """The connection ended (the peer's disconnect, or abort): code and reason."""
-        self._ended = trio.Event()
-        self._reading = False
+        self._reader_left: trio.Event | None = None
+        """Set when the task waiting in the ASGI ``receive`` leaves it (None: nobody waits)."""
         self._read_scope: trio.CancelScope | None = None
         self._sends: set[trio.CancelScope] = set()
         self._send_lock = trio.Lock()
@@ -105,7 +105,6 @@ class AsgiTransport:
     def _end(self, code: int, reason: str) -> None:
         if self._closed is None:
             self._closed = (code, reason)
-            self._ended.set()
 
     def _error(self) -> TransportClosed:
         code, reason = self._closed if self._closed is not None else (1006, "")
@@ -116,17 +115,20 @@ class AsgiTransport:
         while True:
             if self._closed is not None:
                 raise self._error()
-            if self._reading:
-                await self._ended.wait()  # one reader at a time (see the class docstring)
+            if self._reader_left is not None:
+                # One reader at a time (see the class docstring): take over when it leaves,
+                # whether it got a message, the disconnect, or was cancelled.
+                await self._reader_left.wait()
                 continue
             message: Message | None = None
-            self._reading = True
+            left = self._reader_left = trio.Event()
             try:
                 with trio.CancelScope() as self._read_scope:
                     message = await self._receive()
             finally:
-                self._reading = False
+                self._reader_left = None
                 self._read_scope = None
+                left.set()
             if message is None:
                 continue  # abort cancelled the read
             kind = message.get("type")
@@ -154,7 +156,8 @@ class AsgiTransport:
                 async with self._send_lock:
                     if not self.open:
                         raise self._error()
-                    self._close_sent = closing
+                    if closing:
+                        self._close_sent = True  # nothing is sent after it
                     await self._send(event)
             except (OSError, RuntimeError) as exc:  # an ASGI server's "connection is gone"
                 self._end(1006, "")

@@ -585,3 +585,43 @@ async def test_the_example_app_as_hypercorn_serves_it() -> None:
             async with actorcore.connect(served.url, "counter", "docs") as counter:
                 assert await counter.call("increment", 5) == 5
         assert not registry.running
+
+
+async def test_the_read_loop_takes_over_from_a_close_that_gave_up() -> None:
+    # close() reads for the peer's answer first, the read loop waits for its turn; the
+    # close's wait is cut (its close_timeout): the read loop must then read, and see the
+    # disconnect when it comes.
+    to_app, from_peer = trio.open_memory_channel[dict[str, Any]](10)
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+        await trio.lowlevel.checkpoint()
+
+    transport = AsgiTransport(from_peer.receive, send)
+    got: list[int] = []
+
+    async def read_loop() -> None:
+        with pytest.raises(TransportClosed) as closed:
+            while True:
+                await transport.receive()
+        got.append(closed.value.code)
+
+    close_wait = trio.CancelScope()
+
+    async def closing() -> None:
+        with close_wait:
+            await transport.close(1000, "bye")
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(closing)
+            await trio.testing.wait_all_tasks_blocked()  # close() reads for the answer
+            assert sent == [{"type": "websocket.close", "code": 1000, "reason": "bye"}]
+            nursery.start_soon(read_loop)
+            await trio.testing.wait_all_tasks_blocked()  # the read loop waits its turn
+            close_wait.cancel()  # the close gives up
+            await trio.testing.wait_all_tasks_blocked()
+            await to_app.send({"type": "websocket.receive", "text": "late"})
+            await to_app.send({"type": "websocket.disconnect", "code": 1000})
+    assert got == [1000]
