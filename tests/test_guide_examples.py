@@ -1,5 +1,6 @@
-"""The examples of the user guide's testing page (docs/guide/testing.md), run as written: if
-this file changes, the page changes with it."""
+"""The examples of the user guide (docs/guide/), run as written: the testing page
+(docs/guide/testing.md) and the scheduled-work page (docs/guide/schedule.md). If this file
+changes, the pages change with it."""
 
 from __future__ import annotations
 
@@ -80,3 +81,32 @@ def actorcore_actors() -> list[type[actorcore.Actor]]:
 async def test_with_the_registry_fixture(registry: actorcore.Registry) -> None:
     counter = await registry.get_or_create("counter", "k")
     assert await counter.call("increment") == 1
+
+
+# docs/guide/schedule.md
+
+
+class Trial(actorcore.Actor):
+    def create_state(self, ctx: ActorContext, input: Any) -> Any:
+        return {"active": True}
+
+    @actorcore.action
+    async def start(self, ctx: ActorContext, days: float) -> str:
+        # Persisted before it returns: the alarm survives sleep and a crash.
+        return await ctx.schedule.after(days * 86400, "expire")
+
+    @actorcore.action
+    async def expire(self, ctx: ActorContext) -> None:
+        ctx.state["active"] = False
+        ctx.broadcast("expired")
+
+
+async def test_trial_expires_while_asleep(autojump_clock: trio.abc.Clock) -> None:
+    async with actorcore.Registry([Trial]) as registry:
+        trial = await registry.get_or_create("trial", "acme")
+        alarm_id = await trial.call("start", 14)
+        assert isinstance(alarm_id, str)
+        await wait_for_state(registry, trial.actor_id, LifecycleState.ASLEEP)  # idle sleep
+        await trio.sleep(14 * 86400)
+        await run_due_alarms(registry)
+        assert await run_in_actor(trial, lambda ctx: ctx.state["active"]) is False
