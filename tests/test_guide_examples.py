@@ -4,8 +4,11 @@ changes, the pages change with it."""
 
 from __future__ import annotations
 
+import pathlib
+import re
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -110,3 +113,42 @@ async def test_trial_expires_while_asleep(autojump_clock: trio.abc.Clock) -> Non
         await trio.sleep(14 * 86400)
         await run_due_alarms(registry)
         assert await run_in_actor(trial, lambda ctx: ctx.state["active"]) is False
+
+
+# docs/guide/actors.md
+
+
+def test_the_options_table_lists_every_option_with_its_default() -> None:
+    page = pathlib.Path(__file__).parent.parent / "docs" / "guide" / "actors.md"
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", page.read_text(), re.MULTILINE)
+    table = {name: default.strip() for name, default in rows}
+    fields = attrs.fields(actorcore.ActorOptions)
+    listed = {name: table[name] for name in table if hasattr(fields, name)}
+    assert list(listed) == [field.name for field in fields]
+    for field in fields:
+        assert listed[field.name] == str(field.default), field.name
+
+
+class PlainConnState(actorcore.Actor):
+    def create_conn_state(self, ctx: ActorContext, params: Any) -> Any:
+        return {"plain": params}
+
+    @actorcore.action
+    async def mine(self, ctx: ActorContext) -> Any:
+        assert ctx.conn is not None
+        return ctx.conn.state
+
+
+class AsyncConnState(PlainConnState):
+    async def create_conn_state(self, ctx: ActorContext, params: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        return {"async": params}
+
+
+async def test_create_conn_state_may_be_plain_or_async(autojump_clock: trio.abc.Clock) -> None:
+    registry = actorcore.Registry([PlainConnState, AsyncConnState])
+    async with serve_in_memory(registry) as server:
+        async with server.client("plainconnstate", "k", params=1) as plain:
+            assert await plain.call("mine") == {"plain": 1}
+        async with server.client("asyncconnstate", "k", params=2) as awaited:
+            assert await awaited.call("mine") == {"async": 2}
