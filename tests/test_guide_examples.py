@@ -1,9 +1,12 @@
 """The examples of the user guide (docs/guide/), run as written: the testing page
-(docs/guide/testing.md) and the scheduled-work page (docs/guide/schedule.md). If this file
-changes, the pages change with it."""
+(docs/guide/testing.md) and the scheduled-work page (docs/guide/schedule.md) show code of this
+file verbatim (test_the_pages_show_this_file checks it), and the actors page's options table
+and its plain-or-async rule are checked here too."""
 
 from __future__ import annotations
 
+import ast
+import json
 import pathlib
 import re
 from typing import Any
@@ -15,10 +18,13 @@ import trio
 import actorcore
 from actorcore import ActorContext, LifecycleState
 from actorcore.testing import (
+    expect_close,
+    receive_json,
     record_transitions,
     run_due_alarms,
     run_in_actor,
     serve_in_memory,
+    serve_loopback,
     wait_for_state,
 )
 
@@ -74,6 +80,25 @@ async def test_over_the_protocol(autojump_clock: trio.abc.Clock) -> None:
         assert await counter.call("increment", 5) == 5
         event = await events.receive()
         assert event.args == (5,)
+
+
+async def test_frames_and_close_codes(autojump_clock: trio.abc.Clock) -> None:
+    registry = actorcore.Registry([Counter])
+    async with serve_in_memory(registry) as server:
+        async with server.connect("/actors/counter/k/connect") as ws:
+            init = await receive_json(ws)
+            assert init["type"] == "init" and init["generation"] == 1
+            await ws.send_message(json.dumps({"type": "action", "id": 1, "name": "increment"}))
+            assert await receive_json(ws) == {"type": "action_result", "id": 1, "output": 1}
+        async with server.connect("/actors/nobody/k/connect") as ws:
+            assert await expect_close(ws) == (1008, "actor.not_found")
+
+
+async def test_over_a_real_socket() -> None:
+    registry = actorcore.Registry([Counter])
+    async with serve_loopback(registry) as server, server.client("counter", "k") as counter:
+        assert server.port > 0
+        assert await counter.call("increment", 2) == 2
 
 
 @pytest.fixture
@@ -152,3 +177,37 @@ async def test_create_conn_state_may_be_plain_or_async(autojump_clock: trio.abc.
             assert await plain.call("mine") == {"plain": 1}
         async with server.client("asyncconnstate", "k", params=2) as awaited:
             assert await awaited.call("mine") == {"async": 2}
+
+
+# The pages show this file
+
+
+def _imported(code: str) -> set[tuple[str | None, str]]:
+    """The (module, name) pairs the import statements at the top level of ``code`` bind."""
+    names: set[tuple[str | None, str]] = set()
+    for node in ast.parse(code).body:
+        if isinstance(node, ast.Import):
+            names |= {(None, alias.name) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {(node.module, alias.name) for alias in node.names}
+    return names
+
+
+@pytest.mark.parametrize("page", ["testing.md", "schedule.md"])
+def test_the_pages_show_this_file(page: str) -> None:
+    """Every Python block of the page is a verbatim part of this file once its leading
+    imports are taken off, and those imports are imports of this file."""
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "guide" / page).read_text()
+    source = pathlib.Path(__file__).read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert blocks
+    for block in blocks:
+        code = block
+        for node in ast.parse(block).body:
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                decorators = getattr(node, "decorator_list", [])
+                start = min([node.lineno] + [d.lineno for d in decorators])
+                code = "\n".join(block.splitlines()[start - 1 :]) + "\n"
+                break
+        assert _imported(block) <= _imported(source), block
+        assert code in source, code
