@@ -614,6 +614,11 @@ class Generation:
             finally:
                 _turns_held.reset(token)
 
+    async def in_turn(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """``await fn(*args, **kwargs)`` in this serial actor's turn (see :meth:`turn`)."""
+        async with self.turn():
+            return await fn(*args, **kwargs)
+
     # ---------------------------------------------------------------- connections
 
     def live_conns(self) -> list[Conn]:
@@ -633,13 +638,21 @@ class Generation:
 
     async def save_state(self, *, reason: str) -> None:
         """Save the state if it differs from the last save. Raises StateError / StoreError."""
+        async with self._store_writes():
+            await self._save(reason)
+
+    @contextlib.asynccontextmanager
+    async def _store_writes(self) -> AsyncIterator[None]:
+        """Hold this generation's store writes (its saves, and writing a new actor's row): one
+        at a time. The lock is made on demand and dropped when nobody holds or waits for it:
+        an awake idle actor keeps no lock."""
         lock = self._save_lock
         if lock is None:
             lock = self._save_lock = trio.Lock()
         try:
-            await self._save_locked(lock, reason)
+            async with lock:
+                yield
         finally:
-            # Dropped when nobody holds or waits for it: an awake idle actor keeps no lock.
             if self._save_lock is lock and not lock.locked():
                 self._save_lock = None
 
@@ -693,10 +706,7 @@ class Generation:
         first start; something that must refer to its row, an alarm, writes it first)."""
         if not self.host.is_unstored(self.entry):
             return
-        lock = self._save_lock
-        if lock is None:
-            lock = self._save_lock = trio.Lock()
-        async with lock:
+        async with self._store_writes():
             if self.host.is_unstored(self.entry):
                 await self.host.write_unstored(self.entry)
 
@@ -708,20 +718,16 @@ class Generation:
         self._saved = data
         self.host.note_stored(self.entry)
 
-    async def _save_locked(self, lock: trio.Lock, reason: str) -> None:
-        async with lock:
-            data = self._encoded_state()
-            if data == self._saved:
-                return
-            await self.host.store.save(self.actor_id, self.number, data)
-            self._saved = data
-            log.debug(
-                "actor %s id=%s gen=%d saved (%s)",
-                self.entry.name,
-                self.actor_id,
-                self.number,
-                reason,
-            )
+    async def _save(self, reason: str) -> None:
+        """Save the state if it changed (the caller holds :meth:`_store_writes`)."""
+        data = self._encoded_state()
+        if data == self._saved:
+            return
+        await self.host.store.save(self.actor_id, self.number, data)
+        self._saved = data
+        log.debug(
+            "actor %s id=%s gen=%d saved (%s)", self.entry.name, self.actor_id, self.number, reason
+        )
 
     # ---------------------------------------------------------------- run
 

@@ -931,11 +931,9 @@ class Registry:
         try:
             with work:
                 if gen.serial:
-                    async with gen.turn():
-                        result = await fn(gen.instance, gen.ctx, *args, **kwargs)
-                        gen.check_state(action)
-                        return result
-                result = await fn(gen.instance, gen.ctx, *args, **kwargs)
+                    result = await gen.in_turn(fn, gen.instance, gen.ctx, *args, **kwargs)
+                else:
+                    result = await fn(gen.instance, gen.ctx, *args, **kwargs)
                 gen.check_state(action)
                 return result
         finally:

@@ -660,15 +660,22 @@ class SQLiteStore(Store):
             return False  # the writer (or another direct write) has the connection
         batch = [request]
         try:
-            committed = await _in_thread_holding(functools.partial(self._apply_batch, batch))
-        except BaseException:
-            self._fail_batch(batch, "the writer failed unexpectedly")
-            self._settle(batch)
-            raise
+            with self._answered_if_it_crashes(batch):
+                committed = await _in_thread_holding(functools.partial(self._apply_batch, batch))
         finally:
             self._write_limiter.release()
         self._batch_done(batch, committed)
         return True
+
+    @contextlib.contextmanager
+    def _answered_if_it_crashes(self, batch: list[_Request[Any]]) -> Iterator[None]:
+        """A bug in the batch code itself: its callers are still answered, then it surfaces."""
+        try:
+            yield
+        except BaseException:
+            self._fail_batch(batch, "the writer failed unexpectedly")
+            self._settle(batch)
+            raise
 
     def _batch_done(self, batch: list[_Request[Any]], committed: bool) -> None:
         """Count a finished batch and wake its callers (no checkpoint: nothing can interrupt
@@ -711,16 +718,10 @@ class SQLiteStore(Store):
             return
         # Shielded: once taken from the queue, a batch is always applied and settled (the
         # thread call itself cannot be abandoned; this also covers its entry checkpoint).
-        try:
-            with trio.CancelScope(shield=True):
-                committed = await _in_worker_thread(
-                    functools.partial(self._apply_batch, batch), self._write_limiter
-                )
-        except BaseException:
-            # A bug in the batch code itself: callers must still be answered, then it surfaces.
-            self._fail_batch(batch, "the writer failed unexpectedly")
-            self._settle(batch)
-            raise
+        with self._answered_if_it_crashes(batch), trio.CancelScope(shield=True):
+            committed = await _in_worker_thread(
+                functools.partial(self._apply_batch, batch), self._write_limiter
+            )
         # No checkpoint from here on: a cancellation cannot leave callers waiting forever.
         self._batch_done(batch, committed)
         if self._wal_estimate >= _CHECKPOINT_BYTES:

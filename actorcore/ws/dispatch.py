@@ -243,7 +243,6 @@ class _ConnHandler:
         "last_started",
         "loop_scope",
         "nursery",
-        "registry",
         "request",
         "resolve_scope",
         "setup_scope",
@@ -262,7 +261,6 @@ class _ConnHandler:
         nursery: trio.Nursery,
     ) -> None:
         self.dispatcher = dispatcher
-        self.registry = dispatcher.registry
         self.host = dispatcher.host
         self.transport = transport
         self.target = target
@@ -474,7 +472,7 @@ class _ConnHandler:
         """The registry's ``authorize`` gate, before any lookup or creation: its Forbidden
         (or any ActorError) refuses the connection; any other exception or a gate slower
         than AUTHORIZE_TIMEOUT is a server bug (logged, 1011)."""
-        gate = self.registry.authorize
+        gate = self.host.authorize
         assert self.request is not None
         request = self.request = attrs.evolve(
             self.request,
@@ -689,8 +687,7 @@ class _ConnHandler:
         watchdog.arm(self, deadline, self._expire_hook)
         try:
             if gen.serial:
-                async with gen.turn():
-                    await instance.on_ws_message(gen.ctx, conn, message)
+                await gen.in_turn(instance.on_ws_message, gen.ctx, conn, message)
             else:
                 await instance.on_ws_message(gen.ctx, conn, message)
         except Exception:
@@ -818,8 +815,7 @@ class _ConnHandler:
         try:
             with work as scope:
                 if turn and gen.serial:
-                    async with gen.turn():
-                        await hook(gen.ctx, *args)
+                    await gen.in_turn(hook, gen.ctx, *args)
                 else:
                     await hook(gen.ctx, *args)
             if scope.cancelled_caught and work.timed_out:
@@ -878,7 +874,7 @@ class _ConnHandler:
             conn.hibernatable or conn.generation == entry.generation.number
         ):
             entry.generation.conn_detached(conn)
-        if self.shutdown_close is None and not self.registry.draining:
+        if self.shutdown_close is None and not self.host.draining:
             await self._disconnect_hooks(entry, conn, code, reason)
         await conn.wait_closed()
 
