@@ -60,6 +60,8 @@ GC_PAUSE_CLOSES = 1_000
 S = LifecycleState
 E = LifecycleEvent
 _GRACE_STATES = frozenset({S.SLEEP_GRACE, S.DESTROY_GRACE})
+_FINALIZE_STATES = frozenset({S.SLEEP_FINALIZE, S.DESTROYING})
+_ENDING_STATES = _GRACE_STATES | _FINALIZE_STATES
 _NO_CONNS: frozenset[Conn] = frozenset()
 
 #: The generations whose turn the current call chain holds (serial actors): a call that
@@ -220,6 +222,9 @@ class ActorEntry:
         """Apply ``event`` to the lifecycle, log the transition, wake whoever waits on it."""
         old = self.lifecycle.state
         new = self.lifecycle.process_event(event)
+        # A generation runs from WAKE (LOADING) until its end is recorded: asleep, no
+        # generation (the registry ends one before it records the end).
+        assert new is not S.ASLEEP or self.generation is None, "asleep with a generation"
         if new is not old:
             if self.observer is not None:
                 self.observer(self, old, new)
@@ -246,7 +251,7 @@ class ActorEntry:
             )
             self.notify()
             if gen is not None:
-                gen.on_transition(new)
+                gen.on_transition(old, new)
         return new
 
 
@@ -339,8 +344,6 @@ class Generation:
     state: Any = None
     instance: Actor | None = None
     ctx: ActorContext = attrs.field(init=False)
-    aborted: bool = False
-    """Grace has begun: long-running work should wrap up (see :attr:`abort_signal`)."""
     _abort_signal: trio.Event | None = None
     _work: dict[Work, str] = attrs.field(factory=dict["Work", str])
     _busy: int = 0
@@ -353,10 +356,6 @@ class Generation:
     _timer_at: float = math.inf
     """When the pending watchdog timer of this generation fires (inf: none pending)."""
     _last_save: float = 0.0
-    _started: bool = False
-    """LOADED: from here the generation has no task of its own until grace begins."""
-    _stopping: bool = False
-    """Grace has begun and :meth:`stop` runs (or is about to)."""
     _poke: trio.Event | None = None
     _dirty: bool = False
     _save_lock: trio.Lock | None = None
@@ -367,9 +366,6 @@ class Generation:
     serial: bool = attrs.field(default=False, init=False)
     """The actor is serial (``ActorOptions.serial``): its work takes turns (:meth:`turn`)."""
     _turn_lock: trio.Lock | None = None
-    _finalizing: bool = False
-    ended: bool = False
-    """The generation has ended (finalized, failed to start, or was cancelled)."""
     _finished: trio.Event | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -383,6 +379,37 @@ class Generation:
     def actor_id(self) -> str:
         """The actor's id."""
         return self.entry.actor_id
+
+    # ---------------------------------------------------------------- where it is
+    # Derived from the lifecycle, which stays the only record of where an actor is: while this
+    # generation is the entry's, the actor's state is this generation's state.
+
+    @property
+    def ended(self) -> bool:
+        """The generation has ended (finalized, failed to start, or was cancelled): it is no
+        longer the one its actor runs."""
+        return self.entry.generation is not self
+
+    @property
+    def _started(self) -> bool:
+        """LOADED: from here the generation has no task of its own until grace begins."""
+        return self.entry.generation is self and self.entry.lifecycle.state is not S.LOADING
+
+    @property
+    def _stopping(self) -> bool:
+        """Grace has begun (:meth:`stop` runs, or is about to), or the generation ended."""
+        return self.entry.generation is not self or self.entry.lifecycle.state in _ENDING_STATES
+
+    @property
+    def _finalizing(self) -> bool:
+        """Grace is over (finalize runs), or the generation ended."""
+        return self.entry.generation is not self or self.entry.lifecycle.state in _FINALIZE_STATES
+
+    @property
+    def aborted(self) -> bool:
+        """Grace has begun, or the generation ended: long-running work should wrap up (see
+        :attr:`abort_signal`)."""
+        return self._stopping
 
     # Events are made on demand: most generations never have anyone waiting on them, and an
     # awake idle actor should cost as little memory as possible.
@@ -405,9 +432,24 @@ class Generation:
                 self._finished.set()
         return self._finished
 
+    def ending(self) -> tuple[LifecycleEvent, str]:
+        """The lifecycle event that records this generation's end, read from where it got to:
+        FINALIZED after a finalize, LOAD_FAILED after a failed start, CANCELLED when it was
+        cut off (a hard stop, or a bug in actorcore contained to this actor)."""
+        state = self.lifecycle.state
+        if state in _FINALIZE_STATES:
+            return E.FINALIZED, "finalized"
+        error = self.entry.start_error
+        if state is S.LOADING and self.entry.failed_wake == self.entry.wakes and error is not None:
+            return E.LOAD_FAILED, f"start failed: {error.code}"
+        return E.CANCELLED, "cancelled"
+
     def end(self) -> None:
-        """Mark the generation ended (called once by the registry)."""
-        self.ended = True
+        """Wake whoever waits for the generation's end (the registry calls this once it is no
+        longer the entry's generation and its end is recorded in the lifecycle)."""
+        assert self.ended
+        if self._abort_signal is not None:
+            self._abort_signal.set()
         if self._finished is not None:
             self._finished.set()
 
@@ -441,15 +483,15 @@ class Generation:
         """Request destroy through the registry's authority."""
         self.host.request(self.entry, E.DESTROY, reason)
 
-    def on_transition(self, new: LifecycleState) -> None:
+    def on_transition(self, old: LifecycleState, new: LifecycleState) -> None:
         """Called by the entry after every transition of this generation."""
-        if new in _GRACE_STATES:
-            self.aborted = True
+        if new in _GRACE_STATES and old not in _GRACE_STATES:
             if self._abort_signal is not None:
                 self._abort_signal.set()
             self._idle_at = math.inf
-            if self._started and not self._stopping:
-                self._stopping = True
+            if old is S.STARTED:
+                # A started generation has no task: grace and finalize get one. (From LOADING,
+                # the start's own task goes on into them: see run.)
                 self.host.stop_generation(self)
         self.poke()
 
@@ -743,10 +785,8 @@ class Generation:
             self._cancel_leftovers()
             return False
         self.entry.process(E.LOADED, "started")
-        self._started = True
         now = self._last_save = trio.current_time()
         if self.lifecycle.state in _GRACE_STATES:
-            self._stopping = True
             await self.stop()
             return False
         if self._busy == 0 and not self._no_sleep:
@@ -761,7 +801,6 @@ class Generation:
             await self._grace()
             destroying = self.lifecycle.state is S.DESTROY_GRACE
             self.entry.process(E.GRACE_ENDED, "grace ended")
-            self._finalizing = True
             await self._finalize(destroying=destroying)
         finally:
             self._cancel_leftovers()
@@ -781,9 +820,10 @@ class Generation:
             self.number,
             exc,
         )
+        # Recorded here; the lifecycle records it (LOAD_FAILED) when the generation has ended
+        # (see ending), so the actor is never asleep while a generation still runs.
         self.entry.start_error = exc
         self.entry.failed_wake = self.entry.wakes
-        self.entry.process(E.LOAD_FAILED, f"start failed: {exc.code}")
 
     async def _start(self) -> None:
         entry = self.entry

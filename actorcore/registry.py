@@ -811,7 +811,6 @@ class Registry:
         row in the store."""
         if (
             entry.lifecycle.state is S.ASLEEP
-            and entry.generation is None
             and not entry.held
             and not entry.conns
             and entry.pending_state is None
@@ -867,15 +866,10 @@ class Registry:
                     gen = _decided(entry, kind)
                     if gen is not None:
                         return gen
-                    if entry.lifecycle.state is S.ASLEEP and entry.generation is None:
+                    if entry.lifecycle.state is S.ASLEEP:
                         if self._draining:
                             raise RuntimeShutdown("the registry is shutting down")
                         self._wake(entry, "work arrived")
-                    elif entry.lifecycle.state is S.ASLEEP and entry.generation is not None:
-                        # A failed start is still ending and no change will follow: once its
-                        # slot is free, wake the actor afresh.
-                        await entry.generation.finished.wait()
-                        continue
                     attempt = entry.wakes
                     await entry.changed.wait()
                     _raise_if_start_failed(entry, attempt)
@@ -1052,7 +1046,6 @@ class Registry:
         if (
             event is E.DESTROY
             and entry.lifecycle.state is S.ASLEEP
-            and entry.generation is None
             and not entry.retired
             and not self._draining
         ):
@@ -1083,10 +1076,6 @@ class Registry:
         its key, and by the drain), but until one succeeds a process restart would find the
         actor again."""
         entry = await self._find_entry(actor_id)
-        if entry.generation is not None and entry.lifecycle.state is S.ASLEEP:
-            # A failed start is still ending: the request would be dropped with it.
-            await entry.generation.finished.wait()
-            entry = await self._find_entry(actor_id)
         if self._draining:
             raise RuntimeShutdown("the registry is shutting down")
         self._request(entry, E.DESTROY, "registry.destroy")
@@ -1096,7 +1085,7 @@ class Registry:
                 attempt = entry.wakes
                 await entry.changed.wait()
                 _raise_if_start_failed(entry, attempt)
-                if entry.generation is None and entry.lifecycle.state is S.ASLEEP and self.draining:
+                if entry.lifecycle.state is S.ASLEEP and self.draining:
                     # Asked while it finalized a sleep: the drain will not wake it again.
                     raise RuntimeShutdown("the registry is shutting down")
         pending = self._table.pending_deletes.get(actor_id)
@@ -1121,7 +1110,7 @@ class Registry:
 
     def _apply_wake(self, entry: ActorEntry, reason: str) -> None:
         assert self._nursery is not None, "the registry is not running"
-        if entry.lifecycle.state is not S.ASLEEP or entry.generation is not None:
+        if entry.lifecycle.state is not S.ASLEEP:
             return  # granted late: another wake already started a generation
         entry.wakes += 1
         entry.process(E.WAKE, reason)
@@ -1175,14 +1164,10 @@ class Registry:
     def _generation_finished(self, entry: ActorEntry, gen: Generation, *, cut: bool) -> None:
         if gen.ended:
             return
+        event, reason = gen.ending()
         entry.generation = None
         self._running_generations -= 1
-        state = entry.lifecycle.state
-        if state in (S.SLEEP_FINALIZE, S.DESTROYING):
-            entry.process(E.FINALIZED, "finalized")
-        elif state is not S.ASLEEP:
-            # Cut off mid-way (a hard stop): recorded as asleep without its finalize.
-            entry.process(E.CANCELLED, "cancelled")
+        entry.process(event, reason)
         gen.end()
         self._generation_ended(entry, cut=cut)
         if self._running_generations == 0:
@@ -1286,7 +1271,7 @@ class _Commands:
         entry = await registry._find_entry(actor_id)
         if registry.draining:
             raise RuntimeShutdown("the registry is shutting down")
-        if entry.lifecycle.state is S.ASLEEP and entry.generation is None:
+        if entry.lifecycle.state is S.ASLEEP:
             registry._apply_wake(entry, reason)
 
     async def move_away(self, actor_id: str, reason: str) -> None:

@@ -1056,3 +1056,60 @@ async def test_a_wake_after_leaving_memory_logs_the_generation_it_had(
             await handle.call("increment")
     wakes = [r.getMessage() for r in caplog.records if "asleep -> loading" in r.getMessage()]
     assert wakes and "gen=2 " in wakes[0], wakes
+
+
+class FailsFirstWake(actorcore.Actor):
+    """``on_wake`` fails while ``fail`` is set; a context captured on each start."""
+
+    fail = True
+    contexts: list[ActorContext] = []
+
+    def create_state(self, ctx: ActorContext, input: Any) -> dict[str, int]:
+        return {"n": 0}
+
+    async def on_wake(self, ctx: ActorContext) -> None:
+        type(self).contexts.append(ctx)
+        if type(self).fail:
+            raise RuntimeError("no wake today")
+
+    @actorcore.action
+    async def bump(self, ctx: ActorContext) -> int:
+        ctx.state["n"] += 1
+        return int(ctx.state["n"])
+
+
+async def test_a_failed_start_is_recorded_when_its_generation_has_ended(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """LOAD_FAILED is recorded at the end of the failed generation, never before: whenever the
+    lifecycle says asleep, no generation runs, and a retry wakes the actor straight away."""
+    FailsFirstWake.fail = True
+    FailsFirstWake.contexts = []
+    registry = actorcore.Registry([FailsFirstWake])
+    events: list[tuple[LifecycleState, bool]] = []
+
+    def watch(actor_id: str, old: LifecycleState, new: LifecycleState) -> None:
+        entry = host_of(registry).entry(actor_id)
+        events.append((new, entry is not None and entry.generation is not None))
+
+    registry.watch_transitions(watch)
+    async with registry:
+        with pytest.raises(actorcore.ActorStartFailed, match="no wake today"):
+            await registry.get_or_create("failsfirstwake", "k")
+        assert events == [(S.LOADING, False), (S.ASLEEP, False)]
+        (failed,) = FailsFirstWake.contexts
+        assert failed.aborted, "an ended generation tells its work to wrap up"
+        FailsFirstWake.fail = False
+        handle = await registry.get_or_create("failsfirstwake", "k")
+        assert await handle.call("bump") == 1
+        live = FailsFirstWake.contexts[-1]
+        assert not live.aborted
+        await registry.sleep(handle.actor_id)
+        assert live.aborted
+    assert events[2:] == [
+        (S.LOADING, False),  # reported before the new generation is attached
+        (S.STARTED, True),
+        (S.SLEEP_GRACE, True),
+        (S.SLEEP_FINALIZE, True),
+        (S.ASLEEP, False),
+    ]
