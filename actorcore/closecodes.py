@@ -19,6 +19,7 @@ from .errors import (
     ActorOverloaded,
     ActorReadyTimeout,
     ActorStartFailed,
+    ActorStopping,
     Forbidden,
     InvalidMessage,
     MessageTooLarge,
@@ -85,6 +86,7 @@ OVERLOADED: Final = CloseCode(1013, "actor.overloaded")
 
 _BY_ERROR: Final[dict[type[ActorError], CloseCode]] = {
     ActorDestroyed: ACTOR_DESTROYED,
+    ActorStopping: ACTOR_SLEEPING,
     ActorNotFound: NOT_FOUND,
     ActorReadyTimeout: READY_TIMEOUT,
     ActorStartFailed: START_FAILED,

@@ -37,8 +37,15 @@ from . import closecodes, deadlines, gcpause, jsoncodec
 from .actor import Actor
 from .conn import Conn, ConnKind
 from .context import ActorContext
-from .errors import ActorError, ActorStartFailed, StateError, StoreError
-from .lifecycle import Lifecycle, LifecycleEvent, LifecycleState
+from .errors import (
+    ActorDestroyed,
+    ActorError,
+    ActorStartFailed,
+    ActorStopping,
+    StateError,
+    StoreError,
+)
+from .lifecycle import Admission, Lifecycle, LifecycleEvent, LifecycleState, WorkKind, admit
 from .logfmt import quoted
 
 if TYPE_CHECKING:
@@ -217,6 +224,22 @@ class ActorEntry:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+
+    def admitted(self, kind: WorkKind) -> Generation | None:
+        """A check point: what :func:`~actorcore.lifecycle.admit` decides for ``kind``, as the
+        action to take. The generation to run it in now, or None to hold it for the next one;
+        a refusal is raised: :class:`ActorDestroyed` once destroy began, :class:`ActorStopping`
+        (close 1001 ``actor.sleeping``) for a message to a generation that is finalizing."""
+        decision = admit(self.lifecycle, kind)
+        if decision is Admission.ADMIT:
+            gen = self.generation
+            assert gen is not None
+            return gen
+        if decision is Admission.HOLD:
+            return None
+        if decision is Admission.DESTROYED:
+            raise ActorDestroyed(f"actor {self.actor_id} is destroyed")
+        raise ActorStopping(f"actor {self.actor_id} is finalizing")
 
     def process(self, event: LifecycleEvent, reason: str) -> LifecycleState:
         """Apply ``event`` to the lifecycle, log the transition, wake whoever waits on it."""

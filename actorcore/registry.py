@@ -55,7 +55,7 @@ from .errors import (
     StoreError,
 )
 from .generation import ActorEntry, Generation, WorkScope
-from .lifecycle import Admission, LifecycleEvent, LifecycleState, WorkKind, admit
+from .lifecycle import LifecycleEvent, LifecycleState, WorkKind
 from .lookup import ActorLookup
 from .options import ActorOptions
 from .ratelimit import CreateRate, TokenBuckets
@@ -841,7 +841,7 @@ class Registry:
     async def _admit_entry(self, entry: ActorEntry, kind: WorkKind) -> Generation:
         """Check point for ``kind`` on ``entry``: return the generation to run in now, or hold
         for the next one (waking the actor; bounded by ``ready_timeout``), or raise."""
-        gen = _decided(entry, kind)
+        gen = entry.admitted(kind)
         if gen is not None:
             return gen
         return await self._hold(entry, kind)
@@ -863,7 +863,7 @@ class Registry:
         try:
             with deadlines.fail_after(options.ready_timeout, not_ready):
                 while True:
-                    gen = _decided(entry, kind)
+                    gen = entry.admitted(kind)
                     if gen is not None:
                         return gen
                     if entry.lifecycle.state is S.ASLEEP:
@@ -1474,20 +1474,6 @@ def _takes_one_request(authority: object) -> bool:
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     ]
     return len(positional) != 4
-
-
-def _decided(entry: ActorEntry, kind: WorkKind) -> Generation | None:
-    """Act on :func:`admit`: the generation to run in, None to hold, or the refusal raised."""
-    decision = admit(entry.lifecycle, kind)
-    if decision is Admission.ADMIT:
-        gen = entry.generation
-        assert gen is not None
-        return gen
-    if decision is Admission.DESTROYED:
-        raise ActorDestroyed(f"actor {entry.actor_id} is destroyed")
-    if decision is Admission.STOPPING:
-        raise ActorStopping(f"actor {entry.actor_id} is finalizing")
-    return None
 
 
 def _raise_if_start_failed(entry: ActorEntry, attempt: int) -> None:

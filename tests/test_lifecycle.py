@@ -176,3 +176,28 @@ def test_a_hard_stop_is_an_event_of_the_table() -> None:
     for state in (S.SLEEP_FINALIZE, S.ASLEEP, S.DESTROYING, S.DESTROYED):
         with pytest.raises(LifecycleError):
             at(state).process_event(E.CANCELLED)
+
+
+def test_admission_is_turned_into_an_action_in_one_place() -> None:
+    """Check points ask ``ActorEntry.admitted``; only it calls ``admit()`` and reads its
+    decision (the dispatcher, the registry and the alarm timer interpret none of their own)."""
+    import ast
+    import pathlib
+
+    import actorcore
+
+    package = pathlib.Path(actorcore.__file__).parent
+    callers: set[str] = set()
+    readers: set[str] = set()
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        name = str(path.relative_to(package))
+        for node in ast.walk(tree):
+            func = node.func if isinstance(node, ast.Call) else None
+            if isinstance(func, ast.Name) and func.id == "admit":
+                callers.add(name)
+            owner = node.value if isinstance(node, ast.Attribute) else None
+            if isinstance(owner, ast.Name) and owner.id == "Admission":
+                readers.add(name)
+    assert callers == {"generation.py"}
+    assert readers == {"generation.py"}

@@ -43,13 +43,14 @@ from ..errors import (
     ActorError,
     ActorOverloaded,
     ActorReadyTimeout,
+    ActorStopping,
     InternalError,
     MessageTooLarge,
     RuntimeShutdown,
     SubscriptionLimit,
 )
 from ..generation import ActorEntry, Generation, WorkScope
-from ..lifecycle import Admission, WorkKind, admit
+from ..lifecycle import WorkKind
 from ..logfmt import RefusalLog, quoted
 from ..registry import host_of
 from ..request import ConnectRequest
@@ -400,25 +401,18 @@ class _ConnHandler:
                     if self.buffer or self.delivering:
                         self._buffer(entry, conn, item)
                         continue
-                    decision = admit(entry.lifecycle, kind)
-                    if decision is Admission.ADMIT:
-                        gen = entry.generation
-                        assert gen is not None
-                        if protocol:
-                            await self._deliver(gen, conn, item)
-                        else:
-                            await self._deliver_raw(gen, conn, item, now() + hook_timeout)
-                        del gen
-                    elif decision is Admission.HOLD:
+                    try:
+                        gen = entry.admitted(kind)  # check point 3
+                    except (ActorDestroyed, ActorStopping) as refusal:
+                        self._refuse(item if protocol else None, refusal)
+                        continue
+                    if gen is None:
                         self._buffer(entry, conn, item)
-                    elif decision is Admission.STOPPING:
-                        self.close(closecodes.ACTOR_SLEEPING)
                     elif protocol:
-                        conn.queue_frame(
-                            encode_error(item.id, ActorDestroyed("actor is destroyed"))
-                        )
+                        await self._deliver(gen, conn, item)
                     else:
-                        self.close(closecodes.ACTOR_DESTROYED)
+                        await self._deliver_raw(gen, conn, item, now() + hook_timeout)
+                    del gen
             if closed is not None:
                 break
             # The scope was cancelled: a message hook outlived hook_timeout, or the grace
@@ -592,19 +586,20 @@ class _ConnHandler:
                 if scope.cancelled_caught and work.timed_out:
                     raise InternalError("connection setup hooks exceeded hook_timeout")
                 # Check point 2: the generation may have moved on while setup awaited.
-                admitted = admit(entry.lifecycle, WorkKind.CONNECT) is Admission.ADMIT
-                if admitted and entry.generation is gen:
+                if entry.admitted(WorkKind.CONNECT) is gen:
                     return gen
 
     async def _admit_connect(self, entry: ActorEntry) -> Generation:
         """Check point 1, counting connections that wait for a generation."""
+        gen = entry.admitted(WorkKind.CONNECT)
+        if gen is not None:
+            return gen
         counters = self.host.counters
-        held = admit(entry.lifecycle, WorkKind.CONNECT) is Admission.HOLD
-        counters.connections_held += held
+        counters.connections_held += 1
         try:
             return await self.host.admit_entry(entry, WorkKind.CONNECT)
         finally:
-            counters.connections_held -= held
+            counters.connections_held -= 1
 
     async def _setup_hooks(self, gen: Generation, conn: Conn) -> None:
         instance = gen.instance
@@ -657,6 +652,16 @@ class _ConnHandler:
             conn.queue_frame(encode_error(frame.id, missing))
             return None
         return frame
+
+    def _refuse(self, action: ActionRequest | None, refusal: ActorError) -> None:
+        """A message check point 3 refused: an action gets the error as its answer when the
+        actor is destroyed (the connection closes with finalize); anything else closes the
+        connection with the refusal's code (1001 ``actor.sleeping``, or ``actor.destroyed``)."""
+        if action is not None and isinstance(refusal, ActorDestroyed):
+            assert self.conn is not None
+            self.conn.queue_frame(encode_error(action.id, refusal))
+        else:
+            self.close(closecodes.for_error(refusal))
 
     def _hook_raised(self, gen: Generation, hook: str) -> None:
         """A connection hook raised (call from its ``except``): log it, close with 1011."""
@@ -764,12 +769,15 @@ class _ConnHandler:
         if previous is not None and not previous.is_set():
             await previous.wait()
         started.set()
-        if admit(gen.lifecycle, WorkKind.CALL) is Admission.DESTROYED:
-            # A destroy began while this task waited to start: destroy refuses work that has
-            # not started, so the action never sees DESTROY_GRACE (it gets actor.destroyed).
+        try:
+            # Re-checked: a destroy that began while this task waited to start refuses it (work
+            # that has not started never sees DESTROY_GRACE). Holding does not apply here: the
+            # action was admitted to ``gen``, which runs it or cuts it at its grace deadline.
+            gen.entry.admitted(WorkKind.CALL)
+        except ActorDestroyed as refusal:
             with work:
                 pass
-            await conn.send_frame(encode_error(frame.id, ActorDestroyed("actor is destroyed")))
+            await conn.send_frame(encode_error(frame.id, refusal))
             return
         fn = gen.definition.actions[frame.name]
         try:
