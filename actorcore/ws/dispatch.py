@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import enum
 import inspect
 import logging
 import uuid
@@ -141,6 +142,14 @@ class Dispatcher:
         """Connections being handled (held, live, or closing)."""
         return len(self._handlers)
 
+    def phases(self) -> dict[ConnPhase, int]:
+        """Connections being handled, by the phase their handler is in (one pass over them:
+        for statistics and tests, not for a hot path)."""
+        counts = dict.fromkeys(ConnPhase, 0)
+        for handler in self._handlers:
+            counts[handler.phase] += 1
+        return counts
+
     async def handle(
         self,
         target: str,
@@ -202,7 +211,7 @@ class Dispatcher:
                 if conn is not None:
                     if not conn.ended:
                         await conn.wait_closed()
-                elif not handler.done:
+                elif handler.phase is not ConnPhase.DONE:
                     await handler.wait_finished()
 
 
@@ -226,6 +235,22 @@ class _Reply:
         """Nothing to cancel (see the class docstring)."""
 
 
+class ConnPhase(enum.Enum):
+    """Where a connection's handler is (``_ConnHandler.phase``), in order."""
+
+    ROUTING = "routing"
+    """The route is parsed, ``authorize`` runs, the actor is looked up (or created)."""
+    SETUP = "setup"
+    """Check point 1, the setup hooks, check point 2 (repeated if the generation moved on)."""
+    OPEN = "open"
+    """Live on its actor: ``on_connect``/``on_ws_open``, then the read loop (check point 3).
+    Also where a refused connection reads until its close handshake ends."""
+    TEARDOWN = "teardown"
+    """The transport closed: the disconnect hooks run (unless finalize or a drain ran them)."""
+    DONE = "done"
+    """The handler returned (or crashed): no task of it may start any more."""
+
+
 class _ConnHandler:
     """One connection, from routing to its last hook."""
 
@@ -235,7 +260,6 @@ class _ConnHandler:
         "conn",
         "delivering",
         "dispatcher",
-        "done",
         "done_event",
         "hook_timed_out",
         "host",
@@ -244,9 +268,9 @@ class _ConnHandler:
         "last_started",
         "loop_scope",
         "nursery",
+        "phase",
+        "phase_scope",
         "request",
-        "resolve_scope",
-        "setup_scope",
         "shutdown_close",
         "target",
         "task",
@@ -275,11 +299,11 @@ class _ConnHandler:
         self.last_started: trio.Event | None = None
         self.inflight = 0
         """Actions of this connection admitted and not yet answered."""
-        self.resolve_scope: trio.CancelScope | None = trio.CancelScope()
-        self.setup_scope: trio.CancelScope | None = trio.CancelScope()
-        """Scopes a drain cancels while the handler routes or sets up (dropped after)."""
+        self.phase = ConnPhase.ROUTING
+        self.phase_scope: trio.CancelScope | None = None
+        """The scope of the ROUTING or SETUP step running now: a drain cancels it."""
         self.shutdown_close: CloseCode | None = None
-        self.done = False
+        """Set by a drain: the close this connection gets."""
         self.done_event: trio.Event | None = None
         self.nursery = nursery
         """Where the writer, action and buffered-delivery tasks run (see Dispatcher.handle)."""
@@ -308,10 +332,17 @@ class _ConnHandler:
         self.shutdown_close = close
         if self.conn is not None and self.inflight == 0:
             self.conn.close_nowait(close.code, close.reason)
-        if self.resolve_scope is not None:
-            self.resolve_scope.cancel()
-        if self.setup_scope is not None:
-            self.setup_scope.cancel()
+        if self.phase_scope is not None:
+            self.phase_scope.cancel()
+
+    def _enter(self, phase: ConnPhase) -> trio.CancelScope:
+        """Move to ``phase`` (ROUTING or SETUP) and return the scope to run it in: a drain
+        cancels it, including one that began before the scope was entered."""
+        self.phase = phase
+        scope = self.phase_scope = trio.CancelScope()
+        if self.shutdown_close is not None:
+            scope.cancel()
+        return scope
 
     def close(self, close: CloseCode) -> None:
         assert self.conn is not None
@@ -324,14 +355,15 @@ class _ConnHandler:
         :meth:`wait_finished` returns."""
         if self.conn is not None:
             self.conn.mark_closed()
-        self.done = True
+        self.phase = ConnPhase.DONE
+        self.phase_scope = None
         if self.done_event is not None:
             self.done_event.set()
 
     async def wait_finished(self) -> None:
         """Wait until :meth:`finished` (the event is made on first use: most handlers are
         never waited for)."""
-        if self.done:
+        if self.phase is ConnPhase.DONE:
             await trio.lowlevel.checkpoint()
             return
         if self.done_event is None:
@@ -348,7 +380,8 @@ class _ConnHandler:
             return
         entry, conn = started
         refused = await self._open(entry, conn) is None
-        self.request = self.resolve_scope = self.setup_scope = None  # setup is over
+        self.request = self.phase_scope = None  # setup is over
+        self.phase = ConnPhase.OPEN
         if refused:
             # The close is queued or already on the wire; a close started by the transport
             # ends when the reader sees the peer's answer (or the watchdog aborts it), so read
@@ -428,14 +461,14 @@ class _ConnHandler:
                 self.close(closecodes.INTERNAL_ERROR)
             self.hook_timed_out = False
         conn.mark_closed()  # the transport is closed: stop the writer
+        self.phase = ConnPhase.TEARDOWN
         await self._teardown(entry, conn, *closed)
 
     async def _start(self) -> tuple[ActorEntry, Conn] | None:
         """Route the request to its actor and make the Conn; None if it was refused (the
         close is sent)."""
         try:
-            assert self.resolve_scope is not None
-            with self.resolve_scope:
+            with self._enter(ConnPhase.ROUTING):
                 route = parse_route(self.target)
                 await self._authorize(route)
                 entry = await self._resolve(route)
@@ -542,8 +575,7 @@ class _ConnHandler:
         generation, or None when the connection was refused (its close is queued)."""
         gen: Generation | None = None
         try:
-            assert self.setup_scope is not None
-            with self.setup_scope:
+            with self._enter(ConnPhase.SETUP):
                 gen = await self._setup(entry, conn)
         except ActorError as exc:
             self.close(closecodes.for_error(exc))
@@ -552,6 +584,8 @@ class _ConnHandler:
             self.close(self.shutdown_close or closecodes.RUNTIME_SHUTDOWN)
             return None
         # Live: attached synchronously with check point 2 (no checkpoint in between).
+        self.phase = ConnPhase.OPEN
+        self.phase_scope = None
         entry.add_conn(conn)
         gen.conn_attached(conn)
         assert gen.instance is not None

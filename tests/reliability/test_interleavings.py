@@ -1428,3 +1428,55 @@ async def test_an_embedded_dispatcher_closes_its_connections_1012_at_drain(
             await dispatcher.handle(target, ConnectRequest(path=target, headers=()), accept)
     assert [f["type"] for f in transport.sent] == ["init"]
     assert transport.closed == (1012, "runtime.shutdown")
+
+
+async def test_a_handler_reports_its_phase_and_a_drain_cancels_routing_and_setup(
+    autojump_clock: Any,
+) -> None:
+    """``Dispatcher.phases()`` follows each handler through ROUTING (authorize), SETUP (the
+    setup hooks) and OPEN; a drain cancels the step a handler is in and closes with 1012."""
+    from actorcore.ws.dispatch import ConnPhase
+
+    gate_open = trio.Event()
+    hook_open = trio.Event()
+
+    async def authorize(request: ConnectRequest) -> None:
+        if request.key == "gated":
+            await gate_open.wait()
+
+    class Phased(actorcore.Actor):
+        async def on_before_connect(
+            self, ctx: ActorContext, params: Any, request: ConnectRequest
+        ) -> None:
+            if request.key == "hooked":
+                await hook_open.wait()
+
+    registry = actorcore.Registry([Phased], authorize=authorize)
+    transports = {key: ScriptedTransport([], lambda: None) for key in ("gated", "hooked", "open")}
+
+    async def connect(key: str) -> None:
+        async def accept() -> ScriptedTransport:
+            return transports[key]
+
+        target = f"/actors/phased/{key}/connect"
+        await dispatcher.handle(target, ConnectRequest(path=target, headers=()), accept)
+
+    async with registry:
+        dispatcher = actorcore.Dispatcher(registry)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for key in transports:
+                    nursery.start_soon(connect, key)
+                await trio.testing.wait_all_tasks_blocked()
+                assert [f["type"] for f in transports["open"].sent] == ["init"]
+                phases = dispatcher.phases()
+                assert phases[ConnPhase.ROUTING] == 1
+                assert phases[ConnPhase.SETUP] == 1
+                assert phases[ConnPhase.OPEN] == 1
+                assert phases[ConnPhase.TEARDOWN] == phases[ConnPhase.DONE] == 0
+                await dispatcher.close_all(closecodes.RUNTIME_SHUTDOWN)
+    for transport in transports.values():
+        assert transport.closed == (1012, "runtime.shutdown")
+    assert [f["type"] for f in transports["open"].sent] == ["init"]
+    assert transports["gated"].sent == transports["hooked"].sent == []
+    assert sum(dispatcher.phases().values()) == 0
