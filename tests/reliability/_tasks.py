@@ -19,7 +19,7 @@ ACTORCORE_DIR: Final = os.path.dirname(actorcore.__file__) + os.sep
 #: The modules whose tasks are actor work (generations, hooks, background work, saves,
 #: actions, buffered deliveries, alarms).
 ACTOR_MODULES: Final = (
-    "registry.py",
+    "host.py",
     "generation.py",
     "alarms.py",
     os.path.join("ws", "dispatch.py"),
@@ -28,7 +28,9 @@ ACTOR_MODULES: Final = (
 #: Started there, but not actor work: the registry's own lifetime (``run`` sets "stopped" as
 #: its last step, and the store task is cancelled just before it), and a connection's writer,
 #: whose close handshake belongs to the server and may outlive the registry by close_timeout.
-NOT_ACTOR_WORK: Final = frozenset({"Registry.run", "Registry._run_store", "_ConnHandler._write"})
+NOT_ACTOR_WORK: Final = frozenset(
+    {"RegistryHost.run", "RegistryHost._run_store", "_ConnHandler._write"}
+)
 
 #: Wrappers that run another task function (the first argument after the wrapper): a task
 #: started through one is identified by the function it wraps.

@@ -19,15 +19,15 @@ from ._tasks import ACTOR_WORK, actor_work
 
 def test_the_actor_work_list_is_derived_from_the_code() -> None:
     assert {
-        "Registry._run_generation",
-        "Registry._stop_generation",
+        "RegistryHost._run_generation",
+        "RegistryHost._stop_generation",
         "Generation._run_tracked",
         "Generation._interval_save",
         "_ConnHandler._action",
         "_ConnHandler._deliver_buffered",
         "AlarmTimer._fire",
     } <= ACTOR_WORK
-    assert not {"Registry.run", "_ConnHandler._write", "_ConnHandler._guarded"} & ACTOR_WORK
+    assert not {"RegistryHost.run", "_ConnHandler._write", "_ConnHandler._guarded"} & ACTOR_WORK
 
 
 class Slow(actorcore.Actor):
@@ -75,10 +75,10 @@ async def test_the_check_finds_each_kind_of_actor_work(
             await trio.sleep(1)
             running: Any = {name.split(" ")[0] for name in actor_work()}
             assert {
-                "Registry._run_generation",  # "loading" is in on_wake
+                "RegistryHost._run_generation",  # "loading" is in on_wake
                 "Generation._run_tracked",  # wait_until
                 "_ConnHandler._action",  # a protocol action in flight
                 "AlarmTimer._fire",  # an alarm's action in flight
-                "Registry._stop_generation",  # "k" is in on_sleep
+                "RegistryHost._stop_generation",  # "k" is in on_sleep
             } <= running, running
             nursery.cancel_scope.cancel()  # the test is done: no need to wait for the work
