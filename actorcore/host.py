@@ -225,6 +225,14 @@ class RegistryHost:
         self._store = store
         self._store_is_default = False
 
+    def use_authority(self, authority: LifecycleAuthority) -> None:
+        """Replace the lifecycle authority before the registry runs (an engine runtime
+        plugs its own in: :mod:`actorcore.engine.runtime`)."""
+        if self._nursery is not None:
+            raise RuntimeError("use_authority() must be called before the registry runs")
+        self._authority = authority
+        self._authority_takes_request = _takes_one_request(authority)
+
     @property
     def store_is_default(self) -> bool:
         """True when no store was chosen (the in-memory default is in use)."""

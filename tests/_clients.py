@@ -20,17 +20,27 @@ from actorcore.testing import client_nursery
 
 @asynccontextmanager
 async def tcp_websocket(
-    port: int, resource: str, *, extra_headers: list[tuple[bytes, bytes]] | None = None
+    port: int,
+    resource: str,
+    *,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    subprotocols: list[str] | None = None,
 ) -> AsyncIterator[WebSocketConnection]:
     """A client WebSocket to 127.0.0.1:``port`` whose TCP stream the test owns: trio-websocket's
     client does not close its socket after a close the server started (it waits for the
     server's TCP close and then leaves the stream open), which ``filterwarnings = error``
-    reports as a ResourceWarning. ``extra_headers`` go with the upgrade request."""
+    reports as a ResourceWarning. ``extra_headers`` and ``subprotocols`` go with the upgrade
+    request."""
     async with client_nursery() as nursery:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             ws = await wrap_client_stream(
-                nursery, stream, f"127.0.0.1:{port}", resource, extra_headers=extra_headers
+                nursery,
+                stream,
+                f"127.0.0.1:{port}",
+                resource,
+                extra_headers=extra_headers,
+                subprotocols=subprotocols,
             )
             try:
                 yield ws

@@ -157,6 +157,7 @@ class Dispatcher:
         accept: Callable[[], Awaitable[Transport]],
         *,
         task_nursery: trio.Nursery | None = None,
+        can_hibernate: bool = True,
     ) -> None:
         """Handle one WebSocket request from upgrade to close. Never raises (except Cancelled).
 
@@ -164,10 +165,15 @@ class Dispatcher:
         until they end (they are bounded by ``close_timeout`` and the actor's deadlines). The
         server passes the nursery trio-websocket already opens per connection for its reader
         task (one nursery less per connection); None opens one for this call.
+        ``can_hibernate`` False: the transport cannot outlive the actor's generation (a
+        tunnel whose gateway does not hold it), so the connection is never hibernatable and
+        gets 1001 ``actor.sleeping`` when its generation finalizes.
         """
         if task_nursery is None:
             async with trio.open_nursery() as nursery:
-                await self.handle(target, request, accept, task_nursery=nursery)
+                await self.handle(
+                    target, request, accept, task_nursery=nursery, can_hibernate=can_hibernate
+                )
             return
         try:
             accepted = await accept()
@@ -176,6 +182,7 @@ class Dispatcher:
             return
         transport = _Counting(accepted, self.host)
         handler = _ConnHandler(self, transport, target, request, task_nursery)
+        handler.can_hibernate = can_hibernate
         # This frame lives as long as the connection: keep nothing it does not need.
         del accept, accepted, request
         if self._closing or self.registry.draining:
@@ -257,6 +264,7 @@ class _ConnHandler:
     __slots__ = (
         "_expire_hook",
         "buffer",
+        "can_hibernate",
         "conn",
         "delivering",
         "dispatcher",
@@ -292,6 +300,8 @@ class _ConnHandler:
         self.request: ConnectRequest | None = request
         """Needed by the setup hooks only; dropped once the connection is live."""
         self.conn: Conn | None = None
+        self.can_hibernate = True
+        """False: the transport cannot outlive a generation (see Dispatcher.handle)."""
         self.buffer: collections.deque[Any] | None = None
         """Messages waiting for the next generation (made on first use: most connections
         never buffer, and an empty deque costs ~600 B)."""
@@ -395,7 +405,7 @@ class _ConnHandler:
             conn.mark_closed()
             return
         protocol = conn.kind is ConnKind.PROTOCOL
-        # Protocol connections are always hibernatable (see _start).
+        # Protocol connections are hibernatable unless their transport cannot be (see _start).
         kind = WorkKind.HIBERNATABLE_MESSAGE if conn.hibernatable else WorkKind.MESSAGE
         self.task = trio.lowlevel.current_task()
         max_size = entry.definition.options.max_message_size
@@ -483,7 +493,9 @@ class _ConnHandler:
             await self.close_direct(self.shutdown_close)
             return None
         options = entry.definition.options
-        hibernatable = route.kind is ConnKind.PROTOCOL or options.hibernatable_websockets
+        hibernatable = self.can_hibernate and (
+            route.kind is ConnKind.PROTOCOL or options.hibernatable_websockets
+        )
         conn = self.conn = Conn(
             id=uuid.uuid4().hex,
             actor_id=entry.actor_id,

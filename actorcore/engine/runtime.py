@@ -1,0 +1,294 @@
+"""EngineRuntime: a registry run as an envoy of a Rivet engine.
+
+Who decides what. The engine places actors, keeps exactly one generation of each running,
+routes clients to the envoy that runs it, and decides when an actor starts and stops. This
+runtime turns its commands into the registry's lifecycle commands and reports back:
+
+* ``CommandStartActor`` (generation N) → the registry wakes the actor as generation N
+  (``ctx.generation`` is the engine's number); LOADED → ``ActorStateRunning``;
+* ``CommandStopActor``: ``SleepIntent`` → sleep; ``GoingAway`` and ``Lost`` → move away (a
+  sleep that logs why); ``StopIntent`` and ``Destroy`` → destroy; the end of the generation
+  → ``ActorStateStopped`` (``Ok`` after a finalize, ``Error`` after a failed start);
+* the registry's own requests (idle sleep, ``ctx.sleep()``, ``ctx.destroy()``,
+  ``registry.sleep()/destroy()``) become intents (``EventActorIntent``) to the engine, which
+  answers with the stop command: the lifecycle table still decides, the engine grants.
+
+Clients reach actors through the engine's gateway; each tunnelled WebSocket is a
+:class:`~actorcore.engine.tunnel.TunnelSocket` handed to the same
+:class:`~actorcore.ws.dispatch.Dispatcher` as on actorcore's own listener, so the three check
+points, the close codes and finalize behave the same. State is kept in the engine's KV
+(:class:`~actorcore.engine.store.EngineStore`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import quote
+
+import trio
+
+from ..authority import LifecycleRequest
+from ..lifecycle import LifecycleEvent, LifecycleState
+from ..registry import Registry, host_of
+from ..request import ConnectRequest
+from ..ws.dispatch import Dispatcher
+from .bare import Variant
+from .link import EnvoyLink, EnvoyOptions
+from .store import EngineStore, StartedActor
+from .tunnel import TunnelSocket
+
+__all__ = ["EngineAuthority", "EngineRuntime"]
+
+log = logging.getLogger("actorcore.engine")
+
+S = LifecycleState
+E = LifecycleEvent
+
+#: Bound on delivering the last events (the generations' ``Stopped``) after the registry
+#: stopped, before the link closes.
+FLUSH_TIMEOUT: Final = 5.0
+
+_DESTROYING_REASONS: Final = frozenset({"StopIntent", "Destroy"})
+_ENDED_BY_FINALIZE: Final = frozenset({S.SLEEP_FINALIZE, S.DESTROYING})
+
+
+class EngineAuthority:
+    """The engine as lifecycle authority: the registry's sleep and destroy requests become
+    intents to the engine, whose stop commands carry them out; a wake is granted only for a
+    generation the engine started on this envoy."""
+
+    def __init__(self, runtime: EngineRuntime) -> None:
+        self._runtime = runtime
+
+    def request(self, request: LifecycleRequest, apply: Callable[[], None]) -> None:
+        """Grant a wake of a generation the engine started here; turn sleep and destroy into
+        intents (never granted here: the engine's stop command carries them out)."""
+        runtime = self._runtime
+        held = runtime.store.held(request.actor_id)
+        if held is None:
+            return  # not running here by the engine's decision: nothing to ask
+        if request.event is E.WAKE:
+            apply()
+            return
+        if runtime.draining:
+            return  # the engine stops every actor of a draining envoy (GoingAway)
+        intent = "ActorIntentSleep" if request.event is E.SLEEP else "ActorIntentStop"
+        runtime.link.queue_event(
+            request.actor_id,
+            held.generation,
+            Variant("EventActorIntent", {"intent": Variant(intent)}),
+        )
+
+
+class EngineRuntime:
+    """Runs ``registry`` as an envoy of the engine ``options.url`` (see the module docstring):
+    ``await nursery.start(runtime.run)``; it returns when the registry has stopped."""
+
+    def __init__(self, registry: Registry, options: EnvoyOptions) -> None:
+        self.registry = registry
+        self.options = options
+        self.link = EnvoyLink(options, self, sorted(registry.definitions))
+        self.store = EngineStore(self.link)
+        self.dispatcher: Dispatcher | None = None
+        self.draining = False
+        self._sockets: dict[tuple[bytes, bytes], TunnelSocket] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[EngineRuntime] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the registry and the link until the registry stops (its shutdown drains:
+        this envoy tells the engine it is stopping, and the engine moves its actors)."""
+        registry = self.registry
+        registry.use_store(self.store)
+        host_of(registry).use_authority(EngineAuthority(self))
+        registry.watch_transitions(self._transitioned)
+        registry.add_drain_step(self._drain)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(registry.run)
+            self.dispatcher = Dispatcher(registry)
+            async with trio.open_nursery() as link_nursery:
+                await link_nursery.start(self.link.run)
+                task_status.started(self)
+                await registry.wait_stopped()
+                # The last Stopped events must reach the engine, or it would wait for them.
+                with trio.move_on_after(FLUSH_TIMEOUT):
+                    await self.link.wait_events_sent()
+                link_nursery.cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        """Drain step: tell the engine this envoy stops; it sends GoingAway for each actor."""
+        self.draining = True
+        with trio.move_on_after(2.0):
+            await self.link.stopping()
+
+    # ---------------------------------------------------------------- commands
+
+    def on_command(self, actor_id: str, generation: int, command: Variant) -> None:
+        """A command from the engine (once; see EnvoyLink)."""
+        assert self._nursery is not None
+        if command.tag == "CommandStartActor":
+            config = command.val["config"]
+            raw_input = config["input"]
+            started = StartedActor(
+                actor_id, config["name"], config["key"] or "", generation, raw_input
+            )
+            self._nursery.start_soon(self._start, started, name=f"engine start {actor_id}")
+        elif command.tag == "CommandStopActor":
+            reason = command.val["reason"]
+            self._nursery.start_soon(
+                self._stop, actor_id, generation, reason, name=f"engine stop {actor_id}"
+            )
+
+    async def _start(self, started: StartedActor) -> None:
+        if started.name not in self.registry.definitions:
+            log.error("engine started %s, which this registry does not define", started.name)
+            self._stopped(started.actor_id, started.generation, f"no actor named {started.name}")
+            return
+        self.store.hold(started)
+        try:
+            await self.registry.commands.wake(
+                started.actor_id, f"engine start, generation {started.generation}"
+            )
+        except Exception as exc:
+            log.exception("actor %s: engine start failed", started.actor_id)
+            self.store.release(started.actor_id)
+            self._stopped(started.actor_id, started.generation, str(exc))
+
+    async def _stop(self, actor_id: str, generation: int, reason: str) -> None:
+        held = self.store.held(actor_id)
+        entry = host_of(self.registry).entry(actor_id)
+        if (
+            held is None
+            or held.generation != generation
+            or entry is None
+            or (entry.lifecycle.state is S.ASLEEP)
+        ):
+            # Nothing of that generation runs here (it ended, or never began): say so.
+            self.store.release(actor_id)
+            self._stopped(actor_id, generation, None)
+            return
+        commands = self.registry.commands
+        why = f"engine stop ({reason})"
+        try:
+            if reason in _DESTROYING_REASONS:
+                await commands.destroy(actor_id, why)
+            elif reason == "SleepIntent":
+                await commands.sleep(actor_id, why)
+            else:
+                await commands.move_away(actor_id, why)
+        except Exception:
+            log.exception("actor %s: engine stop (%s) failed", actor_id, reason)
+
+    def on_lost(self) -> None:
+        """The link has been down for nearly the engine's lost threshold: the engine is
+        about to place this envoy's actors elsewhere. No more writes; every local actor
+        stops (its final save is refused by the fence, so its last saved state stands)."""
+        assert self._nursery is not None
+        self.store.release_all()
+        for entry in host_of(self.registry).entries():
+            if entry.generation is not None:
+                self._nursery.start_soon(
+                    self.registry.commands.move_away, entry.actor_id, "engine link lost"
+                )
+
+    # ---------------------------------------------------------------- reports
+
+    def _transitioned(self, actor_id: str, old: LifecycleState, new: LifecycleState) -> None:
+        held = self.store.held(actor_id)
+        if held is None:
+            return
+        if old is S.LOADING and new is S.STARTED:
+            self.link.queue_event(
+                actor_id,
+                held.generation,
+                Variant("EventActorStateUpdate", {"state": Variant("ActorStateRunning")}),
+            )
+        elif new in (S.ASLEEP, S.DESTROYED):
+            self.store.release(actor_id)
+            error = None if old in _ENDED_BY_FINALIZE else f"generation ended in {old.value}"
+            self._stopped(actor_id, held.generation, error)
+
+    def _stopped(self, actor_id: str, generation: int, error: str | None) -> None:
+        state = {"code": "Error" if error else "Ok", "message": error}
+        self.link.queue_event(
+            actor_id,
+            generation,
+            Variant("EventActorStateUpdate", {"state": Variant("ActorStateStopped", state)}),
+        )
+        self.link.forget_generation(actor_id, generation)
+
+    # ---------------------------------------------------------------- tunnelled sockets
+
+    def on_tunnel(self, message: dict[str, Any]) -> None:
+        """A tunnel message from the gateway."""
+        assert self._nursery is not None
+        message_id = message["messageId"]
+        key = (message_id["gatewayId"], message_id["requestId"])
+        kind = message["messageKind"]
+        tag = kind.tag
+        if tag == "ToEnvoyWebSocketOpen":
+            socket = TunnelSocket(self.link, *key)
+            self._sockets[key] = socket
+            self._nursery.start_soon(self._serve, socket, kind.val, name="engine websocket")
+        elif tag == "ToEnvoyWebSocketMessage":
+            known = self._sockets.get(key)
+            if known is not None and not known.feed_message(
+                message_id["messageIndex"], kind.val["data"], kind.val["binary"]
+            ):
+                self._nursery.start_soon(known.close, 1013, "actor.overloaded")
+        elif tag == "ToEnvoyWebSocketClose":
+            known = self._sockets.get(key)
+            if known is not None:
+                known.feed_close(kind.val["code"], kind.val["reason"])
+        elif tag == "ToEnvoyRequestStart":
+            self._nursery.start_soon(self._refuse_http, key)
+
+    async def _serve(self, socket: TunnelSocket, open_: dict[str, Any]) -> None:
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+        try:
+            path = open_["path"] if open_["path"].startswith("/") else "/" + open_["path"]
+            target = f"/actors/by-id/{quote(open_['actorId'], safe='')}{path}"
+            headers = open_["headers"]
+            offered = headers.get("sec-websocket-protocol", "")
+            request = ConnectRequest(
+                path=target,
+                headers=tuple((k.lower().encode(), v.encode()) for k, v in headers.items()),
+                subprotocols=tuple(p.strip() for p in offered.split(",") if p.strip()),
+            )
+
+            async def accept() -> TunnelSocket:
+                return await socket.accept(can_hibernate=False)
+
+            # Hibernation through the gateway is not used yet: a tunnelled connection ends
+            # with its generation (1001 actor.sleeping), and the client reconnects.
+            await dispatcher.handle(target, request, accept, can_hibernate=False)
+        finally:
+            self._sockets.pop(socket.key, None)
+
+    async def _refuse_http(self, key: tuple[bytes, bytes]) -> None:
+        """HTTP through the gateway is not served yet: 404 with a JSON error."""
+        body = json.dumps(
+            {
+                "code": "http.not_supported",
+                "message": "actorcore serves WebSockets through the engine gateway; HTTP "
+                "requests are not supported yet",
+                "retryable": False,
+            }
+        ).encode()
+        message_id = {"gatewayId": key[0], "requestId": key[1], "messageIndex": 0}
+        response = {
+            "status": 404,
+            "headers": {"content-type": "application/json"},
+            "body": body,
+            "stream": False,
+        }
+        try:
+            await self.link.send_tunnel(message_id, Variant("ToRivetResponseStart", response))
+        except Exception:
+            log.warning("could not answer an HTTP request through the gateway", exc_info=True)

@@ -1,0 +1,222 @@
+"""EngineStore: actor state in the engine's KV, fenced by the generation this envoy holds.
+
+The engine keeps a key-value space per actor. An actor's record is two keys, written together
+in one put: ``actorcore/meta`` (JSON: name, key, generation, initialized, input) and
+``actorcore/state`` (the state, UTF-8 JSON bytes as the registry encodes it). Destroying an
+actor drops its whole space.
+
+The fence. Engine KV carries no generation (its requests name the actor only), so the engine
+cannot refuse a stale write itself. This store refuses it before it leaves the process: a
+write is sent only for the generation the engine started here and has not stopped
+(:meth:`hold` / :meth:`release`), and only while the link to the engine is up. The engine
+gives the actor to another envoy only after this one reported the generation stopped (which
+happens after its final save was answered) or after it declared this envoy lost; the link
+stops local actors ``lost_margin`` seconds before that (``EnvoyLink.on_lost`` releases every
+hold first). What remains is the window ``docs/distribution.md`` describes: a put already on
+the wire when the link drops reaches the engine before it declares the envoy lost, or not
+at all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, Protocol
+
+import attrs
+
+from ..errors import ActorNotFound, StaleGeneration, StoreError
+from ..store.base import ActorRecord, Store, StoreStatistics
+from .bare import Variant
+
+__all__ = ["EngineStore", "StartedActor"]
+
+META_KEY: Final = b"actorcore/meta"
+STATE_KEY: Final = b"actorcore/state"
+
+
+class KvClient(Protocol):
+    """The part of :class:`~actorcore.engine.link.EnvoyLink` the store uses."""
+
+    async def kv(self, actor_id: str, request: Variant) -> Variant:
+        """One KV request; its response data."""
+        ...
+
+
+@attrs.frozen
+class StartedActor:
+    """An actor generation the engine started on this envoy."""
+
+    actor_id: str
+    name: str
+    key: str
+    generation: int
+    input: bytes | None
+
+
+class EngineStore(Store):
+    """Actors of one envoy, stored in the engine (see the module docstring)."""
+
+    def __init__(self, link: KvClient) -> None:
+        self._link = link
+        self._held: dict[str, StartedActor] = {}
+        """The generation the engine started here, per actor, until it is released."""
+        self._known: dict[str, StartedActor] = {}
+        """Every actor the engine started here (identity for lookups; kept after release)."""
+        self.writes = 0
+        self.write_errors = 0
+        self.stale_writes = 0
+
+    # ---------------------------------------------------------------- the fence
+
+    def hold(self, started: StartedActor) -> None:
+        """The engine started ``started.generation`` of the actor here: writes of that
+        generation are accepted from now on."""
+        self._held[started.actor_id] = started
+        self._known[started.actor_id] = started
+
+    def release(self, actor_id: str) -> None:
+        """The generation ended here (or the link was lost): no more writes for it."""
+        self._held.pop(actor_id, None)
+
+    def release_all(self) -> None:
+        """Release every actor (the link to the engine is lost)."""
+        self._held.clear()
+
+    def held(self, actor_id: str) -> StartedActor | None:
+        """The generation held for the actor, if any."""
+        return self._held.get(actor_id)
+
+    def _fence(self, actor_id: str, generation: int) -> None:
+        held = self._held.get(actor_id)
+        if held is None or held.generation != generation:
+            self.stale_writes += 1
+            raise StaleGeneration(
+                f"actor {actor_id}: generation {generation} is not the one the engine runs "
+                "here; the write is refused"
+            )
+
+    def statistics(self) -> StoreStatistics:
+        """Writes sent to the engine, and writes the fence refused."""
+        return StoreStatistics(
+            actors=len(self._known),
+            writes=self.writes,
+            commits=self.writes,
+            write_errors=self.write_errors,
+            stale_writes=self.stale_writes,
+        )
+
+    # ---------------------------------------------------------------- KV
+
+    async def _kv(self, actor_id: str, request: Variant) -> Variant:
+        from .link import EngineUnavailable
+
+        try:
+            answer = await self._link.kv(actor_id, request)
+        except EngineUnavailable as exc:
+            raise StoreError(f"engine KV of actor {actor_id}: {exc}") from exc
+        if answer.tag == "KvErrorResponse":
+            self.write_errors += 1
+            raise StoreError(f"engine KV of actor {actor_id}: {answer.val['message']}")
+        return answer
+
+    async def _read(self, actor_id: str) -> tuple[dict[str, Any] | None, bytes | None]:
+        answer = await self._kv(actor_id, Variant("KvGetRequest", {"keys": [META_KEY, STATE_KEY]}))
+        values = dict(zip(answer.val["keys"], answer.val["values"], strict=True))
+        raw_meta = values.get(META_KEY)
+        meta = json.loads(raw_meta) if raw_meta is not None else None
+        return meta, values.get(STATE_KEY)
+
+    def _record(
+        self, actor_id: str, meta: dict[str, Any] | None, state: bytes | None
+    ) -> ActorRecord | None:
+        known = self._known.get(actor_id)
+        if meta is None:
+            if known is None:
+                return None
+            return ActorRecord(actor_id, known.name, known.key, 0, False, None, known.input)
+        raw_input = meta.get("input")
+        return ActorRecord(
+            actor_id,
+            meta["name"],
+            meta["key"],
+            int(meta["generation"]),
+            bool(meta["initialized"]),
+            state,
+            raw_input.encode() if isinstance(raw_input, str) else None,
+        )
+
+    # ---------------------------------------------------------------- Store
+
+    async def create(self, actor_id: str, name: str, key: str, input: bytes | None) -> ActorRecord:
+        """Refused: under the engine, actors are created by the engine (through its gateway
+        or its API), never by an envoy."""
+        raise StoreError(
+            f"actor {name}/{key}: under the Rivet engine, actors are created by the engine "
+            "(its gateway or API), not by an envoy"
+        )
+
+    async def get_by_key(self, name: str, key: str) -> ActorRecord | None:
+        """The actor ``name``/``key`` if the engine started it on this envoy."""
+        for started in self._known.values():
+            if started.name == name and started.key == key:
+                return await self.get_by_id(started.actor_id)
+        return None
+
+    async def get_by_id(self, actor_id: str) -> ActorRecord | None:
+        """The actor as the engine's KV holds it (or as the engine started it, before its
+        first save); None for an actor this envoy does not know."""
+        if actor_id not in self._known:
+            return None
+        meta, state = await self._read(actor_id)
+        return self._record(actor_id, meta, state)
+
+    def exists_nowait(self, actor_id: str) -> bool:
+        """Whether the engine started this actor here."""
+        return actor_id in self._known
+
+    async def begin_generation(self, actor_id: str) -> ActorRecord:
+        """The record of the generation the engine started here (its number is the
+        engine's generation: nothing is written)."""
+        held = self._held.get(actor_id)
+        if held is None:
+            raise ActorNotFound(f"actor {actor_id} is not started on this envoy by the engine")
+        meta, state = await self._read(actor_id)
+        record = self._record(actor_id, meta, state)
+        assert record is not None
+        return attrs.evolve(record, generation=held.generation)
+
+    async def begin_or_create(
+        self, name: str, key: str, actor_id: str, input: bytes | None
+    ) -> ActorRecord:
+        """Only for an actor the engine started here (see :meth:`create`)."""
+        record = await self.get_by_key(name, key)
+        if record is None:
+            await self.create(actor_id, name, key, input)
+        assert record is not None
+        return await self.begin_generation(record.actor_id)
+
+    async def save(self, actor_id: str, generation: int, state: bytes) -> None:
+        """Write the state (and the record) of the generation held here."""
+        self._fence(actor_id, generation)
+        started = self._held[actor_id]
+        meta = {
+            "name": started.name,
+            "key": started.key,
+            "generation": generation,
+            "initialized": True,
+        }
+        await self._kv(
+            actor_id,
+            Variant(
+                "KvPutRequest",
+                {"keys": [META_KEY, STATE_KEY], "values": [json.dumps(meta).encode(), state]},
+            ),
+        )
+        self.writes += 1
+
+    async def delete(self, actor_id: str, generation: int) -> None:
+        """Drop the actor's whole KV space (the engine destroys the actor itself)."""
+        self._fence(actor_id, generation)
+        await self._kv(actor_id, Variant("KvDropRequest"))
+        self.writes += 1
+        self._known.pop(actor_id, None)

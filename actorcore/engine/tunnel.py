@@ -1,0 +1,165 @@
+"""TunnelSocket: a client WebSocket that reaches this process through the engine's gateway,
+as the dispatcher's :class:`~actorcore.conn.Transport`.
+
+The gateway terminates the client's WebSocket and forwards it over the envoy link as tunnel
+messages of one request (``gatewayId`` + ``requestId``): ``WebSocketOpen`` (index 0), then
+``WebSocketMessage`` (1, 2, ...) and ``WebSocketClose``. This side answers the open with
+``ToRivetWebSocketOpen`` (its index 0) and numbers what it sends from there. A message whose
+index was already seen (a replay after a reconnect) is dropped.
+
+Messages wait in a bounded buffer (``max_buffered``) until the dispatcher reads them: a client
+that sends faster than its actor reads gets 1013 ``actor.overloaded``, as on actorcore's own
+listener when an outbox fills.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from typing import Any, Final, Protocol
+
+import trio
+
+from ..conn import TransportClosed
+from .bare import Variant
+
+__all__ = ["TunnelSocket"]
+
+log = logging.getLogger("actorcore.engine")
+
+#: Messages a tunnelled socket buffers before the dispatcher reads them.
+MAX_BUFFERED: Final = 1024
+#: Bound on sending the close of a socket being aborted.
+ABORT_CLOSE_TIMEOUT: Final = 1.0
+
+_INDEX_SPACE: Final = 1 << 16
+
+
+class TunnelSender(Protocol):
+    """The part of :class:`~actorcore.engine.link.EnvoyLink` a socket sends through."""
+
+    async def send_tunnel(self, message_id: dict[str, Any], kind: Variant) -> None:
+        """Send one tunnel message; EngineUnavailable if the link is down."""
+        ...
+
+
+class TunnelSocket:
+    """One tunnelled WebSocket (see the module docstring)."""
+
+    def __init__(
+        self,
+        link: TunnelSender,
+        gateway_id: bytes,
+        request_id: bytes,
+        *,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
+        self._link = link
+        self.gateway_id = gateway_id
+        self.request_id = request_id
+        self._max_buffered = max_buffered
+        self._incoming: collections.deque[str | bytes] = collections.deque()
+        self._arrived = trio.Event()
+        self._last_in = 0
+        """Index of the last message received (the open is 0)."""
+        self._next_out = 0
+        self._closed: tuple[int, str] | None = None
+        """Why receive() ends: the client's close, ours, or an abort."""
+        self._close_sent = False
+
+    @property
+    def key(self) -> tuple[bytes, bytes]:
+        """The gateway's id of this socket."""
+        return (self.gateway_id, self.request_id)
+
+    # ---------------------------------------------------------------- from the gateway
+
+    def feed_message(self, index: int, data: bytes, binary: bool) -> bool:
+        """A client message (index from the gateway). False when the buffer is full: the
+        caller closes the socket with 1013."""
+        if self._closed is not None:
+            return True
+        if (index - self._last_in) % _INDEX_SPACE == 0 or (
+            index - self._last_in
+        ) % _INDEX_SPACE > _INDEX_SPACE // 2:
+            return True  # already seen: a replay
+        self._last_in = index
+        if len(self._incoming) >= self._max_buffered:
+            return False
+        self._incoming.append(data if binary else data.decode("utf-8", "replace"))
+        self._arrived.set()
+        return True
+
+    def feed_close(self, code: int | None, reason: str | None) -> None:
+        """The client closed (or the gateway dropped it)."""
+        if self._closed is None:
+            self._closed = (code if code is not None else 1005, reason or "")
+        self._arrived.set()
+
+    # ---------------------------------------------------------------- Transport
+
+    async def accept(self, can_hibernate: bool) -> TunnelSocket:
+        """Answer the open (``ToRivetWebSocketOpen``); the dispatcher's ``accept``."""
+        await self._send(Variant("ToRivetWebSocketOpen", {"canHibernate": can_hibernate}))
+        return self
+
+    async def receive(self) -> str | bytes:
+        """The next client message; TransportClosed once closed."""
+        while not self._incoming:
+            if self._closed is not None:
+                raise TransportClosed(*self._closed)
+            await self._arrived.wait()
+            self._arrived = trio.Event()
+        await trio.lowlevel.checkpoint()
+        return self._incoming.popleft()
+
+    async def send(self, message: str | bytes) -> None:
+        """Send one message to the client."""
+        if self._close_sent or (self._closed is not None and self._closed[0] == 1006):
+            raise TransportClosed(*(self._closed or (1006, "")))
+        binary = isinstance(message, bytes)
+        data = message if isinstance(message, bytes) else message.encode("utf-8")
+        await self._send(Variant("ToRivetWebSocketMessage", {"data": data, "binary": binary}))
+
+    def start_close(self, code: int, reason: str) -> bool:
+        """Never at once: the close goes through the link (see :meth:`close`)."""
+        return False
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send the close; the gateway closes the client's socket and answers it."""
+        if not self._close_sent:
+            self._close_sent = True
+            with contextlib.suppress(TransportClosed):
+                await self._send(
+                    Variant(
+                        "ToRivetWebSocketClose",
+                        {"code": code, "reason": reason, "hibernate": False},
+                    )
+                )
+        if self._closed is None:
+            self._closed = (code, reason)
+        self._arrived.set()
+
+    async def abort(self) -> None:
+        """End the socket now (a 1011 close is sent, bounded, if the link is up)."""
+        with trio.move_on_after(ABORT_CLOSE_TIMEOUT):
+            await self.close(1011, "actor.internal_error")
+        self._closed = (1006, "")
+        self._arrived.set()
+
+    async def _send(self, kind: Variant) -> None:
+        from .link import EngineUnavailable
+
+        message_id = {
+            "gatewayId": self.gateway_id,
+            "requestId": self.request_id,
+            "messageIndex": self._next_out,
+        }
+        self._next_out = (self._next_out + 1) % _INDEX_SPACE
+        try:
+            await self._link.send_tunnel(message_id, kind)
+        except EngineUnavailable as exc:
+            self._closed = (1006, "")
+            self._arrived.set()
+            raise TransportClosed(1006, "") from exc
