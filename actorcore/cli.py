@@ -132,6 +132,26 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
         help="logging level (default %(default)s)",
     )
+    engine = serve.add_argument_group(
+        "Rivet engine (docs/distribution.md): run as an envoy of an engine instead of listening"
+    )
+    engine.add_argument(
+        "--engine",
+        metavar="URL",
+        default=None,
+        help="the engine's URL, e.g. http://127.0.0.1:6420; clients connect through its gateway",
+    )
+    engine.add_argument(
+        "--namespace", default="default", help="engine namespace (default %(default)s)"
+    )
+    engine.add_argument(
+        "--pool", default="default", help="engine pool this envoy serves (default %(default)s)"
+    )
+    engine.add_argument(
+        "--token",
+        default=os.environ.get("ACTORCORE_ENGINE_TOKEN"),
+        help="the engine's admin token, if it has one (default: $ACTORCORE_ENGINE_TOKEN)",
+    )
     limits = serve.add_argument_group("limits and timers (docs/security.md)")
     limits.add_argument(
         "--max-connections",
@@ -302,6 +322,48 @@ async def _serve(
     log.info("drained and stopped")
 
 
+async def _serve_engine(registry: Registry, target: str, options: Any) -> None:
+    from .engine.runtime import EngineRuntime  # only engine mode needs the engine package
+
+    runtime = EngineRuntime(registry, options)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as signal_nursery:
+            signal_nursery.start_soon(_watch_signals, signals, registry, target)
+            async with trio.open_nursery() as serve_nursery:
+                await serve_nursery.start(runtime.run)
+                print(
+                    f"actorcore: serving {target} as envoy {options.envoy_key} of "
+                    f"{options.url} (namespace {options.namespace}, pool {options.pool}; "
+                    "store: the engine)",
+                    flush=True,
+                )
+            signal_nursery.cancel_scope.cancel()
+    log.info("drained and stopped")
+
+
+def _serve_engine_command(registry: Registry, args: argparse.Namespace) -> int:
+    from .engine.link import EnvoyOptions
+
+    if args.store is not None:
+        _error("--store does not apply with --engine (actors keep their state in the engine)")
+        return EXIT_USAGE
+    if not args.engine.startswith("http://"):
+        _error(f"--engine must be an http:// URL, not {args.engine!r}")
+        return EXIT_USAGE
+    options = EnvoyOptions(
+        url=args.engine, namespace=args.namespace, pool=args.pool, token=args.token or None
+    )
+    try:
+        trio.run(_serve_engine, registry, args.target, options)
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except Exception as group:
+        error = _lone_error(group)
+        _error(f"{type(error).__name__}: {error}")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
 def _lone_error(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -346,6 +408,8 @@ def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             return EXIT_USAGE
         options["ssl_context"] = context
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    if args.engine is not None:
+        return _serve_engine_command(registry, args)
     store, store_desc = _choose_store(registry, args.store)
     if store is not None:
         if not registry.store_is_default:
