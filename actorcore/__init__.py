@@ -20,6 +20,7 @@ from .client import ActorEvent as ActorEvent
 from .client import CallTimeout as CallTimeout
 from .client import ClientOptions as ClientOptions
 from .client import ConnectionLost as ConnectionLost
+from .client import Gateway as Gateway
 from .client import RemoteError as RemoteError
 from .client import connect as connect
 from .conn import Conn as Conn
@@ -105,6 +106,7 @@ __all__ = [
     "DefinitionError",
     "Dispatcher",
     "Forbidden",
+    "Gateway",
     "InternalError",
     "InvalidMessage",
     "LifecycleAuthority",

@@ -478,6 +478,44 @@ def _positive_or_none(_: object, attribute: attrs.Attribute[Any], value: float |
 
 
 @attrs.frozen(kw_only=True)
+class Gateway:
+    """Reach actors through a Rivet engine's gateway (actorcore serving as an envoy of it,
+    ``actorcore serve ... --engine URL``) instead of actorcore's own listener.
+
+    With ``connect(url, name, key, gateway=Gateway(pool="default"))``, ``url`` is the
+    engine's (``ws://engine:6420``) and each attempt opens
+    ``{url}/gateway/{name}/connect?rvt-namespace=NS&rvt-method=getOrCreate&rvt-runner=POOL&rvt-key=KEY&rvt-crash-policy=sleep``
+    with the WebSocket subprotocol ``rivet``: the engine creates the actor if it does not
+    exist, starts it on one of the pool's envoys, and forwards the connection there. Close
+    codes, reconnection and calls behave as on actorcore's own listener.
+    """
+
+    namespace: str = "default"
+    pool: str = "default"
+    """The engine pool (its "runner name") whose envoys serve the actor."""
+    crash_policy: str = "sleep"
+    """What the engine does with an actor whose generation crashed (``sleep``)."""
+    token: str | None = None
+    """Sent as the subprotocol ``rivet_token.<token>`` when the engine requires one."""
+
+    def resource(self, name: str, key: str, params: str | None) -> str:
+        """The gateway path and query for the actor ``name``/``key``."""
+        query = (
+            f"rvt-namespace={quote(self.namespace, safe='')}&rvt-method=getOrCreate"
+            f"&rvt-runner={quote(self.pool, safe='')}&rvt-key={quote(key, safe='')}"
+            f"&rvt-crash-policy={quote(self.crash_policy, safe='')}"
+        )
+        if params is not None:
+            query += f"&params={quote(params, safe='')}"
+        return f"/gateway/{quote(name, safe='')}/connect?{query}"
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """What the client offers: ``rivet`` (and the token, if any)."""
+        return ["rivet"] + ([f"rivet_token.{self.token}"] if self.token else [])
+
+
+@attrs.frozen(kw_only=True)
 class ClientOptions:
     """How an :class:`ActorConnection` behaves; :func:`connect` takes each as a keyword."""
 
@@ -518,6 +556,7 @@ class ActorConnection:
         options: ClientOptions = ClientOptions(),
         ssl_context: ssl.SSLContext | None = None,
         open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+        gateway: Gateway | None = None,
     ) -> None:
         _check_name(name, "name")
         if not isinstance(key, str) or not key:
@@ -531,12 +570,18 @@ class ActorConnection:
         host = f"[{self._host}]" if ":" in self._host else self._host
         default_port = self._port == (443 if secure else 80)
         self._host_header = host if default_port else f"{host}:{self._port}"
-        self._resource = (
-            f"{parts.path.rstrip('/')}/actors/{quote(name, safe='')}/{quote(key, safe='')}/connect"
-        )
-        if params is not None:
-            encoded = json.dumps(params, separators=(",", ":"))
-            self._resource += f"?params={quote(encoded, safe='')}"
+        encoded = None if params is None else json.dumps(params, separators=(",", ":"))
+        self._subprotocols: list[str] | None = None
+        if gateway is not None:
+            self._resource = parts.path.rstrip("/") + gateway.resource(name, key, encoded)
+            self._subprotocols = gateway.subprotocols
+        else:
+            self._resource = (
+                f"{parts.path.rstrip('/')}/actors/{quote(name, safe='')}/"
+                f"{quote(key, safe='')}/connect"
+            )
+            if encoded is not None:
+                self._resource += f"?params={quote(encoded, safe='')}"
         self._ssl_context = (ssl_context or ssl.create_default_context()) if secure else None
         self._open_stream_fn = open_stream
 
@@ -949,6 +994,7 @@ class ActorConnection:
             stream,  # type: ignore[arg-type]  # any trio Stream works
             self._host_header,
             self._resource,
+            subprotocols=self._subprotocols,
             max_message_size=self.options.max_message_size,
             receive_buffer_size=4096,  # see actorcore.ws.server.RECEIVE_BUFFER
         )
@@ -1079,6 +1125,7 @@ def connect(
     buffer_size: int = 1024,
     ssl_context: ssl.SSLContext | None = None,
     open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+    gateway: Gateway | None = None,
 ) -> ActorConnection:
     """A client for the actor ``name``/``key`` served at ``url`` (``ws://host:port``, or
     ``wss://``; a path prefix is kept): ``async with connect(...) as actor:``.
@@ -1101,6 +1148,8 @@ def connect(
     - ``ssl_context``: for ``wss://`` (default: ``ssl.create_default_context()``).
     - ``open_stream``: open the byte stream yourself (tests: an in-memory stream); the URL's
       host then only goes into the ``Host`` header.
+    - ``gateway``: reach the actor through a Rivet engine's gateway (:class:`Gateway`);
+      ``url`` is then the engine's.
     """
     options = ClientOptions(
         reconnect=reconnect,
@@ -1120,4 +1169,5 @@ def connect(
         options=options,
         ssl_context=ssl_context,
         open_stream=open_stream,
+        gateway=gateway,
     )

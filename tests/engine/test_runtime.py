@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -146,3 +147,66 @@ async def test_destroy_goes_through_the_engine(engine: Engine) -> None:
                 if actors.get(actor_id, {}).get("destroy_ts") or actor_id not in actors:
                     break
                 await trio.sleep(0.05)
+
+
+class Echo(actorcore.Actor):
+    async def on_ws_message(self, ctx: ActorContext, conn: actorcore.Conn, message: Any) -> None:
+        await conn.send(message)
+
+
+async def test_the_python_client_reaches_actors_through_the_gateway_and_follows_a_sleep(
+    engine: Engine,
+) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with envoy(engine, "p-client") as runtime:
+            url = engine.ws
+            gateway_of = actorcore.Gateway(pool="p-client")
+            async with actorcore.connect(url, "tally", "c", gateway=gateway_of) as actor:
+                assert await actor.call("add", 4) == 4
+                first = actor.generation
+                await runtime.registry.sleep(actor.actor_id)
+                # 1001 actor.sleeping: the client reconnects and the engine starts the next
+                # generation, with the state kept.
+                try:
+                    total = await actor.call("add", 1)
+                except actorcore.ActorStopping:
+                    # Sent before the client saw the close: not delivered (a finalizing
+                    # generation takes no message), so sending it again is safe.
+                    total = await actor.call("add", 1)
+                assert total == 5
+                assert actor.statistics().closes_by_code.get(1001) == 1
+                assert actor.generation == first + 1
+            # A write of a generation that has ended is refused before it leaves the process.
+            with pytest.raises(actorcore.StaleGeneration):
+                await runtime.store.save(actor.actor_id, first, b'{"count": 0, "wakes": []}')
+            assert runtime.store.stale_writes == 1
+
+
+async def test_raw_websockets_and_close_codes_through_the_gateway(engine: Engine) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        registry = actorcore.Registry([Tally, Echo])
+        runtime = EngineRuntime(registry, EnvoyOptions(url=engine.url, pool="p-raw"))
+        port = int(engine.url.rsplit(":", 1)[1])
+        query = "rvt-namespace=default&rvt-method=getOrCreate&rvt-runner=p-raw&rvt-key=r"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            async with tcp_websocket(
+                port,
+                f"/gateway/echo/ws/room?{query}&rvt-crash-policy=sleep",
+                subprotocols=["rivet"],
+            ) as ws:
+                for message in ("text", b"\x00binary"):
+                    await ws.send_message(message)
+                    assert await ws.get_message() == message
+            # A malformed protocol frame: 1008 protocol.invalid_message, as on our listener.
+            async with gateway(engine, "p-raw", "bad") as ws:
+                await ws.get_message()  # init
+                await ws.send_message("{not json")
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        await ws.get_message()
+                assert (closed.value.reason.code, closed.value.reason.reason) == (
+                    1008,
+                    "protocol.invalid_message",
+                )
+            registry.request_shutdown()
