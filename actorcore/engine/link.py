@@ -59,7 +59,7 @@ INIT_TIMEOUT: Final = 10.0
 #: Bound on opening the TCP connection, and on the WebSocket handshake.
 CONNECT_TIMEOUT: Final = 10.0
 #: Bound on the close handshake when a session ends.
-CLOSE_TIMEOUT: Final = 2.0
+CLOSE_TIMEOUT: Final = 0.5
 #: A link that stayed up this long resets the reconnect backoff.
 STABLE_AFTER: Final = 60.0
 
@@ -162,6 +162,7 @@ class EnvoyLink:
         self._actor_names = actor_names
         self._ws: WebSocketConnection | None = None
         self._configured = False
+        self._connected_again = trio.Event()
         self._connected = trio.Event()
         self._down_since: float | None = None
         self._lost_reported = False
@@ -196,6 +197,12 @@ class EnvoyLink:
         """Return once the link is up."""
         await self._connected.wait()
 
+    async def wait_connects(self, count: int) -> None:
+        """Return once the link has come up ``count`` times since it started (monitoring and
+        tests: a reconnect after the engine restarted is ``wait_connects(2)``)."""
+        while self.stats.connects < count:
+            await self._connected_again.wait()
+
     async def run(
         self, *, task_status: trio.TaskStatus[EnvoyLink] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -213,16 +220,9 @@ class EnvoyLink:
             began = trio.current_time()
             try:
                 await self._session()
-            except (
-                EngineApiError,
-                OSError,
-                HandshakeError,
-                ConnectionClosed,
-                BareError,
-                trio.TooSlowError,
-                EngineUnavailable,
-            ) as exc:
-                log.warning("engine link down: %s", exc)
+            except* _LINK_DOWN as group:
+                # The session's tasks run in nurseries: its errors arrive grouped.
+                log.warning("engine link down: %s", _first_leaf(group))
             if trio.current_time() - began > STABLE_AFTER:
                 delay = self.options.reconnect_first
             await trio.sleep(delay * random.uniform(0.5, 1.5))
@@ -268,6 +268,8 @@ class EnvoyLink:
                 self._down_since = None
                 self._lost_reported = False
                 self._connected.set()
+                self._connected_again.set()
+                self._connected_again = trio.Event()
                 log.info("engine link up (%s, envoy %s)", options.url, options.envoy_key)
                 async with trio.open_nursery() as session:
                     session.start_soon(self._ack_loop, ws)
@@ -545,6 +547,25 @@ async def _engine_websocket(
                 with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                     await ws.aclose()
         nursery.cancel_scope.cancel()
+
+
+#: What ends a session and is retried (anything else, EnvoyEvicted included, ends the link).
+_LINK_DOWN: Final = (
+    EngineApiError,
+    OSError,
+    HandshakeError,
+    ConnectionClosed,
+    BareError,
+    trio.TooSlowError,
+    EngineUnavailable,
+)
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _json(value: Any) -> str:

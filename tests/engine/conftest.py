@@ -35,6 +35,8 @@ class Engine:
     """The guard: gateway, API and ``/envoys/connect``."""
     process: subprocess.Popen[bytes]
     log: Path
+    folder: Path
+    ports: tuple[int, int, int]
 
     @property
     def ws(self) -> str:
@@ -42,10 +44,11 @@ class Engine:
         return self.url.replace("http://", "ws://", 1)
 
 
-def start_engine(folder: Path) -> Engine:
-    """Start ``rivet-engine start`` on free ports with its data in ``folder``; return once
-    ``/health`` answers (bounded)."""
-    guard, peer, metrics = _free_port(), _free_port(), _free_port()
+def start_engine(folder: Path, ports: tuple[int, int, int] | None = None) -> Engine:
+    """Start ``rivet-engine start`` on free ports (or ``ports``: guard, API peer, metrics)
+    with its data in ``folder``; return once it answers with its default namespace
+    (bounded)."""
+    guard, peer, metrics = ports or (_free_port(), _free_port(), _free_port())
     env = dict(
         os.environ,
         RIVET__GUARD__HOST="127.0.0.1",
@@ -59,7 +62,7 @@ def start_engine(folder: Path) -> Engine:
         RIVET__GUARD__TCP_NODELAY="true",
     )
     log = folder / "engine.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         process = subprocess.Popen(
             [str(engine_binary()), "start"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
@@ -70,7 +73,7 @@ def start_engine(folder: Path) -> Engine:
             # Healthy, and the default namespace made (the engine makes it just after).
             with urllib.request.urlopen(f"{url}/namespaces", timeout=1) as answer:
                 if answer.status == 200 and b'"default"' in answer.read():
-                    return Engine(url, process, log)
+                    return Engine(url, process, log, folder, (guard, peer, metrics))
         except OSError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from actorcore.engine.runtime import EngineRuntime
 from actorcore.registry import host_of
 
 from .._clients import tcp_websocket
-from .conftest import Engine
+from .conftest import Engine, start_engine, stop_engine
 
 #: Bound on each test (an engine round trip takes milliseconds; starts tens of them).
 TEST_TIMEOUT = 60
@@ -40,6 +41,10 @@ class Tally(actorcore.Actor):
     async def add(self, ctx: ActorContext, n: int) -> int:
         ctx.state["count"] += n
         return int(ctx.state["count"])
+
+    @actorcore.action
+    async def save(self, ctx: ActorContext) -> None:
+        await ctx.save_state()
 
     @actorcore.action
     async def info(self, ctx: ActorContext) -> dict[str, Any]:
@@ -210,3 +215,31 @@ async def test_raw_websockets_and_close_codes_through_the_gateway(engine: Engine
                     "protocol.invalid_message",
                 )
             registry.request_shutdown()
+
+
+async def test_an_engine_restart_while_an_envoy_runs_reconnects_and_runs_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    own = start_engine(tmp_path)
+    try:
+        with trio.fail_after(TEST_TIMEOUT):
+            async with envoy(own, "p-restart") as runtime:
+                async with gateway(own, "p-restart", "r") as ws:
+                    init = json.loads(await ws.get_message())
+                    actor_id = init["actor_id"]
+                    assert await call(ws, 1, "add", 1) == 1
+                    assert await call(ws, 2, "save") is None
+                await trio.to_thread.run_sync(stop_engine, own)
+                own = await trio.to_thread.run_sync(start_engine, own.folder, own.ports)
+                await runtime.link.wait_connects(2)
+                async with gateway(own, "p-restart", "r") as ws:
+                    init = json.loads(await ws.get_message())
+                    assert init["actor_id"] == actor_id
+                    total = await call(ws, 1, "add", 1)
+                    info = await call(ws, 2, "info")
+                assert total == 2, "the state survived the restart, no change applied twice"
+                # No generation started twice, and none ran beside another.
+                assert info["wakes"] == sorted(set(info["wakes"])), info
+                assert runtime.store.stale_writes == 0
+    finally:
+        await trio.to_thread.run_sync(stop_engine, own)
