@@ -243,3 +243,20 @@ async def test_an_engine_restart_while_an_envoy_runs_reconnects_and_runs_nothing
                 assert runtime.store.stale_writes == 0
     finally:
         await trio.to_thread.run_sync(stop_engine, own)
+
+
+async def test_actors_spread_over_two_envoys_of_one_pool(engine: Engine) -> None:
+    """The engine places the pool's actors on both envoys; each actor runs on exactly one."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with envoy(engine, "p-spread") as first, envoy(engine, "p-spread") as second:
+            served: dict[str, str] = {}
+            for i in range(12):
+                async with gateway(engine, "p-spread", f"s{i}") as ws:
+                    init = json.loads(await ws.get_message())
+                    await call(ws, 1, "add", i)
+                    served[init["actor_id"]] = f"s{i}"
+            on_first = {a for a in served if first.registry.lifecycle(a) is not None}
+            on_second = {a for a in served if second.registry.lifecycle(a) is not None}
+            assert on_first and on_second, (len(on_first), len(on_second))
+            assert on_first.isdisjoint(on_second)
+            assert on_first | on_second == set(served)
