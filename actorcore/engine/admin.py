@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import h11
 import trio
@@ -74,12 +74,14 @@ class EngineAdmin:
     async def ensure_runner_config(self, namespace: str, pool: str) -> None:
         """Give ``pool`` a runner config in ``namespace`` if it has none (the engine refuses
         envoys of a pool without one)."""
-        configs = await self.request("GET", f"/runner-configs?namespace={namespace}")
-        if pool in json.dumps(configs):
+        configs = await self.request(
+            "GET", f"/runner-configs?namespace={quote(namespace)}&runner_names={quote(pool)}"
+        )
+        if configs and pool in configs.get("runner_configs", {}):
             return
         await self.request(
             "PUT",
-            f"/runner-configs/{pool}?namespace={namespace}",
+            f"/runner-configs/{quote(pool)}?namespace={quote(namespace)}",
             {"datacenters": {"default": {"normal": {}}}},
         )
 
