@@ -3,6 +3,7 @@ ports, with a temporary RocksDB folder and telemetry off."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -44,10 +46,14 @@ class Engine:
         return self.url.replace("http://", "ws://", 1)
 
 
-def start_engine(folder: Path, ports: tuple[int, int, int] | None = None) -> Engine:
+def start_engine(
+    folder: Path,
+    ports: tuple[int, int, int] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Engine:
     """Start ``rivet-engine start`` on free ports (or ``ports``: guard, API peer, metrics)
-    with its data in ``folder``; return once it answers with its default namespace
-    (bounded)."""
+    with its data in ``folder`` (or where ``config``, a config file's content, says: e.g.
+    PostgreSQL and NATS); return once it answers with its default namespace (bounded)."""
     guard, peer, metrics = ports or (_free_port(), _free_port(), _free_port())
     env = dict(
         os.environ,
@@ -57,15 +63,19 @@ def start_engine(folder: Path, ports: tuple[int, int, int] | None = None) -> Eng
         RIVET__API_PEER__PORT=str(peer),
         RIVET__METRICS__HOST="127.0.0.1",
         RIVET__METRICS__PORT=str(metrics),
-        RIVET__FILE_SYSTEM__PATH=str(folder / "db"),
         RIVET__TELEMETRY__ENABLED="false",
         RIVET__GUARD__TCP_NODELAY="true",
     )
+    argv = [str(engine_binary()), "start"]
+    if config is None:
+        env["RIVET__FILE_SYSTEM__PATH"] = str(folder / "db")
+    else:
+        path = folder / "config.json"
+        path.write_text(json.dumps(config))
+        argv += ["--config", str(path)]
     log = folder / "engine.log"
     with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [str(engine_binary()), "start"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{guard}"
     deadline = time.monotonic() + START_TIMEOUT
     while True:
