@@ -31,14 +31,15 @@ from urllib.parse import quote
 import trio
 
 from ..authority import LifecycleRequest
+from ..conn import Conn, ConnKind
 from ..lifecycle import LifecycleEvent, LifecycleState
 from ..registry import Registry, host_of
 from ..request import ConnectRequest
-from ..ws.dispatch import Dispatcher
+from ..ws.dispatch import Dispatcher, ResumedConn
 from .bare import Variant
 from .link import EnvoyLink, EnvoyOptions
 from .store import EngineStore, StartedActor
-from .tunnel import TunnelSocket
+from .tunnel import TunnelSocket, conn_id_of
 
 __all__ = ["EngineAuthority", "EngineRuntime"]
 
@@ -50,6 +51,10 @@ E = LifecycleEvent
 #: Bound on delivering the last events (the generations' ``Stopped``) after the registry
 #: stopped, before the link closes.
 FLUSH_TIMEOUT: Final = 5.0
+
+#: Hibernated sockets this envoy remembers (the oldest are forgotten first; a forgotten one
+#: comes back from its saved record when its actor next starts).
+MAX_PARKED: Final = 10_000
 
 _DESTROYING_REASONS: Final = frozenset({"StopIntent", "Destroy"})
 _ENDED_BY_FINALIZE: Final = frozenset({S.SLEEP_FINALIZE, S.DESTROYING})
@@ -95,7 +100,15 @@ class EngineRuntime:
         self.dispatcher: Dispatcher | None = None
         self.draining = False
         self._sockets: dict[tuple[bytes, bytes], TunnelSocket] = {}
+        self._by_conn: dict[str, TunnelSocket] = {}
+        """Sockets by the id of their connection (``conn_id_of``)."""
+        self._restoring: dict[str, list[TunnelSocket]] = {}
+        self._parked: dict[tuple[bytes, bytes], tuple[str, dict[str, Any]]] = {}
+        """Sockets this envoy let go of when their actor slept here (the gateway holds them),
+        with their connection records: taken back when the gateway sends on one again."""
+        """Hibernating sockets the engine listed in an actor's start, until it has started."""
         self._nursery: trio.Nursery | None = None
+        self.store.conn_records = self._conn_records
 
     async def run(
         self, *, task_status: trio.TaskStatus[EngineRuntime] = trio.TASK_STATUS_IGNORED
@@ -137,6 +150,13 @@ class EngineRuntime:
             started = StartedActor(
                 actor_id, config["name"], config["key"] or "", generation, raw_input
             )
+            hibernating = command.val["hibernatingRequests"]
+            if hibernating:
+                # Registered now: the gateway may send their messages before the actor runs.
+                sockets = [
+                    self._restored_socket(r["gatewayId"], r["requestId"]) for r in hibernating
+                ]
+                self._restoring[actor_id] = sockets
             self._nursery.start_soon(self._start, started, name=f"engine start {actor_id}")
         elif command.tag == "CommandStopActor":
             reason = command.val["reason"]
@@ -208,7 +228,10 @@ class EngineRuntime:
                 held.generation,
                 Variant("EventActorStateUpdate", {"state": Variant("ActorStateRunning")}),
             )
+            self._take_back_hibernated(actor_id)
         elif new in (S.ASLEEP, S.DESTROYED):
+            if new is S.ASLEEP:
+                self._hibernate_conns(actor_id)
             self.store.release(actor_id)
             error = None if old in _ENDED_BY_FINALIZE else f"generation ended in {old.value}"
             self._stopped(actor_id, held.generation, error)
@@ -232,25 +255,42 @@ class EngineRuntime:
         kind = message["messageKind"]
         tag = kind.tag
         if tag == "ToEnvoyWebSocketOpen":
-            socket = TunnelSocket(self.link, *key)
+            socket = TunnelSocket(self.link, *key, hibernatable=self._can_hibernate(kind.val))
+            socket.path = kind.val["path"]
             self._sockets[key] = socket
             self._nursery.start_soon(self._serve, socket, kind.val, name="engine websocket")
         elif tag == "ToEnvoyWebSocketMessage":
-            known = self._sockets.get(key)
+            known = self._sockets.get(key) or self._unpark(key)
             if known is not None and not known.feed_message(
                 message_id["messageIndex"], kind.val["data"], kind.val["binary"]
             ):
                 self._nursery.start_soon(known.close, 1013, "actor.overloaded")
         elif tag == "ToEnvoyWebSocketClose":
-            known = self._sockets.get(key)
+            known = self._sockets.get(key) or self._unpark(key)
             if known is not None:
                 known.feed_close(kind.val["code"], kind.val["reason"])
         elif tag == "ToEnvoyRequestStart":
             self._nursery.start_soon(self._refuse_http, key)
 
-    async def _serve(self, socket: TunnelSocket, open_: dict[str, Any]) -> None:
+    def _can_hibernate(self, open_: dict[str, Any]) -> bool:
+        """Protocol connections hibernate; raw ones if their actor's options say so."""
+        path = open_["path"].lstrip("/")
+        if path == "connect" or path.startswith("connect?"):
+            return True
+        held = self.store.held(open_["actorId"])
+        definition = self.registry.definitions.get(held.name) if held is not None else None
+        return definition is not None and definition.options.hibernatable_websockets
+
+    async def _serve(
+        self,
+        socket: TunnelSocket,
+        open_: dict[str, Any],
+        resume: ResumedConn | None = None,
+    ) -> None:
         dispatcher = self.dispatcher
         assert dispatcher is not None
+        conn_id = conn_id_of(socket)
+        self._by_conn[conn_id] = socket
         try:
             path = open_["path"] if open_["path"].startswith("/") else "/" + open_["path"]
             target = f"/actors/by-id/{quote(open_['actorId'], safe='')}{path}"
@@ -263,13 +303,104 @@ class EngineRuntime:
             )
 
             async def accept() -> TunnelSocket:
-                return await socket.accept(can_hibernate=False)
+                return await socket.accept(can_hibernate=socket.hibernatable)
 
-            # Hibernation through the gateway is not used yet: a tunnelled connection ends
-            # with its generation (1001 actor.sleeping), and the client reconnects.
-            await dispatcher.handle(target, request, accept, can_hibernate=False)
+            await dispatcher.handle(
+                target,
+                request,
+                accept,
+                can_hibernate=socket.hibernatable,
+                resume=resume,
+                conn_id=conn_id,
+            )
         finally:
-            self._sockets.pop(socket.key, None)
+            self._by_conn.pop(conn_id, None)
+            if self._sockets.get(socket.key) is socket:
+                del self._sockets[socket.key]
+
+    # ---------------------------------------------------------------- hibernation
+
+    def _restored_socket(self, gateway_id: bytes, request_id: bytes) -> TunnelSocket:
+        socket = TunnelSocket(self.link, gateway_id, request_id, hibernatable=True, restored=True)
+        self._sockets[socket.key] = socket
+        return socket
+
+    def _conn_records(self, actor_id: str) -> list[dict[str, Any]]:
+        """The actor's hibernatable tunnelled connections, as saved with its state."""
+        entry = host_of(self.registry).entry(actor_id)
+        records: list[dict[str, Any]] = []
+        if entry is None:
+            return records
+        for conn in entry.conns:
+            socket = self._by_conn.get(conn.id)
+            if socket is None or not conn.hibernatable or conn.closing:
+                continue
+            records.append(_record(conn, socket))
+        return records
+
+    def _unpark(self, key: tuple[bytes, bytes]) -> TunnelSocket | None:
+        """The gateway sends on a socket this envoy let go of: if its actor runs here again,
+        take it back (its record is the one kept when it was let go); else None (the message
+        is not acknowledged, and the gateway sends it again to where the actor runs)."""
+        parked = self._parked.get(key)
+        if parked is None:
+            return None
+        actor_id, record = parked
+        entry = host_of(self.registry).entry(actor_id)
+        if self.store.held(actor_id) is None or entry is None or entry.generation is None:
+            return None
+        del self._parked[key]
+        socket = self._restored_socket(*key)
+        self._resume(actor_id, socket, record)
+        return socket
+
+    def _hibernate_conns(self, actor_id: str) -> None:
+        """The generation slept: the gateway holds the client sockets of its hibernatable
+        connections; this envoy lets go of them quietly (no close, no disconnect hooks). The
+        next generation, here or on another envoy, takes them back from the saved records."""
+        entry = host_of(self.registry).entry(actor_id)
+        if entry is None:
+            return
+        for conn in list(entry.conns):
+            socket = self._by_conn.get(conn.id)
+            if socket is None or not conn.hibernatable:
+                continue
+            entry.discard_conn(conn)
+            self._parked[socket.key] = (actor_id, _record(conn, socket))
+            while len(self._parked) > MAX_PARKED:
+                del self._parked[next(iter(self._parked))]
+            socket.hibernate()
+
+    def _take_back_hibernated(self, actor_id: str) -> None:
+        """The actor started: its hibernating sockets go live again with their records."""
+        assert self._nursery is not None
+        sockets = self._restoring.pop(actor_id, [])
+        records = {r["conn_id"]: r for r in self.store.hibernated.pop(actor_id, [])}
+        for socket in sockets:
+            parked = self._parked.pop(socket.key, None)
+            # What this envoy kept when it let go is at least as new as the last save.
+            record = parked[1] if parked is not None else records.get(conn_id_of(socket))
+            if record is None:
+                # The gateway held it, but no save recorded it: nothing to go back to.
+                self._sockets.pop(socket.key, None)
+                self._nursery.start_soon(socket.close, 1000, "ws.meta_not_found_during_restore")
+                continue
+            self._resume(actor_id, socket, record)
+
+    def _resume(self, actor_id: str, socket: TunnelSocket, record: dict[str, Any]) -> None:
+        """Serve a hibernated socket again, as the connection its record describes."""
+        assert self._nursery is not None
+        socket.restore(record["next_out"], record["path"])
+        resume = ResumedConn(
+            actor_id=actor_id,
+            conn_id=record["conn_id"],
+            kind=ConnKind(record["kind"]),
+            params=record["params"],
+            state=record["state"],
+            subscriptions=tuple(record["subscriptions"]),
+        )
+        open_ = {"actorId": actor_id, "path": record["path"], "headers": {}}
+        self._nursery.start_soon(self._serve, socket, open_, resume, name="engine websocket")
 
     async def _refuse_http(self, key: tuple[bytes, bytes]) -> None:
         """HTTP through the gateway is not served yet: 404 with a JSON error."""
@@ -292,3 +423,16 @@ class EngineRuntime:
             await self.link.send_tunnel(message_id, Variant("ToRivetResponseStart", response))
         except Exception:
             log.warning("could not answer an HTTP request through the gateway", exc_info=True)
+
+
+def _record(conn: Conn, socket: TunnelSocket) -> dict[str, Any]:
+    """What a hibernated connection is taken back with (JSON: saved with the actor)."""
+    return {
+        "conn_id": conn.id,
+        "kind": conn.kind.value,
+        "params": conn.params,
+        "state": conn.state,
+        "subscriptions": sorted(conn.subscriptions),
+        "next_out": socket.next_out,
+        "path": socket.path,
+    }

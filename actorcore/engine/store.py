@@ -20,6 +20,7 @@ at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import attrs
@@ -32,6 +33,9 @@ __all__ = ["EngineStore", "StartedActor"]
 
 META_KEY: Final = b"actorcore/meta"
 STATE_KEY: Final = b"actorcore/state"
+CONNS_KEY: Final = b"actorcore/conns"
+"""The actor's hibernating connections (id, params, state, subscriptions, gateway ids),
+written with every save: the next generation takes them back, wherever it runs."""
 
 
 class KvClient(Protocol):
@@ -62,6 +66,10 @@ class EngineStore(Store):
         """The generation the engine started here, per actor, until it is released."""
         self._known: dict[str, StartedActor] = {}
         """Every actor the engine started here (identity for lookups; kept after release)."""
+        self.conn_records: Callable[[str], list[dict[str, Any]]] | None = None
+        """Gives the records of an actor's hibernatable connections, saved with its state."""
+        self.hibernated: dict[str, list[dict[str, Any]]] = {}
+        """Connection records read when a generation began, until they are taken back."""
         self.writes = 0
         self.write_errors = 0
         self.stale_writes = 0
@@ -120,10 +128,13 @@ class EngineStore(Store):
         return answer
 
     async def _read(self, actor_id: str) -> tuple[dict[str, Any] | None, bytes | None]:
-        answer = await self._kv(actor_id, Variant("KvGetRequest", {"keys": [META_KEY, STATE_KEY]}))
+        request = Variant("KvGetRequest", {"keys": [META_KEY, STATE_KEY, CONNS_KEY]})
+        answer = await self._kv(actor_id, request)
         values = dict(zip(answer.val["keys"], answer.val["values"], strict=True))
         raw_meta = values.get(META_KEY)
         meta = json.loads(raw_meta) if raw_meta is not None else None
+        raw_conns = values.get(CONNS_KEY)
+        self.hibernated[actor_id] = json.loads(raw_conns) if raw_conns else []
         return meta, values.get(STATE_KEY)
 
     def _record(
@@ -205,13 +216,12 @@ class EngineStore(Store):
             "generation": generation,
             "initialized": True,
         }
-        await self._kv(
-            actor_id,
-            Variant(
-                "KvPutRequest",
-                {"keys": [META_KEY, STATE_KEY], "values": [json.dumps(meta).encode(), state]},
-            ),
-        )
+        keys = [META_KEY, STATE_KEY]
+        values = [json.dumps(meta).encode(), state]
+        if self.conn_records is not None:
+            keys.append(CONNS_KEY)
+            values.append(json.dumps(self.conn_records(actor_id)).encode())
+        await self._kv(actor_id, Variant("KvPutRequest", {"keys": keys, "values": values}))
         self.writes += 1
 
     async def delete(self, actor_id: str, generation: int) -> None:

@@ -24,7 +24,7 @@ import trio
 from ..conn import TransportClosed
 from .bare import Variant
 
-__all__ = ["TunnelSocket"]
+__all__ = ["TunnelSocket", "conn_id_of"]
 
 log = logging.getLogger("actorcore.engine")
 
@@ -54,16 +54,28 @@ class TunnelSocket:
         request_id: bytes,
         *,
         max_buffered: int = MAX_BUFFERED,
+        hibernatable: bool = False,
+        next_out: int = 0,
+        restored: bool = False,
     ) -> None:
         self._link = link
         self.gateway_id = gateway_id
         self.request_id = request_id
+        self.hibernatable = hibernatable
+        """The gateway holds this socket while the actor sleeps or moves: each message is
+        acknowledged once the dispatcher took it, and unacknowledged ones are sent again to
+        the actor's next generation."""
         self._max_buffered = max_buffered
-        self._incoming: collections.deque[str | bytes] = collections.deque()
+        self._incoming: collections.deque[tuple[int, str | bytes]] = collections.deque()
         self._arrived = trio.Event()
-        self._last_in = 0
-        """Index of the last message received (the open is 0)."""
-        self._next_out = 0
+        self._last_in: int | None = None if restored else 0
+        """Index of the last message received (the open is 0; a restored socket takes the
+        first message the gateway sends again)."""
+        self._to_ack: int | None = None
+        """Index of the message the dispatcher took last, not acknowledged yet."""
+        self._next_out = next_out
+        self.path = "/connect"
+        """The request path the gateway forwarded (kept with a hibernated socket)."""
         self._closed: tuple[int, str] | None = None
         """Why receive() ends: the client's close, ours, or an abort."""
         self._close_sent = False
@@ -80,14 +92,15 @@ class TunnelSocket:
         caller closes the socket with 1013."""
         if self._closed is not None:
             return True
-        if (index - self._last_in) % _INDEX_SPACE == 0 or (
-            index - self._last_in
-        ) % _INDEX_SPACE > _INDEX_SPACE // 2:
+        last = self._last_in
+        if last is not None and (
+            (index - last) % _INDEX_SPACE == 0 or (index - last) % _INDEX_SPACE > _INDEX_SPACE // 2
+        ):
             return True  # already seen: a replay
         self._last_in = index
         if len(self._incoming) >= self._max_buffered:
             return False
-        self._incoming.append(data if binary else data.decode("utf-8", "replace"))
+        self._incoming.append((index, data if binary else data.decode("utf-8", "replace")))
         self._arrived.set()
         return True
 
@@ -105,14 +118,41 @@ class TunnelSocket:
         return self
 
     async def receive(self) -> str | bytes:
-        """The next client message; TransportClosed once closed."""
+        """The next client message; TransportClosed once closed. On a hibernatable socket,
+        asking for the next message acknowledges the one before: the dispatcher has taken it
+        (delivered it, or holds it for the next generation)."""
+        if self._to_ack is not None:
+            index, self._to_ack = self._to_ack, None
+            with contextlib.suppress(TransportClosed):
+                await self._send(Variant("ToRivetWebSocketMessageAck", {"index": index}))
         while not self._incoming:
             if self._closed is not None:
                 raise TransportClosed(*self._closed)
             await self._arrived.wait()
             self._arrived = trio.Event()
         await trio.lowlevel.checkpoint()
-        return self._incoming.popleft()
+        index, message = self._incoming.popleft()
+        if self.hibernatable:
+            self._to_ack = index
+        return message
+
+    def restore(self, next_out: int, path: str) -> None:
+        """Continue a hibernated socket: its outgoing numbering and its path, as saved."""
+        self._next_out = next_out % _INDEX_SPACE
+        self.path = path
+
+    @property
+    def next_out(self) -> int:
+        """The index the next message to the gateway gets (kept with a hibernated socket)."""
+        return self._next_out
+
+    def hibernate(self) -> None:
+        """The actor's generation ended and the gateway holds the client's socket: this side
+        lets go of it quietly (no close); the next generation gets a socket of its own."""
+        if self._closed is None:
+            self._closed = (1000, "hibernated")
+            self._close_sent = True
+        self._arrived.set()
 
     async def send(self, message: str | bytes) -> None:
         """Send one message to the client."""
@@ -163,3 +203,9 @@ class TunnelSocket:
             self._closed = (1006, "")
             self._arrived.set()
             raise TransportClosed(1006, "") from exc
+
+
+def conn_id_of(socket: TunnelSocket) -> str:
+    """The id of the connection a tunnelled socket carries: its gateway and request ids, so
+    the same client socket is the same connection in every generation that serves it."""
+    return socket.gateway_id.hex() + socket.request_id.hex()

@@ -62,7 +62,7 @@ from .routes import Route, parse_route
 if TYPE_CHECKING:
     from ..registry import Registry, RegistryHost
 
-__all__ = ["ConnectRequest", "Dispatcher"]
+__all__ = ["ConnPhase", "ConnectRequest", "Dispatcher", "ResumedConn"]
 
 log = logging.getLogger("actorcore.ws")
 
@@ -158,6 +158,8 @@ class Dispatcher:
         *,
         task_nursery: trio.Nursery | None = None,
         can_hibernate: bool = True,
+        resume: ResumedConn | None = None,
+        conn_id: str | None = None,
     ) -> None:
         """Handle one WebSocket request from upgrade to close. Never raises (except Cancelled).
 
@@ -168,11 +170,22 @@ class Dispatcher:
         ``can_hibernate`` False: the transport cannot outlive the actor's generation (a
         tunnel whose gateway does not hold it), so the connection is never hibernatable and
         gets 1001 ``actor.sleeping`` when its generation finalizes.
+        ``conn_id``: the connection's id, when the transport has one of its own (a gateway's
+        request); a new random one otherwise.
+        ``resume``: the transport carries a connection that hibernated (a gateway held the
+        client's socket while the actor slept or moved): it goes live again in the actor's
+        current generation with what it had, without the setup hooks or ``on_connect``.
         """
         if task_nursery is None:
             async with trio.open_nursery() as nursery:
                 await self.handle(
-                    target, request, accept, task_nursery=nursery, can_hibernate=can_hibernate
+                    target,
+                    request,
+                    accept,
+                    task_nursery=nursery,
+                    can_hibernate=can_hibernate,
+                    resume=resume,
+                    conn_id=conn_id,
                 )
             return
         try:
@@ -183,6 +196,7 @@ class Dispatcher:
         transport = _Counting(accepted, self.host)
         handler = _ConnHandler(self, transport, target, request, task_nursery)
         handler.can_hibernate = can_hibernate
+        handler.conn_id = conn_id
         # This frame lives as long as the connection: keep nothing it does not need.
         del accept, accepted, request
         if self._closing or self.registry.draining:
@@ -193,7 +207,7 @@ class Dispatcher:
             return
         self._handlers.add(handler)
         try:
-            await handler.run()
+            await handler.run(resume)
         except Exception:
             log.exception("connection handler crashed (%s)", quoted(target, 100))
             await handler.close_direct(closecodes.INTERNAL_ERROR)
@@ -231,6 +245,18 @@ def _action_error(gen: Generation, frame: ActionRequest, exc: Exception) -> str:
     return encode_error(frame.id, InternalError("the action raised"))
 
 
+@attrs.frozen
+class ResumedConn:
+    """A hibernated connection to take back (see :meth:`Dispatcher.handle`)."""
+
+    actor_id: str
+    conn_id: str
+    kind: ConnKind
+    params: Any
+    state: Any
+    subscriptions: tuple[str, ...] = ()
+
+
 class _Reply:
     """An action's answer, tracked as work of its generation until it is sent, so that no
     generation (and no registry) ends before the answers of its actions are out. The grace
@@ -266,6 +292,7 @@ class _ConnHandler:
         "buffer",
         "can_hibernate",
         "conn",
+        "conn_id",
         "delivering",
         "dispatcher",
         "done_event",
@@ -301,6 +328,8 @@ class _ConnHandler:
         """Needed by the setup hooks only; dropped once the connection is live."""
         self.conn: Conn | None = None
         self.can_hibernate = True
+        self.conn_id: str | None = None
+        """The id the transport gives the connection (see Dispatcher.handle), if any."""
         """False: the transport cannot outlive a generation (see Dispatcher.handle)."""
         self.buffer: collections.deque[Any] | None = None
         """Messages waiting for the next generation (made on first use: most connections
@@ -380,16 +409,25 @@ class _ConnHandler:
             self.done_event = trio.Event()
         await self.done_event.wait()
 
-    async def run(self) -> None:
-        """Route, set up, serve and tear down the connection (the caller handles a crash).
+    async def run(self, resume: ResumedConn | None = None) -> None:
+        """Route, set up, serve and tear down the connection (the caller handles a crash);
+        with ``resume``, take a hibernated connection back instead of routing and setting up
+        a new one (see :meth:`Dispatcher.handle`).
 
         Check point 3, the read loop, is inline: this frame lives as long as the connection,
         and every coroutine frame held per idle connection costs memory."""
-        started = await self._start()
-        if started is None:
-            return
-        entry, conn = started
-        refused = await self._open(entry, conn) is None
+        if resume is not None:
+            resumed = await self._resume(resume)
+            if resumed is None:
+                return
+            entry, conn = resumed
+            refused = False
+        else:
+            started = await self._start()
+            if started is None:
+                return
+            entry, conn = started
+            refused = await self._open(entry, conn) is None
         self.request = self.phase_scope = None  # setup is over
         self.phase = ConnPhase.OPEN
         if refused:
@@ -497,7 +535,7 @@ class _ConnHandler:
             route.kind is ConnKind.PROTOCOL or options.hibernatable_websockets
         )
         conn = self.conn = Conn(
-            id=uuid.uuid4().hex,
+            id=self.conn_id or uuid.uuid4().hex,
             actor_id=entry.actor_id,
             kind=route.kind,
             params=route.params,
@@ -579,6 +617,48 @@ class _ConnHandler:
             if self.conn is not None:
                 self.conn.mark_closed()
             await self.close_direct(closecodes.INTERNAL_ERROR)
+
+    async def _resume(self, resume: ResumedConn) -> tuple[ActorEntry, Conn] | None:
+        """Take a hibernated connection back (no routing, no setup hooks, no
+        ``on_connect``): check point 1 holds it until the actor's generation runs, and it goes
+        live in that generation, with its id, params, state and subscriptions. None when the
+        actor is gone (the close is sent)."""
+        entry = self.host.entry(resume.actor_id)
+        if entry is None:
+            await self.close_direct(closecodes.NOT_FOUND)
+            return None
+        options = entry.definition.options
+        conn = self.conn = Conn(
+            id=resume.conn_id,
+            actor_id=entry.actor_id,
+            kind=resume.kind,
+            params=resume.params,
+            hibernatable=True,
+            close_timeout=options.close_timeout,
+        )
+        conn.state = resume.state
+        for event in resume.subscriptions:
+            conn.subscribe(event, options.max_subscriptions)
+        conn.bind(self.transport, self._start_writer, self.host.watchdog)
+        self.request = None
+        try:
+            with self._enter(ConnPhase.SETUP):
+                gen = await self._admit_connect(entry)  # check point 1
+        except ActorError as exc:
+            self.close(closecodes.for_error(exc))
+            return None
+        if self.shutdown_close is not None:
+            self.close(self.shutdown_close)
+            return None
+        # Live: attached synchronously with the admission (no checkpoint in between).
+        self.phase = ConnPhase.OPEN
+        self.phase_scope = None
+        entry.add_conn(conn)
+        gen.conn_attached(conn)
+        if conn.kind is ConnKind.PROTOCOL:
+            # The client learns the generation that serves it now.
+            conn.queue_frame(encode_init(entry.actor_id, conn.id, gen.number))
+        return entry, conn
 
     # ---------------------------------------------------------------- check points 1 and 2
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,24 @@ def _require(what: str) -> None:
     pytest.skip(message)
 
 
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, timeout=60, text=True)
+    assert done.returncode == 0, f"{argv[-3:]}: {done.stdout[-800:]} {done.stderr[-800:]}"
+
+
+def _wait_listening(port: int, timeout: float = 30.0) -> None:
+    """Return once something accepts TCP connections on 127.0.0.1:``port`` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @attrs.frozen
 class Cluster:
     nodes: tuple[Engine, Engine]
@@ -55,20 +75,10 @@ def cluster() -> Iterator[Cluster]:
     pg_port, nats_port = _free_port(), _free_port()
     # PostgreSQL refuses to run as root: as the postgres user when we are root.
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run(
-        [*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    _run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"])
     options = f"-p {pg_port} -k {folder} -c listen_addresses=127.0.0.1"
     pg_ctl = [*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data)]
-    subprocess.run(
-        [*pg_ctl, "-o", options, "-l", str(folder / "pg.log"), "-w", "start"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    _run([*pg_ctl, "-o", options, "-l", str(folder / "pg.log"), "-w", "start"])
     nats = subprocess.Popen(
         [nats_server, "-a", "127.0.0.1", "-p", str(nats_port)],
         stdout=subprocess.DEVNULL,
@@ -76,6 +86,7 @@ def cluster() -> Iterator[Cluster]:
     )
     nodes: list[Engine] = []
     try:
+        _wait_listening(nats_port)
         for n in (1, 2):
             ports = (_free_port(), _free_port(), _free_port())
             config = {

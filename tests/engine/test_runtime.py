@@ -105,31 +105,32 @@ async def test_an_envoy_registers_and_serves_actions_through_the_gateway(engine:
 
 
 async def test_sleep_then_wake_is_the_next_generation_with_the_state_kept(engine: Engine) -> None:
+    """The registry's sleep becomes an intent, the engine's stop carries it out; the protocol
+    connection hibernates (the gateway holds it). A new connection wakes the actor as the
+    next generation, and the held one comes back in it too."""
     with trio.fail_after(TEST_TIMEOUT):
         async with envoy(engine, "p-sleep") as runtime:
-            async with gateway(engine, "p-sleep", "s") as ws:
-                init = json.loads(await ws.get_message())
+            async with gateway(engine, "p-sleep", "s") as held:
+                init = json.loads(await held.get_message())
                 actor_id = init["actor_id"]
-                assert await call(ws, 1, "add", 7) == 7
-                # The registry's sleep becomes an intent; the engine's stop carries it out, and
-                # the connection gets the sleep close.
+                assert await call(held, 1, "add", 7) == 7
                 await runtime.registry.sleep(actor_id)
-                try:
-                    while True:
-                        await ws.get_message()
-                except ConnectionClosed as closed:
-                    assert closed.reason.code == 1001, closed.reason
-                    assert closed.reason.reason == "actor.sleeping"
-            assert host_of(runtime.registry).entry(actor_id) is None or (
-                runtime.registry.lifecycle(actor_id) is actorcore.LifecycleState.ASLEEP
-            )
-            async with gateway(engine, "p-sleep", "s") as ws:
-                init = json.loads(await ws.get_message())
-                assert init["actor_id"] == actor_id
-                assert init["generation"] == 2
-                assert await call(ws, 1, "add", 1) == 8
-                info = await call(ws, 2, "info")
-                assert info["wakes"] == [1, 2]
+                assert runtime.registry.lifecycle(actor_id) is actorcore.LifecycleState.ASLEEP
+                async with gateway(engine, "p-sleep", "s") as ws:
+                    init = json.loads(await ws.get_message())
+                    assert init["actor_id"] == actor_id
+                    assert init["generation"] == 2
+                    assert await call(ws, 1, "add", 1) == 8
+                    info = await call(ws, 2, "info")
+                    assert info["wakes"] == [1, 2]
+                # The held connection's next call goes to generation 2 (its init comes first).
+                await held.send_message(
+                    json.dumps({"type": "action", "id": 2, "name": "add", "args": [1]})
+                )
+                back = json.loads(await held.get_message())
+                assert (back["type"], back["generation"]) == ("init", 2)
+                answer = json.loads(await held.get_message())
+                assert (answer["id"], answer["output"]) == (2, 9)
             assert runtime.store.stale_writes == 0
 
 
@@ -159,7 +160,7 @@ class Echo(actorcore.Actor):
         await conn.send(message)
 
 
-async def test_the_python_client_reaches_actors_through_the_gateway_and_follows_a_sleep(
+async def test_the_python_client_reaches_actors_through_the_gateway_across_a_sleep(
     engine: Engine,
 ) -> None:
     with trio.fail_after(TEST_TIMEOUT):
@@ -170,17 +171,11 @@ async def test_the_python_client_reaches_actors_through_the_gateway_and_follows_
                 assert await actor.call("add", 4) == 4
                 first = actor.generation
                 await runtime.registry.sleep(actor.actor_id)
-                # 1001 actor.sleeping: the client reconnects and the engine starts the next
-                # generation, with the state kept.
-                try:
-                    total = await actor.call("add", 1)
-                except actorcore.ActorStopping:
-                    # Sent before the client saw the close: not delivered (a finalizing
-                    # generation takes no message), so sending it again is safe.
-                    total = await actor.call("add", 1)
-                assert total == 5
-                assert actor.statistics().closes_by_code.get(1001) == 1
+                # The connection hibernated: the next call wakes the next generation, on the
+                # same connection (no close, no reconnect), with the state kept.
+                assert await actor.call("add", 1) == 5
                 assert actor.generation == first + 1
+                assert actor.statistics().connects == 1
             # A write of a generation that has ended is refused before it leaves the process.
             with pytest.raises(actorcore.StaleGeneration):
                 await runtime.store.save(actor.actor_id, first, b'{"count": 0, "wakes": []}')
@@ -203,6 +198,25 @@ async def test_raw_websockets_and_close_codes_through_the_gateway(engine: Engine
                 for message in ("text", b"\x00binary"):
                     await ws.send_message(message)
                     assert await ws.get_message() == message
+            # A raw WebSocket does not hibernate: its actor's sleep closes it with 1001.
+            async with tcp_websocket(
+                port, f"/gateway/echo/ws?{query}2&rvt-crash-policy=sleep", subprotocols=["rivet"]
+            ) as ws:
+                await ws.send_message("ping")
+                assert await ws.get_message() == "ping"
+                echo_id = next(
+                    e.actor_id
+                    for e in host_of(registry).entries()
+                    if e.name == "echo" and e.key == "r2"
+                )
+                await registry.sleep(echo_id)
+                with pytest.raises(ConnectionClosed) as slept:
+                    while True:
+                        await ws.get_message()
+                assert (slept.value.reason.code, slept.value.reason.reason) == (
+                    1001,
+                    "actor.sleeping",
+                )
             # A malformed protocol frame: 1008 protocol.invalid_message, as on our listener.
             async with gateway(engine, "p-raw", "bad") as ws:
                 await ws.get_message()  # init
@@ -260,3 +274,76 @@ async def test_actors_spread_over_two_envoys_of_one_pool(engine: Engine) -> None
             assert on_first and on_second, (len(on_first), len(on_second))
             assert on_first.isdisjoint(on_second)
             assert on_first | on_second == set(served)
+
+
+class Napper(actorcore.Actor):
+    """Sleeps after 0.3 s idle; counts connects; a per-connection counter."""
+
+    options = ActorOptions(sleep_timeout=0.3)
+
+    def create_state(self, ctx: ActorContext, input: Any) -> dict[str, Any]:
+        return {"connects": 0, "touches": 0}
+
+    def create_conn_state(self, ctx: ActorContext, params: Any) -> dict[str, Any]:
+        return {"touches": 0}
+
+    async def on_connect(self, ctx: ActorContext, conn: actorcore.Conn) -> None:
+        ctx.state["connects"] += 1
+
+    @actorcore.action
+    async def touch(self, ctx: ActorContext) -> dict[str, Any]:
+        conn = ctx.conn
+        assert conn is not None
+        conn.state["touches"] += 1
+        ctx.state["touches"] += 1
+        return {
+            "conn": conn.state["touches"],
+            "actor": ctx.state["touches"],
+            "connects": ctx.state["connects"],
+            "generation": ctx.generation,
+        }
+
+
+async def test_idle_sleep_keeps_a_hibernating_connection_open_into_the_next_generation(
+    engine: Engine,
+) -> None:
+    """The gateway holds the protocol connection while the actor sleeps; the next message
+    wakes it as generation + 1, the connection comes back with its id and state, and
+    ``on_connect`` does not run again."""
+    with trio.fail_after(TEST_TIMEOUT):
+        registry = actorcore.Registry([Napper])
+        runtime = EngineRuntime(registry, EnvoyOptions(url=engine.url, pool="p-hib"))
+        asleep = trio.Event()
+
+        def watch(actor_id: str, old: Any, new: Any) -> None:
+            if new is actorcore.LifecycleState.ASLEEP:
+                asleep.set()
+
+        registry.watch_transitions(watch)
+        port = int(engine.url.rsplit(":", 1)[1])
+        query = "rvt-namespace=default&rvt-method=getOrCreate&rvt-runner=p-hib&rvt-key=n"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            async with tcp_websocket(
+                port,
+                f"/gateway/napper/connect?{query}&rvt-crash-policy=sleep",
+                subprotocols=["rivet"],
+            ) as ws:
+                first = json.loads(await ws.get_message())
+                assert first["generation"] == 1
+                answer = await call(ws, 1, "touch")
+                assert answer == {"conn": 1, "actor": 1, "connects": 1, "generation": 1}
+                await asleep.wait()  # idle: the engine granted the sleep; the socket stays
+                await ws.send_message(json.dumps({"type": "action", "id": 2, "name": "touch"}))
+                again = json.loads(await ws.get_message())
+                assert again["type"] == "init", again
+                assert again["generation"] == 2
+                assert again["conn_id"] == first["conn_id"]
+                answer = json.loads(await ws.get_message())
+                assert answer["output"] == {
+                    "conn": 2,
+                    "actor": 2,
+                    "connects": 1,
+                    "generation": 2,
+                }
+            registry.request_shutdown()
