@@ -265,10 +265,17 @@ async def test_actors_spread_over_two_envoys_of_one_pool(engine: Engine) -> None
         async with envoy(engine, "p-spread") as first, envoy(engine, "p-spread") as second:
             served: dict[str, str] = {}
             for i in range(12):
-                async with gateway(engine, "p-spread", f"s{i}") as ws:
-                    init = json.loads(await ws.get_message())
-                    await call(ws, 1, "add", i)
-                    served[init["actor_id"]] = f"s{i}"
+                while True:
+                    try:
+                        async with gateway(engine, "p-spread", f"s{i}") as ws:
+                            init = json.loads(await ws.get_message())
+                            await call(ws, 1, "add", i)
+                            served[init["actor_id"]] = f"s{i}"
+                            break
+                    except ConnectionClosed as closed:
+                        # The engine's own placement can time out on a loaded 2-core host
+                        # (1011 pegboard.route_resolve_query_timeout): a client retries.
+                        assert closed.reason.code == 1011, closed.reason
             on_first = {a for a in served if first.registry.lifecycle(a) is not None}
             on_second = {a for a in served if second.registry.lifecycle(a) is not None}
             assert on_first and on_second, (len(on_first), len(on_second))
