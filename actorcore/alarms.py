@@ -28,7 +28,7 @@ import bisect
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -220,8 +220,15 @@ class AlarmTimer:
         if not store.keeps_alarms:
             raise ScheduleError(f"the store {type(store).__name__} keeps no alarms")
 
+    def appeared(self, records: Iterable[AlarmRecord]) -> None:
+        """Alarms that came into the store without passing through this timer (an engine
+        start loads an actor's alarms with it): hold them like newly added ones."""
+        for record in records:
+            self._added(record)
+
     def forget_actor(self, actor_id: str) -> None:
-        """The actor was destroyed (its alarms went with its row): drop them from memory."""
+        """The actor's alarms left this registry's store (it was destroyed, or under an
+        engine it stopped running here): drop them from memory."""
         for alarm_id in [a for a, r in self._records.items() if r.actor_id == actor_id]:
             self._gone(alarm_id)
 

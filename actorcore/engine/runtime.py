@@ -229,9 +229,18 @@ class EngineRuntime:
                 Variant("EventActorStateUpdate", {"state": Variant("ActorStateRunning")}),
             )
             self._take_back_hibernated(actor_id)
+            host_of(self.registry).alarms.appeared(self.store.loaded_alarms.pop(actor_id, []))
         elif new in (S.ASLEEP, S.DESTROYED):
             if new is S.ASLEEP:
                 self._hibernate_conns(actor_id)
+            alarms = self.store.unload_alarms(actor_id)
+            host_of(self.registry).alarms.forget_actor(actor_id)
+            if new is S.ASLEEP:
+                # The engine wakes the sleeping actor when its earliest alarm falls due.
+                due = round(alarms[0].due * 1000) if alarms else None
+                self.link.queue_event(
+                    actor_id, held.generation, Variant("EventActorSetAlarm", {"alarmTs": due})
+                )
             self.store.release(actor_id)
             error = None if old in _ENDED_BY_FINALIZE else f"generation ended in {old.value}"
             self._stopped(actor_id, held.generation, error)

@@ -19,20 +19,24 @@ at all.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 import attrs
+import trio
 
-from ..errors import ActorNotFound, StaleGeneration, StoreError
-from ..store.base import ActorRecord, Store, StoreStatistics
+from ..errors import ActorNotFound, ScheduleLimit, StaleGeneration, StoreError
+from ..store.base import ActorRecord, AlarmRecord, Store, StoreStatistics
 from .bare import Variant
 
 __all__ = ["EngineStore", "StartedActor"]
 
 META_KEY: Final = b"actorcore/meta"
 STATE_KEY: Final = b"actorcore/state"
+ALARMS_KEY: Final = b"actorcore/alarms"
+"""The actor's pending alarms (JSON), loaded with it when it starts on an envoy."""
 CONNS_KEY: Final = b"actorcore/conns"
 """The actor's hibernating connections (id, params, state, subscriptions, gateway ids),
 written with every save: the next generation takes them back, wherever it runs."""
@@ -58,7 +62,15 @@ class StartedActor:
 
 
 class EngineStore(Store):
-    """Actors of one envoy, stored in the engine (see the module docstring)."""
+    """Actors of one envoy, stored in the engine (see the module docstring).
+
+    Alarms: each actor's pending alarms are one KV value, written on every change and loaded
+    when the engine starts the actor here; the store answers ``next_alarms`` from the alarms
+    of the actors running on this envoy. While an actor sleeps, the engine holds its earliest
+    alarm (``EventActorSetAlarm``, sent by the runtime) and starts it when that falls due.
+    """
+
+    keeps_alarms: ClassVar[bool] = True
 
     def __init__(self, link: KvClient) -> None:
         self._link = link
@@ -69,6 +81,11 @@ class EngineStore(Store):
         self.conn_records: Callable[[str], list[dict[str, Any]]] | None = None
         """Gives the records of an actor's hibernatable connections, saved with its state."""
         self.hibernated: dict[str, list[dict[str, Any]]] = {}
+        self._alarms: dict[str, AlarmRecord] = {}
+        self._alarms_of: dict[str, set[str]] = {}
+        self.loaded_alarms: dict[str, list[AlarmRecord]] = {}
+        """Alarms read when a generation began, until the timer is told of them."""
+        self._read_alarms: dict[str, list[AlarmRecord]] = {}
         """Connection records read when a generation began, until they are taken back."""
         self.writes = 0
         self.write_errors = 0
@@ -128,13 +145,25 @@ class EngineStore(Store):
         return answer
 
     async def _read(self, actor_id: str) -> tuple[dict[str, Any] | None, bytes | None]:
-        request = Variant("KvGetRequest", {"keys": [META_KEY, STATE_KEY, CONNS_KEY]})
+        request = Variant("KvGetRequest", {"keys": [META_KEY, STATE_KEY, CONNS_KEY, ALARMS_KEY]})
         answer = await self._kv(actor_id, request)
         values = dict(zip(answer.val["keys"], answer.val["values"], strict=True))
         raw_meta = values.get(META_KEY)
         meta = json.loads(raw_meta) if raw_meta is not None else None
         raw_conns = values.get(CONNS_KEY)
         self.hibernated[actor_id] = json.loads(raw_conns) if raw_conns else []
+        raw_alarms = values.get(ALARMS_KEY)
+        self._read_alarms[actor_id] = [
+            AlarmRecord(
+                alarm_id=a["id"],
+                actor_id=actor_id,
+                due=a["due"],
+                action=a["action"],
+                args=a["args"].encode(),
+                attempts=a["attempts"],
+            )
+            for a in (json.loads(raw_alarms) if raw_alarms else [])
+        ]
         return meta, values.get(STATE_KEY)
 
     def _record(
@@ -194,6 +223,12 @@ class EngineStore(Store):
         meta, state = await self._read(actor_id)
         record = self._record(actor_id, meta, state)
         assert record is not None
+        self._unload_alarms(actor_id)
+        loaded = self._read_alarms.pop(actor_id, [])
+        for alarm in loaded:
+            self._alarms[alarm.alarm_id] = alarm
+            self._alarms_of.setdefault(actor_id, set()).add(alarm.alarm_id)
+        self.loaded_alarms[actor_id] = loaded
         return attrs.evolve(record, generation=held.generation)
 
     async def begin_or_create(
@@ -205,6 +240,84 @@ class EngineStore(Store):
             await self.create(actor_id, name, key, input)
         assert record is not None
         return await self.begin_generation(record.actor_id)
+
+    # ---------------------------------------------------------------- alarms
+
+    def _unload_alarms(self, actor_id: str) -> list[AlarmRecord]:
+        """Drop the actor's alarms from memory (it stops running here); returns them."""
+        gone = [self._alarms.pop(a) for a in self._alarms_of.pop(actor_id, set())]
+        return sorted(gone, key=lambda a: (a.due, a.alarm_id))
+
+    def unload_alarms(self, actor_id: str) -> list[AlarmRecord]:
+        """The actor's generation ended here: its alarms stay in the engine's KV and leave
+        this envoy's memory; returns them (earliest first) for the engine's wake-up."""
+        return self._unload_alarms(actor_id)
+
+    async def _write_alarms(self, actor_id: str) -> None:
+        alarms = sorted(
+            (self._alarms[a] for a in self._alarms_of.get(actor_id, ())),
+            key=lambda a: (a.due, a.alarm_id),
+        )
+        value = json.dumps(
+            [
+                {
+                    "id": a.alarm_id,
+                    "due": a.due,
+                    "action": a.action,
+                    "args": a.args.decode(),
+                    "attempts": a.attempts,
+                }
+                for a in alarms
+            ]
+        ).encode()
+        await self._kv(actor_id, Variant("KvPutRequest", {"keys": [ALARMS_KEY], "values": [value]}))
+
+    async def add_alarm(self, alarm: AlarmRecord, generation: int, max_alarms: int) -> None:
+        """Store ``alarm`` with its actor's alarms (fenced by the generation held here)."""
+        self._fence(alarm.actor_id, generation)
+        mine = self._alarms_of.setdefault(alarm.actor_id, set())
+        if len(mine) >= max_alarms:
+            raise ScheduleLimit(f"actor {alarm.actor_id} already has {len(mine)} alarms")
+        self._alarms[alarm.alarm_id] = alarm
+        mine.add(alarm.alarm_id)
+        try:
+            await self._write_alarms(alarm.actor_id)
+        except StoreError:
+            mine.discard(alarm.alarm_id)
+            del self._alarms[alarm.alarm_id]
+            raise
+
+    async def remove_alarm(self, actor_id: str, alarm_id: str) -> bool:
+        """Remove the alarm; False if the actor (running here) has no such alarm."""
+        alarm = self._alarms.get(alarm_id)
+        if alarm is None or alarm.actor_id != actor_id:
+            return False
+        del self._alarms[alarm_id]
+        self._alarms_of.get(actor_id, set()).discard(alarm_id)
+        if self._held.get(actor_id) is not None:
+            await self._write_alarms(actor_id)
+        return True
+
+    async def retry_alarm(self, alarm_id: str, due: float, attempts: int) -> bool:
+        """Move the alarm to ``due`` with ``attempts``; False if it is gone."""
+        alarm = self._alarms.get(alarm_id)
+        if alarm is None:
+            return False
+        self._alarms[alarm_id] = attrs.evolve(alarm, due=due, attempts=attempts)
+        if self._held.get(alarm.actor_id) is not None:
+            await self._write_alarms(alarm.actor_id)
+        return True
+
+    async def list_alarms(self, actor_id: str) -> list[AlarmRecord]:
+        """The alarms of an actor running here, earliest first."""
+        await trio.lowlevel.checkpoint()
+        alarms = [self._alarms[a] for a in self._alarms_of.get(actor_id, ())]
+        return sorted(alarms, key=lambda a: (a.due, a.alarm_id))
+
+    async def next_alarms(self, limit: int) -> list[AlarmRecord]:
+        """The ``limit`` alarms due first among the actors running here."""
+        await trio.lowlevel.checkpoint()
+        return heapq.nsmallest(limit, self._alarms.values(), key=lambda a: (a.due, a.alarm_id))
 
     async def save(self, actor_id: str, generation: int, state: bytes) -> None:
         """Write the state (and the record) of the generation held here."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+from trio_websocket import ConnectionClosed
 
 import actorcore
 from actorcore.engine.link import EnvoyOptions
@@ -132,10 +133,20 @@ async def test_two_engine_nodes_share_actors_and_route_to_both_envoys(cluster: C
             for i in range(12):
                 node = cluster.nodes[i % 2]
                 resource = f"/gateway/tally/connect?{query}&rvt-key=m{i}"
-                async with tcp_websocket(_port(node), resource, subprotocols=["rivet"]) as ws:
-                    init = json.loads(await ws.get_message())
-                    ids[init["actor_id"]] = i
-                    assert await call(ws, 1, "add", i) == i
+                while True:
+                    try:
+                        async with tcp_websocket(
+                            _port(node), resource, subprotocols=["rivet"]
+                        ) as ws:
+                            init = json.loads(await ws.get_message())
+                            ids[init["actor_id"]] = i
+                            assert await call(ws, 1, "add", i) == i
+                            break
+                    except ConnectionClosed as closed:
+                        # Placement can time out on a loaded 2-core host (1011
+                        # pegboard.route_resolve_query_timeout): a client retries. The add is
+                        # not sent before the init, so it is not applied twice.
+                        assert closed.reason.code == 1011 and i not in ids.values(), closed
             # Each actor through the other node's gateway: the same actor, its state kept.
             for actor_id, i in ids.items():
                 node = cluster.nodes[(i + 1) % 2]

@@ -354,3 +354,59 @@ async def test_idle_sleep_keeps_a_hibernating_connection_open_into_the_next_gene
                     "generation": 2,
                 }
             registry.request_shutdown()
+
+
+class Alarmist(actorcore.Actor):
+    """Schedules a ring and goes to sleep: the engine must wake it for the ring."""
+
+    options = ActorOptions(sleep_timeout=3600)
+    rang = trio.Event()
+
+    def create_state(self, ctx: ActorContext, input: Any) -> dict[str, Any]:
+        return {"rings": [], "armed_in": 0}
+
+    @actorcore.action
+    async def arm(self, ctx: ActorContext, delay: float) -> str:
+        alarm_id = await ctx.schedule.after(delay, "ring")
+        ctx.state["armed_in"] = ctx.generation
+        await ctx.save_state()
+        ctx.sleep()
+        return alarm_id
+
+    @actorcore.action
+    async def ring(self, ctx: ActorContext) -> None:
+        ctx.state["rings"].append(ctx.generation)
+        await ctx.save_state()
+        type(self).rang.set()
+
+    @actorcore.action
+    async def rings(self, ctx: ActorContext) -> dict[str, Any]:
+        return {"rings": ctx.state["rings"], "armed_in": ctx.state["armed_in"]}
+
+
+async def test_an_alarm_of_a_sleeping_actor_is_handed_to_the_engine_which_wakes_it(
+    engine: Engine,
+) -> None:
+    Alarmist.rang = trio.Event()
+    with trio.fail_after(TEST_TIMEOUT):
+        registry = actorcore.Registry([Alarmist])
+        runtime = EngineRuntime(registry, EnvoyOptions(url=engine.url, pool="p-alarm"))
+        port = int(engine.url.rsplit(":", 1)[1])
+        query = "rvt-namespace=default&rvt-method=getOrCreate&rvt-runner=p-alarm&rvt-key=a"
+        resource = f"/gateway/alarmist/connect?{query}&rvt-crash-policy=sleep"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            async with tcp_websocket(port, resource, subprotocols=["rivet"]) as ws:
+                init = json.loads(await ws.get_message())
+                actor_id = init["actor_id"]
+                await call(ws, 1, "arm", 1.0)
+            # Asleep with its alarm in the engine: nothing of it runs here until the engine
+            # starts it again, when the alarm falls due.
+            await Alarmist.rang.wait()
+            assert registry.lifecycle(actor_id) is actorcore.LifecycleState.STARTED
+            async with tcp_websocket(port, resource, subprotocols=["rivet"]) as ws:
+                init = json.loads(await ws.get_message())
+                state = await call(ws, 1, "rings")
+            assert state["armed_in"] == 1
+            assert state["rings"] == [init["generation"]] and init["generation"] >= 2
+            registry.request_shutdown()
