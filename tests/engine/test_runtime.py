@@ -167,7 +167,10 @@ async def test_the_python_client_reaches_actors_through_the_gateway_across_a_sle
         async with envoy(engine, "p-client") as runtime:
             url = engine.ws
             gateway_of = actorcore.Gateway(pool="p-client")
-            async with actorcore.connect(url, "tally", "c", gateway=gateway_of) as actor:
+            # A first start through the engine can take seconds on a loaded 2-core host.
+            async with actorcore.connect(
+                url, "tally", "c", gateway=gateway_of, connect_timeout=30
+            ) as actor:
                 assert await actor.call("add", 4) == 4
                 first = actor.generation
                 await runtime.registry.sleep(actor.actor_id)
