@@ -103,6 +103,8 @@ class EngineRuntime:
         self._by_conn: dict[str, TunnelSocket] = {}
         """Sockets by the id of their connection (``conn_id_of``)."""
         self._restoring: dict[str, list[TunnelSocket]] = {}
+        self._lost: dict[str, StartedActor] = {}
+        """Generations stopped because the link was lost, until their end is reported."""
         self._parked: dict[tuple[bytes, bytes], tuple[str, dict[str, Any]]] = {}
         """Sockets this envoy let go of when their actor slept here (the gateway holds them),
         with their connection records: taken back when the gateway sends on one again."""
@@ -209,6 +211,10 @@ class EngineRuntime:
         about to place this envoy's actors elsewhere. No more writes; every local actor
         stops (its final save is refused by the fence, so its last saved state stands)."""
         assert self._nursery is not None
+        for entry in host_of(self.registry).entries():
+            held = self.store.held(entry.actor_id)
+            if held is not None:
+                self._lost[entry.actor_id] = held
         self.store.release_all()
         for entry in host_of(self.registry).entries():
             if entry.generation is not None:
@@ -221,6 +227,15 @@ class EngineRuntime:
     def _transitioned(self, actor_id: str, old: LifecycleState, new: LifecycleState) -> None:
         held = self.store.held(actor_id)
         if held is None:
+            lost = self._lost.get(actor_id)
+            if lost is not None and new in (S.ASLEEP, S.DESTROYED):
+                # Stopped without the engine (it was out of reach): reported as an error, so
+                # the engine sleeps the actor (an unprompted "Ok" would destroy it).
+                del self._lost[actor_id]
+                self._hibernate_conns(actor_id)
+                self.store.unload_alarms(actor_id)
+                host_of(self.registry).alarms.forget_actor(actor_id)
+                self._stopped(actor_id, lost.generation, "the envoy lost the engine")
             return
         if old is S.LOADING and new is S.STARTED:
             self.link.queue_event(

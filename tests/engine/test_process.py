@@ -181,3 +181,76 @@ async def test_sigkill_of_an_envoy_brings_its_actors_back_elsewhere_with_every_s
         first.kill()
         if second is not None:
             second.kill()
+
+
+async def test_a_link_down_near_the_lost_threshold_stops_local_actors_and_refuses_their_writes(
+    tmp_path: Path,
+) -> None:
+    """The engine is gone for longer than its lost threshold less the margin: the envoy stops
+    its actors first (the engine will place them elsewhere), and their last writes are
+    refused by the fence; when the engine is back, the actor starts again from its last
+    saved state."""
+    import actorcore
+    from actorcore.engine.link import EnvoyOptions
+    from actorcore.engine.runtime import EngineRuntime
+
+    from .app import Ledger
+
+    os.environ["RIVET__PEGBOARD__ENVOY_LOST_THRESHOLD"] = str(LOST_THRESHOLD_MS)
+    try:
+        engine = start_engine(tmp_path)
+    finally:
+        del os.environ["RIVET__PEGBOARD__ENVOY_LOST_THRESHOLD"]
+    try:
+        with trio.fail_after(60):
+            registry = actorcore.Registry([Ledger])
+            runtime = EngineRuntime(
+                registry, EnvoyOptions(url=engine.url, pool="p-lost", lost_margin=3.0)
+            )
+            stopped = trio.Event()
+
+            def watch(actor_id: str, old: Any, new: Any) -> None:
+                if new is actorcore.LifecycleState.ASLEEP:
+                    stopped.set()
+
+            registry.watch_transitions(watch)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(runtime.run)
+                assert runtime.link.lost_threshold == LOST_THRESHOLD_MS / 1000
+                async with ledger(engine, "p-lost", "k") as ws:
+                    actor_id = json.loads(await ws.get_message())["actor_id"]
+                    assert (await call(ws, 1, "add", 5))["total"] == 5
+                await trio.to_thread.run_sync(stop_engine, engine)
+                down_at = trio.current_time()
+                await stopped.wait()
+                # Stopped about lost_threshold - lost_margin (1 s) after the link went down.
+                assert trio.current_time() - down_at < LOST_THRESHOLD_MS / 1000
+                # The fence is closed: no write of that generation leaves the process now.
+                assert runtime.store.held(actor_id) is None
+                with pytest.raises(actorcore.StaleGeneration):
+                    await runtime.store.save(actor_id, 1, b'{"total": 0, "adds": 0}')
+                engine = await trio.to_thread.run_sync(start_engine, engine.folder, engine.ports)
+                state = await read_when_back(engine, "p-lost", "k")
+                assert state["total"] == 5 and state["adds"] == 1
+                registry.request_shutdown()
+    finally:
+        stop_engine(engine)
+
+
+async def test_a_second_envoy_with_the_same_key_evicts_the_first(fast_engine: Engine) -> None:
+    import actorcore
+    from actorcore.engine.link import EnvoyEvicted, EnvoyOptions
+    from actorcore.engine.runtime import EngineRuntime
+
+    from .app import Ledger
+
+    options = EnvoyOptions(url=fast_engine.url, pool="p-evict", envoy_key="same-key")
+    first = EngineRuntime(actorcore.Registry([Ledger]), options)
+    second = EngineRuntime(actorcore.Registry([Ledger]), options)
+    with trio.fail_after(30):
+        with pytest.RaisesGroup(EnvoyEvicted, flatten_subgroups=True):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(first.run)
+                await nursery.start(second.run)
+                await trio.sleep_forever()
+        second.registry.request_shutdown()
