@@ -71,8 +71,11 @@ class TunnelSocket:
         self._last_in: int | None = None if restored else 0
         """Index of the last message received (the open is 0; a restored socket takes the
         first message the gateway sends again)."""
-        self._to_ack: int | None = None
-        """Index of the message the dispatcher took last, not acknowledged yet."""
+        self._taken: collections.deque[list[Any]] = collections.deque()
+        """Messages taken by the dispatcher and not acknowledged yet, in order:
+        ``[index, state]`` with state "taken", "held" (kept for the next generation) or
+        "done" (delivered, or handled)."""
+        self._acked: int | None = None
         self._next_out = next_out
         self.path = "/connect"
         """The request path the gateway forwarded (kept with a hibernated socket)."""
@@ -118,14 +121,21 @@ class TunnelSocket:
         return self
 
     async def receive(self) -> str | bytes:
-        """The next client message; TransportClosed once closed. On a hibernatable socket,
-        asking for the next message acknowledges the one before: the dispatcher has taken it
-        (delivered it, or holds it for the next generation)."""
-        if self._to_ack is not None:
-            index, self._to_ack = self._to_ack, None
-            with contextlib.suppress(TransportClosed):
-                await self._send(Variant("ToRivetWebSocketMessageAck", {"index": index}))
-        while not self._incoming:
+        """The next client message; TransportClosed once closed.
+
+        On a hibernatable socket, asking for the next message settles the one before (the
+        dispatcher delivered or handled it), unless the dispatcher said it holds it for the
+        next generation (:meth:`held`; then :meth:`released` settles it). Settled messages
+        are acknowledged to the gateway in order: one held back holds back the
+        acknowledgement of those after it, so the gateway sends again, to the actor's next
+        generation, every message that no generation got."""
+        taken = self._taken
+        if taken and taken[-1][1] == "taken":
+            taken[-1][1] = "done"
+        while True:
+            await self._acknowledge()
+            if self._incoming:
+                break
             if self._closed is not None:
                 raise TransportClosed(*self._closed)
             await self._arrived.wait()
@@ -133,8 +143,31 @@ class TunnelSocket:
         await trio.lowlevel.checkpoint()
         index, message = self._incoming.popleft()
         if self.hibernatable:
-            self._to_ack = index
+            taken.append([index, "taken"])
         return message
+
+    def held(self) -> None:
+        """The dispatcher holds the message it took last for the actor's next generation."""
+        if self._taken and self._taken[-1][1] == "taken":
+            self._taken[-1][1] = "held"
+
+    def released(self) -> None:
+        """The oldest held message was delivered."""
+        for item in self._taken:
+            if item[1] == "held":
+                item[1] = "done"
+                break
+        self._arrived.set()  # the reader sends the acknowledgement
+
+    async def _acknowledge(self) -> None:
+        taken = self._taken
+        upto = None
+        while taken and taken[0][1] == "done":
+            upto = taken.popleft()[0]
+        if upto is not None and self.hibernatable:
+            self._acked = upto
+            with contextlib.suppress(TransportClosed):
+                await self._send(Variant("ToRivetWebSocketMessageAck", {"index": upto}))
 
     def restore(self, next_out: int, path: str) -> None:
         """Continue a hibernated socket: its outgoing numbering and its path, as saved."""

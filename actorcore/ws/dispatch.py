@@ -78,12 +78,17 @@ class _Counting:
     """Transport wrapper that counts sent messages and close frames into the registry's
     counters (the reader counts received messages itself: one call less per message)."""
 
-    __slots__ = ("_counters", "_inner", "receive")
+    __slots__ = ("_counters", "_inner", "held", "receive", "released")
 
     def __init__(self, inner: Transport, host: RegistryHost) -> None:
         self._inner = inner
         self._counters = host.counters
         self.receive = inner.receive
+        # A transport that acknowledges messages to its peer (a gateway that keeps the
+        # unacknowledged ones for the actor's next generation) is told which message the
+        # reader held for a next generation, and when it was delivered.
+        self.held: Callable[[], None] | None = getattr(inner, "held", None)
+        self.released: Callable[[], None] | None = getattr(inner, "released", None)
 
     async def send(self, message: str | bytes) -> None:
         await self._inner.send(message)
@@ -970,6 +975,8 @@ class _ConnHandler:
             self.buffer = None
             return
         buffer.append(item)
+        if self.transport.held is not None:
+            self.transport.held()
         if not self.delivering:
             self.delivering = True
             self.nursery.start_soon(self._guarded, self._deliver_buffered, entry, conn)
@@ -990,6 +997,8 @@ class _ConnHandler:
                 item = buffer.popleft()
                 conn.generation = gen.number
                 await self._deliver(gen, conn, item)
+                if self.transport.released is not None:
+                    self.transport.released()
         finally:
             self.delivering = False
             if not self.buffer:
