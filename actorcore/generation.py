@@ -145,8 +145,8 @@ class GenerationHost(Protocol):
         """Count and surface a failed state save."""
         ...
 
-    def note_store_write(self, seconds: float) -> None:
-        """A state write succeeded in ``seconds`` (metrics, readiness)."""
+    def note_store_write(self, seconds: float | None) -> None:
+        """A state write succeeded in ``seconds``, or failed (None): metrics, readiness."""
         ...
 
     @property
@@ -785,7 +785,11 @@ class Generation:
         actor the store does not hold yet; nothing else can save before it)."""
         data = self._encoded_state()
         started = time.perf_counter()
-        await self.host.store.create_initialized(self.actor_id, self.entry.name, self.key, data)
+        try:
+            await self.host.store.create_initialized(self.actor_id, self.entry.name, self.key, data)
+        except StoreError:
+            self.host.note_store_write(None)
+            raise
         self.host.note_store_write(time.perf_counter() - started)
         self._saved = data
         self.host.note_stored(self.entry)
@@ -796,7 +800,11 @@ class Generation:
         if data == self._saved:
             return
         started = time.perf_counter()
-        await self.host.store.save(self.actor_id, self.number, data)
+        try:
+            await self.host.store.save(self.actor_id, self.number, data)
+        except StoreError:
+            self.host.note_store_write(None)
+            raise
         self.host.note_store_write(time.perf_counter() - started)
         self._saved = data
         log.debug(

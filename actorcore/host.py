@@ -1189,11 +1189,13 @@ class RegistryHost:
         level = logging.ERROR if isinstance(error, StoreError) else logging.WARNING
         log.log(level, "actor %s id=%s: state save failed: %s", entry.name, entry.actor_id, error)
 
-    def note_store_write(self, seconds: float) -> None:
-        """A state write succeeded in ``seconds`` (a GenerationHost method, for metrics and
-        ``/readyz``)."""
-        self.store_failing = False
+    def note_store_write(self, seconds: float | None) -> None:
+        """A state write succeeded in ``seconds``, or failed (None): a GenerationHost method,
+        for metrics and ``/readyz``."""
+        self.store_failing = seconds is None
         observer = self.store_write_observer
+        if seconds is None:
+            return
         if observer is not None:
             observer(seconds)
 

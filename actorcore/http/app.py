@@ -232,11 +232,17 @@ class HttpApp:
             return await self._handler(route, exchange)
         await trio.lowlevel.checkpoint()
         if kind is RouteKind.WEBSOCKET:
-            return text_answer(
+            # As the opening handshake answers them (and the connection ends).
+            if method != "GET":
+                return attrs.evolve(
+                    text_answer(405, "only GET upgrades to a WebSocket\n"), close=True
+                )
+            answer = text_answer(
                 426,
                 "this route speaks WebSocket: send an upgrade request\n",
                 [(b"upgrade", b"websocket"), (b"sec-websocket-version", b"13")],
             )
+            return attrs.evolve(answer, close=True)
         return error_answer(ActorNotFound(f"no route for {exchange.target[:200]!r}"))
 
     def _readyz(self) -> HttpAnswer:

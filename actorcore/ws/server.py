@@ -309,8 +309,8 @@ class WebSocketServer:
         )
 
     def stop_http(self) -> None:
-        """The drain began: kept-alive HTTP connections close (idle ones now, busy ones after
-        their answer, which says ``Connection: close``)."""
+        """The registry stopped: kept-alive HTTP connections close (idle ones now, busy ones
+        after their answer, which says ``Connection: close``)."""
         self._closing = True
         for connection in self._http:
             if connection.idle_scope is not None:
@@ -713,8 +713,10 @@ async def serve_listeners(
                     task_status.started(server)
                     await registry.wait_shutdown_requested()
                     listener_nursery.cancel_scope.cancel()  # stop accepting
-                server.stop_http()
+                # Kept-alive HTTP connections are answered during the drain (/readyz says
+                # 503, each answer says Connection: close); idle ones close once it is over.
                 await registry.wait_stopped()
+                server.stop_http()
                 # Every connection has had its close frame; what is left is a bounded handshake.
                 handler_nursery.cancel_scope.deadline = trio.current_time() + close_timeout
         finally:
