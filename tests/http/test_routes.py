@@ -100,7 +100,11 @@ async def test_unknown_actors_and_actions_are_404(serve: Serve) -> None:
     ]:
         reply = await post_action(server.port, path, [])
         assert reply.status == 404, path
-        assert reply.json() == {"code": code, "message": reply.json()["message"], "retryable": False}
+        assert reply.json() == {
+            "code": code,
+            "message": reply.json()["message"],
+            "retryable": False,
+        }
     # An unknown action does not create the actor.
     assert registry.statistics().actors_by_state == {}
     reply = await request(server.port, "GET", "/nothing/here")
@@ -198,7 +202,9 @@ async def test_start_failure_is_500_and_ready_timeout_is_503_with_retry_after(
 
 async def test_overload_is_503_with_retry_after(serve: Serve) -> None:
     # One creation per second per client address: the second new actor is refused.
-    server = await serve(actorcore.Registry([Counter], create_rate=actorcore.CreateRate(1, burst=1)))
+    server = await serve(
+        actorcore.Registry([Counter], create_rate=actorcore.CreateRate(1, burst=1))
+    )
     assert (await post_action(server.port, "/actors/counter/one/actions/add", [])).status == 200
     reply = await post_action(server.port, "/actors/counter/two/actions/add", [])
     assert reply.status == 503
@@ -420,9 +426,7 @@ async def test_a_request_during_the_drain_is_503(serve: Serve) -> None:
 async def test_origins_guard_http_and_cors_preflight_answers_allowed_origins(
     serve: Serve,
 ) -> None:
-    server = await serve(
-        actorcore.Registry([Counter]), allowed_origins=["https://app.example"]
-    )
+    server = await serve(actorcore.Registry([Counter]), allowed_origins=["https://app.example"])
     path = "/actors/counter/a/actions/add"
     reply = await post_action(server.port, path, [], headers=[("Origin", "https://evil.example")])
     assert reply.status == 403
