@@ -335,8 +335,10 @@ async def test_a_request_is_tracked_work_that_keeps_the_actor_awake(serve: Serve
 class Sleepy(actorcore.Actor):
     name = "sleepy"
     release = trio.Event()
+    sleeping = trio.Event()
 
     async def on_sleep(self, ctx: ActorContext) -> None:
+        Sleepy.sleeping.set()  # the drain began
         await Sleepy.release.wait()
 
     @actorcore.action
@@ -345,7 +347,7 @@ class Sleepy(actorcore.Actor):
 
 
 async def test_readyz_is_200_while_serving_and_503_once_a_drain_began(serve: Serve) -> None:
-    Sleepy.release = trio.Event()
+    Sleepy.release, Sleepy.sleeping = trio.Event(), trio.Event()
     registry = actorcore.Registry([Sleepy])
     server = await serve(registry)
     assert (await post_action(server.port, "/actors/sleepy/a/actions/go", [])).status == 200
@@ -356,8 +358,8 @@ async def test_readyz_is_200_while_serving_and_503_once_a_drain_began(serve: Ser
         assert reply.status == 200
         registry.request_shutdown()
         with trio.fail_after(5):
-            while not registry.draining:
-                await trio.sleep(0.01)
+            await Sleepy.sleeping.wait()
+        assert registry.draining
         # The actor's on_sleep holds the drain: the kept-alive connection is still answered.
         reply = await client.request("GET", "/readyz")
         assert reply.status == 503
@@ -404,7 +406,7 @@ async def test_readyz_is_503_while_the_store_is_failing(serve: Serve) -> None:
 
 
 async def test_a_request_during_the_drain_is_503(serve: Serve) -> None:
-    Sleepy.release = trio.Event()
+    Sleepy.release, Sleepy.sleeping = trio.Event(), trio.Event()
     registry = actorcore.Registry([Sleepy, Counter])
     server = await serve(registry)
     assert (await post_action(server.port, "/actors/sleepy/a/actions/go", [])).status == 200
@@ -414,8 +416,8 @@ async def test_a_request_during_the_drain_is_503(serve: Serve) -> None:
         assert (await client.request("GET", "/healthz")).status == 200
         registry.request_shutdown()
         with trio.fail_after(5):
-            while not registry.draining:
-                await trio.sleep(0.01)
+            await Sleepy.sleeping.wait()
+        assert registry.draining
         reply = await client.request("POST", "/actors/counter/new/actions/add")
         assert reply.status == 503
         assert reply.json()["code"] == "runtime.shutdown"
