@@ -51,6 +51,7 @@ from ..http.app import HttpApp, text_answer
 from ..http.connection import HttpConnection, HttpLimits
 from ..http.inspector import Inspector
 from ..http.metrics import Metrics
+from ..registry import host_of
 from ..request import ClientAddress, ConnectRequest
 from .connection import WebSocketConnection
 from .dispatch import Dispatcher
@@ -500,7 +501,11 @@ class WebSocketServer:
         nursery: trio.Nursery,
     ) -> None:
         refusal: closecodes.CloseCode | None = None
-        full = len(self._open) + len(self._http) >= self.options.max_connections
+        # HTTP connections count against max_connections too (the dispatcher counts only
+        # the upgraded ones, and refuses those past it itself).
+        full = bool(self._http) and (
+            len(self._open) + len(self._http) >= self.options.max_connections
+        )
         if over or full:
             if over:
                 self._stats["refused_per_client"] += 1
@@ -511,6 +516,8 @@ class WebSocketServer:
             refusal = closecodes.FORBIDDEN
         if refusal is not None:
             if await self._send_accept(conn, request):
+                if full and not over:  # as the dispatcher counts its own 1013
+                    host_of(self.registry).counters.closes_by_code[refusal.code] += 1
                 with trio.move_on_after(self._close_timeout), contextlib.suppress(TransportClosed):
                     await conn.close(refusal.code, refusal.reason)
             return
