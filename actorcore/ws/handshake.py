@@ -107,12 +107,14 @@ async def read_upgrade_request(
     and raises :class:`HandshakeRefused`. Raises ``trio.BrokenResourceError`` (or
     ``ClosedResourceError``) if the client leaves first. The caller bounds the time."""
     conn = new_connection()
+    refused: HandshakeRefused | None = None
     try:
         event = await read_request_head(stream, conn, receive_size)
     except h11.RemoteProtocolError as exc:
         refused = HandshakeRefused(exc.error_status_hint, f"bad request: {exc}")
+    if refused is not None:
         await refuse(stream, conn, refused)
-        raise refused from None
+        raise refused
     return await upgrade_request(stream, conn, event)
 
 
@@ -143,11 +145,14 @@ async def upgrade_request(
     returned (with the bytes that followed it); otherwise the request is answered with an
     HTTP error and :class:`HandshakeRefused` is raised."""
     headers = tuple((n, v) for n, v in event.headers)
+    refused: HandshakeRefused | None = None
     try:
         key, subprotocols = _check(event.method, headers)
     except HandshakeRefused as exc:
-        await refuse(stream, conn, exc)
-        raise
+        refused = exc
+    if refused is not None:
+        await refuse(stream, conn, refused)
+        raise refused
     # An upgrade request has no body; h11 pauses after it and keeps what followed.
     while (nxt := conn.next_event()) is not h11.PAUSED:
         if nxt is h11.NEED_DATA:  # pragma: no cover - a GET upgrade has no body
