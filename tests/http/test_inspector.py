@@ -4,6 +4,7 @@ Chromium (the Debian package; ``.ci/run`` installs it), driven over the DevTools
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 import os
@@ -116,12 +117,14 @@ class DevTools:
         result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         return result["result"].get("value")
 
-    async def wait_for(self, expression: str, timeout: float = 20) -> Any:
-        """Poll ``expression`` until it is truthy (bounded)."""
-        with trio.fail_after(timeout):
-            while not (value := await self.evaluate(expression)):
+    async def wait_for(self, expression: str) -> Any:
+        """Poll ``expression`` in the page until it is truthy (bounded: 20 s)."""
+        with trio.fail_after(20):
+            while True:
+                value = await self.evaluate(expression)
+                if value:
+                    return value
                 await trio.sleep(0.05)
-            return value
 
 
 async def _devtools_port(process: trio.Process, lines: list[str]) -> int:
@@ -192,13 +195,13 @@ async def test_the_inspector_page_shows_an_actor_fall_asleep_live_in_chromium(
     ]
     async with trio.open_nursery() as browser:
         process: trio.Process = await browser.start(
-            lambda task_status: trio.run_process(
+            functools.partial(
+                trio.run_process,
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 check=False,
-                task_status=task_status,
             )
         )
         lines: list[str] = []
