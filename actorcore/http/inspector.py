@@ -79,6 +79,14 @@ class Inspector:
         self.token = token or None
         self._seen: dict[str, _Seen] = {}
         self._watchers: set[_Watcher] = set()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """The server stops: every inspector WebSocket closes (1012)."""
+        self._stopping = True
+        for watcher in self._watchers:
+            if watcher.scope is not None:
+                watcher.scope.cancel()
 
     # ---------------------------------------------------------------- watching
 
@@ -280,6 +288,7 @@ class Inspector:
         self._watchers.add(watcher)
         try:
             async with trio.open_nursery() as nursery:
+                watcher.scope = nursery.cancel_scope
                 nursery.start_soon(self._read_views, conn, watcher, nursery.cancel_scope)
                 while True:
                     data = self.actors(watcher.q, watcher.page)
@@ -295,12 +304,13 @@ class Inspector:
         finally:
             self._watchers.discard(watcher)
             if not conn.closed:
+                code, reason = (1012, "runtime.shutdown") if self._stopping else (1000, "")
                 with (
                     trio.CancelScope(shield=True),
                     trio.move_on_after(2.0),
                     contextlib.suppress(TransportClosed),
                 ):
-                    await conn.close(1000, "")
+                    await conn.close(code, reason)
 
     async def _read_views(
         self, conn: WebSocketConnection, watcher: _Watcher, done: trio.CancelScope
@@ -329,6 +339,7 @@ class _Watcher:
         self.q = ""
         self.page = 0
         self.kick = trio.Event()
+        self.scope: trio.CancelScope | None = None
 
 
 _CSP: Final = (

@@ -311,8 +311,10 @@ class WebSocketServer:
 
     def stop_http(self) -> None:
         """The registry stopped: kept-alive HTTP connections close (idle ones now, busy ones
-        after their answer, which says ``Connection: close``)."""
+        after their answer, which says ``Connection: close``), and inspector WebSockets."""
         self._closing = True
+        if self.inspector is not None:
+            self.inspector.stop()
         for connection in self._http:
             if connection.idle_scope is not None:
                 connection.idle_scope.cancel()

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 import actorcore
 from actorcore import ActorContext
 
+from .._clients import tcp_websocket
 from ._http import Client, post_action, request
 
 CHROMIUM = os.environ.get("ACTORCORE_CHROMIUM", "/usr/bin/chromium")
@@ -236,3 +237,35 @@ async def test_the_inspector_page_shows_an_actor_fall_asleep_live_in_chromium(
         assert path.stat().st_size > 1000
         assert path.read_bytes().startswith(b"\x89PNG")
         browser.cancel_scope.cancel()
+
+
+async def test_the_inspector_websocket_pushes_changes_and_closes_on_shutdown(
+    serve: Any,
+) -> None:
+    registry = actorcore.Registry([Room])
+    server = await serve(registry, inspector=True, inspector_token="t")
+    port = server.port
+    async with tcp_websocket(port, "/inspector/ws") as refused:
+        with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+            await refused.get_message()
+        assert (closed.value.reason.code, closed.value.reason.reason) == (1008, "auth.forbidden")
+    async with tcp_websocket(port, "/inspector/ws?token=t") as ws:
+        with trio.fail_after(10):
+            first = json.loads(await ws.get_message())
+        assert first["total"] == 0
+        assert (await post_action(port, "/actors/room/a/actions/say", ["x"])).status == 200
+        with trio.fail_after(10):
+            while True:  # one update per change (bounded above)
+                update = json.loads(await ws.get_message())
+                if update["actors"] and update["actors"][0]["state"] == "started":
+                    break
+        assert update["actors"][0]["key"] == "a"
+        await ws.send_message(json.dumps({"q": "nothing-matches", "page": 0}))
+        with trio.fail_after(10):
+            while json.loads(await ws.get_message())["total"] != 0:
+                pass
+        registry.request_shutdown()
+        with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await ws.get_message()
+        assert closed.value.reason.code == 1012
