@@ -49,6 +49,8 @@ from .errors import StateError as StateError
 from .errors import StoreError as StoreError
 from .errors import SubscriptionLimit as SubscriptionLimit
 from .errors import UserError as UserError
+from .http.request import Request as Request
+from .http.request import Response as Response
 from .lifecycle import Admission as Admission
 from .lifecycle import LifecycleEvent as LifecycleEvent
 from .lifecycle import LifecycleState as LifecycleState
@@ -121,6 +123,8 @@ __all__ = [
     "Registry",
     "RegistryStatistics",
     "RemoteError",
+    "Request",
+    "Response",
     "RuntimeShutdown",
     "SQLiteStore",
     "Schedule",

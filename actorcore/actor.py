@@ -23,6 +23,7 @@ from .options import ActorOptions
 
 if TYPE_CHECKING:
     from .conn import Conn
+    from .http.request import Request, Response
 
 __all__ = ["Actor", "ActorDefinition", "action", "definition_of"]
 
@@ -43,6 +44,7 @@ ASYNC_HOOKS: Final = (
     "on_ws_open",
     "on_ws_message",
     "on_ws_close",
+    "on_request",
 )
 
 
@@ -106,6 +108,18 @@ class Actor(Generic[StateT]):
         self, ctx: ActorContext[StateT], conn: Conn, code: int, reason: str
     ) -> None:
         """A raw WebSocket closed."""
+
+    async def on_request(self, ctx: ActorContext[StateT], request: Request) -> Response:
+        """An HTTP request to ``/actors/{name}/{key}/http[/...]`` (or the by-id route):
+        return an :class:`actorcore.Response`. It runs as tracked work of the generation,
+        bounded by ``action_timeout``. An actor that does not define it answers 404 (without
+        being woken)."""
+        from .http.request import Response
+
+        return Response.json(
+            {"code": "actor.not_found", "message": "no on_request handler", "retryable": False},
+            status=404,
+        )
 
 
 @attrs.frozen

@@ -192,6 +192,43 @@ def _parser() -> argparse.ArgumentParser:
         help="a browser origin (scheme://host[:port]) allowed to connect; repeatable; * for "
         "any (default: same-origin browser requests only)",
     )
+    http = serve.add_argument_group("HTTP on the same port (docs/http.md)")
+    http.add_argument(
+        "--http-request-timeout",
+        type=_seconds,
+        default=_SERVER_DEFAULTS.http_request_timeout,
+        help="bound on one HTTP request, head to answer (default %(default)s)",
+    )
+    http.add_argument(
+        "--http-keepalive-timeout",
+        type=_seconds,
+        default=_SERVER_DEFAULTS.http_keepalive_timeout,
+        help="close an HTTP connection idle this long between requests (default %(default)s)",
+    )
+    http.add_argument(
+        "--http-max-requests",
+        type=_positive_int,
+        default=_SERVER_DEFAULTS.http_max_requests,
+        help="requests answered on one HTTP connection (default %(default)s)",
+    )
+    http.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        help="do not serve GET /metrics (nothing is counted for it)",
+    )
+    http.add_argument(
+        "--inspector",
+        action="store_true",
+        help="serve the live inspector at /inspector",
+    )
+    http.add_argument(
+        "--inspector-token",
+        metavar="TOKEN",
+        default=os.environ.get("ACTORCORE_INSPECTOR_TOKEN") or None,
+        help="token the inspector asks for (?token= or Authorization: Bearer); without one "
+        "only loopback clients may use it (default: $ACTORCORE_INSPECTOR_TOKEN)",
+    )
     tls = serve.add_argument_group("TLS (serve wss:// directly)")
     tls.add_argument("--certfile", metavar="PEM", help="server certificate chain (PEM)")
     tls.add_argument("--keyfile", metavar="PEM", help="private key of --certfile (PEM)")
@@ -398,6 +435,12 @@ def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         "ping_interval": args.ping_interval,
         "ping_timeout": args.ping_timeout,
         "allowed_origins": args.allow_origin,
+        "http_request_timeout": args.http_request_timeout,
+        "http_keepalive_timeout": args.http_keepalive_timeout,
+        "http_max_requests": args.http_max_requests,
+        "metrics": args.metrics,
+        "inspector": args.inspector,
+        "inspector_token": args.inspector_token,
     }
     if args.certfile is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

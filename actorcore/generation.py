@@ -25,6 +25,7 @@ import contextvars
 import inspect
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from collections.abc import Set as AbstractSet
 from types import TracebackType
@@ -142,6 +143,10 @@ class GenerationHost(Protocol):
 
     def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
         """Count and surface a failed state save."""
+        ...
+
+    def note_store_write(self, seconds: float | None) -> None:
+        """A state write succeeded in ``seconds``, or failed (None): metrics, readiness."""
         ...
 
     @property
@@ -779,7 +784,13 @@ class Generation:
         """Write a new actor, created and initialized, in one write (the first start of an
         actor the store does not hold yet; nothing else can save before it)."""
         data = self._encoded_state()
-        await self.host.store.create_initialized(self.actor_id, self.entry.name, self.key, data)
+        started = time.perf_counter()
+        try:
+            await self.host.store.create_initialized(self.actor_id, self.entry.name, self.key, data)
+        except StoreError:
+            self.host.note_store_write(None)
+            raise
+        self.host.note_store_write(time.perf_counter() - started)
         self._saved = data
         self.host.note_stored(self.entry)
 
@@ -788,7 +799,13 @@ class Generation:
         data = self._encoded_state()
         if data == self._saved:
             return
-        await self.host.store.save(self.actor_id, self.number, data)
+        started = time.perf_counter()
+        try:
+            await self.host.store.save(self.actor_id, self.number, data)
+        except StoreError:
+            self.host.note_store_write(None)
+            raise
+        self.host.note_store_write(time.perf_counter() - started)
         self._saved = data
         log.debug(
             "actor %s id=%s gen=%d saved (%s)", self.entry.name, self.actor_id, self.number, reason

@@ -210,6 +210,13 @@ class RegistryHost:
         )
         self.counters = _Counters()
         """Mutable counters; the dispatcher adds its message and close counts here."""
+        # ---- metrics hooks (actorcore.http.metrics); None: off, one branch each.
+        self.action_observer: Callable[[str, bool, float], None] | None = None
+        """Called after every action with (actor name, succeeded, seconds), if set."""
+        self.store_write_observer: Callable[[float], None] | None = None
+        """Called after every successful state write with its seconds, if set."""
+        self.store_failing = False
+        """The last state write failed and none has succeeded since (``/readyz``)."""
 
     # ---------------------------------------------------------------- running
 
@@ -886,6 +893,9 @@ class RegistryHost:
         The one place actions run, for in-process calls and protocol connections alike.
         """
         self.counters.calls += 1
+        observer = self.action_observer
+        started = time.perf_counter() if observer is not None else 0.0
+        ok = False
         token = current_conn.set(conn)
         try:
             with work:
@@ -894,9 +904,12 @@ class RegistryHost:
                 else:
                     result = await fn(gen.instance, gen.ctx, *args, **kwargs)
                 gen.check_state(action)
+                ok = True
                 return result
         finally:
             current_conn.reset(token)
+            if observer is not None:
+                observer(gen.entry.name, ok, time.perf_counter() - started)
         # Only reached when the scope was cancelled: by its timeout or the grace deadline.
         if work.timed_out:
             raise ActionTimeout(f"action {action!r} exceeded its action_timeout")
@@ -912,6 +925,9 @@ class RegistryHost:
         no cancel scope, no watchdog deadline (none could reach it before it returns)."""
         self.counters.calls += 1
         fn = gen.definition.actions[action]
+        observer = self.action_observer
+        started = time.perf_counter() if observer is not None else 0.0
+        ok = False
         token = current_conn.set(conn)
         try:
             coro = cast("Coroutine[Any, Any, Any]", fn(gen.instance, gen.ctx, *args, **kwargs))
@@ -919,11 +935,14 @@ class RegistryHost:
                 coro.send(None)
             except StopIteration as done:
                 gen.check_state(action)
+                ok = True
                 return done.value
             coro.close()  # never_suspends() said otherwise: a bug, not the user's
             raise InternalError(f"action {action!r} suspended although it has no await")
         finally:
             current_conn.reset(token)
+            if observer is not None:
+                observer(gen.entry.name, ok, time.perf_counter() - started)
 
     async def run_alarm(self, alarm: AlarmRecord) -> ActorOptions | None:
         """Run a due alarm's action on its actor (an AlarmHost method): woken if asleep, held
@@ -1166,8 +1185,19 @@ class RegistryHost:
     def note_save_error(self, entry: ActorEntry, error: ActorError) -> None:
         """Count a failed save (a GenerationHost method); the error is logged here."""
         self.counters.save_errors += 1
+        self.store_failing = True
         level = logging.ERROR if isinstance(error, StoreError) else logging.WARNING
         log.log(level, "actor %s id=%s: state save failed: %s", entry.name, entry.actor_id, error)
+
+    def note_store_write(self, seconds: float | None) -> None:
+        """A state write succeeded in ``seconds``, or failed (None): a GenerationHost method,
+        for metrics and ``/readyz``."""
+        self.store_failing = seconds is None
+        observer = self.store_write_observer
+        if seconds is None:
+            return
+        if observer is not None:
+            observer(seconds)
 
     # ---------------------------------------------------------------- observability
 

@@ -153,11 +153,18 @@ class Registry:
         fragment_timeout: float = 30.0,
         allowed_origins: Iterable[str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        http_request_timeout: float = 30.0,
+        http_keepalive_timeout: float = 5.0,
+        http_max_requests: int = 100,
+        metrics: bool = True,
+        inspector: bool = False,
+        inspector_token: str | None = None,
         task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve the actors over WebSockets (see :func:`actorcore.ws.server.serve` and
-        :class:`actorcore.ws.server.ServerOptions` for each limit and its default):
-        ``server = await nursery.start(registry.serve, "127.0.0.1", 0)``."""
+        """Serve the actors over WebSockets and HTTP on one port (see
+        :func:`actorcore.ws.server.serve` and :class:`actorcore.ws.server.ServerOptions` for
+        each limit and its default, and ``docs/http.md`` for the HTTP routes, ``metrics`` and
+        the ``inspector``): ``server = await nursery.start(registry.serve, "127.0.0.1", 0)``."""
         from .ws.server import serve  # the ws layer sits above the registry
 
         await serve(
@@ -173,6 +180,12 @@ class Registry:
             fragment_timeout=fragment_timeout,
             allowed_origins=None if allowed_origins is None else tuple(allowed_origins),
             ssl_context=ssl_context,
+            http_request_timeout=http_request_timeout,
+            http_keepalive_timeout=http_keepalive_timeout,
+            http_max_requests=http_max_requests,
+            metrics=metrics,
+            inspector=inspector,
+            inspector_token=inspector_token,
             task_status=task_status,
         )
 

@@ -311,6 +311,8 @@ async def run_actorcore(port: int, db: str, max_connections: int) -> None:
                     max_connections=max_connections,
                     # The load generator is one address: it may hold every connection.
                     max_connections_per_client=max_connections,
+                    # ACTORCORE_BENCH_METRICS=0: the rows "metrics off" (docs/benchmarks.md).
+                    metrics=os.environ.get("ACTORCORE_BENCH_METRICS", "1") != "0",
                 ),
                 HOST,
                 port,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import enum
 import math
-import os
 from typing import Final
 
 import trio
@@ -35,22 +34,6 @@ __all__ = ["Phase", "WebSocketConnection"]
 #: Bound on a control frame sent from the read path (a pong, a close answer): a peer that
 #: does not read for this long loses its connection.
 CONTROL_SEND_TIMEOUT: Final = 2.0
-
-#: Whether :meth:`WebSocketConnection.start_close` may write to a socket's descriptor without
-#: waiting (POSIX: a socket is a file descriptor; trio streams have no synchronous send).
-_CAN_WRITE_NOW: Final = os.name == "posix"
-
-
-def write_nonblocking(stream: trio.SocketStream, data: bytes) -> int:
-    """Write what the non-blocking socket takes now: the bytes it took (0 if it would
-    block), or -1 if the socket is broken."""
-    try:
-        return os.write(stream.socket.fileno(), data)
-    except (BlockingIOError, InterruptedError):
-        return 0
-    except OSError:
-        return -1
-
 
 #: Messages :meth:`WebSocketConnection.receive` returns from one read without a checkpoint;
 #: a pipelined burst then cannot keep the read loop from yielding for long.
@@ -85,7 +68,6 @@ class WebSocketConnection:
     __slots__ = (
         "_burst",
         "_close_info",
-        "_close_tail",
         "_closed",
         "_partial_deadline",
         "_parts",
@@ -135,7 +117,6 @@ class WebSocketConnection:
         self._reading = False
         self._burst = 0
         self._close_info: tuple[int, str] | None = None
-        self._close_tail = b""
         self._closed = trio.Event()
 
     # ---------------------------------------------------------------- reading
@@ -277,9 +258,6 @@ class WebSocketConnection:
             return
         if self._close_info is None:
             self._close_info = (event.code, event.reason or "")
-        if self._close_tail:  # the rest of a close frame start_close began: ours goes first
-            pending = self._close_tail + pending
-            self._close_tail = b""
         if ws.state is ConnectionState.REMOTE_CLOSING:
             pending += ws.send(event.response())  # answer the peer's close
         self.phase = Phase.CLOSING
@@ -383,29 +361,9 @@ class WebSocketConnection:
     # ---------------------------------------------------------------- closing
 
     def start_close(self, code: int, reason: str) -> bool:
-        """Write our close frame from the calling task, without waiting, where that can be
-        done: a plain socket on a POSIX system, the connection open and nothing being sent
-        (so no frame is cut or overtaken). An actor's finalize then puts the close frames of
-        all its connections on the wire in one pass, instead of one task per connection.
-
-        True: the whole frame is out, and the reader ends the transport when the peer
-        answers. False: nothing was written, or only part of the frame: :meth:`close` sends
-        the rest and waits for the answer."""
-        stream = self._stream
-        if (
-            not _CAN_WRITE_NOW
-            or self.phase is not Phase.OPEN
-            or self._send_lock.locked()
-            or not isinstance(stream, trio.SocketStream)
-        ):
-            return False
-        data = self._ws.send(CloseConnection(code=code, reason=reason))
-        self.phase = Phase.CLOSING
-        sent = write_nonblocking(stream, data)
-        if sent == len(data):
-            return True
-        # A broken socket (-1) is left to close(), whose send finds out and ends it.
-        self._close_tail = data[max(sent, 0) :]
+        """Always False: a trio stream has no synchronous send, and writing to the socket's
+        descriptor behind trio's back is what this front end does not do. The caller then
+        sends the frame with :meth:`close` (a writer task per connection at finalize)."""
         return False
 
     async def close(self, code: int, reason: str) -> None:
@@ -417,8 +375,6 @@ class WebSocketConnection:
             if self.phase is Phase.OPEN and ws.state is ConnectionState.OPEN:
                 self.phase = Phase.CLOSING
                 frame = ws.send(CloseConnection(code=code, reason=reason))
-            elif self._close_tail:  # what start_close could not write at once
-                frame, self._close_tail = self._close_tail, b""
             if frame:
                 try:
                     await self._send(frame)

@@ -19,7 +19,17 @@ import h11
 import trio
 from wsproto.utilities import generate_accept_token
 
-__all__ = ["HandshakeRefused", "UpgradeRequest", "accept_response", "read_upgrade_request"]
+__all__ = [
+    "HandshakeRefused",
+    "UpgradeRequest",
+    "accept_response",
+    "is_upgrade",
+    "new_connection",
+    "read_request_head",
+    "read_upgrade_request",
+    "refuse",
+    "upgrade_request",
+]
 
 #: Bound on the request head (h11's incomplete-event limit): longer heads get 431.
 MAX_REQUEST_HEAD: Final = 16 * 1024
@@ -96,24 +106,58 @@ async def read_upgrade_request(
     answered: see :func:`accept_response`); anything else is answered here with an HTTP error
     and raises :class:`HandshakeRefused`. Raises ``trio.BrokenResourceError`` (or
     ``ClosedResourceError``) if the client leaves first. The caller bounds the time."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+    conn = new_connection()
     refused: HandshakeRefused | None = None
     try:
-        event = await _next_request(stream, conn, receive_size)
-        headers = tuple((n, v) for n, v in event.headers)
-        key, subprotocols = _check(event.method, headers)
+        event = await read_request_head(stream, conn, receive_size)
     except h11.RemoteProtocolError as exc:
         refused = HandshakeRefused(exc.error_status_hint, f"bad request: {exc}")
+    if refused is not None:
+        await refuse(stream, conn, refused)
+        raise refused
+    return await upgrade_request(stream, conn, event)
+
+
+def new_connection() -> h11.Connection:
+    """A server-side h11 connection with the request head bounded (MAX_REQUEST_HEAD)."""
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+
+
+def is_upgrade(event: h11.Request) -> bool:
+    """Whether a request asks for a WebSocket (``Upgrade: websocket``): it is then checked
+    as an opening handshake; anything else is a plain HTTP request."""
+    return b"websocket" in _tokens(_header(event.headers, b"upgrade"))
+
+
+async def read_request_head(
+    stream: trio.abc.Stream, conn: h11.Connection, receive_size: int = 4096
+) -> h11.Request:
+    """Read the next request head. Raises ``h11.RemoteProtocolError`` for a malformed or
+    too long head (see its ``error_status_hint``) and ``trio.BrokenResourceError`` when the
+    client leaves first. The caller bounds the time."""
+    return await _next_request(stream, conn, receive_size)
+
+
+async def upgrade_request(
+    stream: trio.abc.Stream, conn: h11.Connection, event: h11.Request
+) -> UpgradeRequest:
+    """Check the request head ``event`` as a WebSocket opening handshake: a valid one is
+    returned (with the bytes that followed it); otherwise the request is answered with an
+    HTTP error and :class:`HandshakeRefused` is raised."""
+    headers = tuple((n, v) for n, v in event.headers)
+    refused: HandshakeRefused | None = None
+    try:
+        key, subprotocols = _check(event.method, headers)
     except HandshakeRefused as exc:
         refused = exc
     if refused is not None:
-        await _refuse(stream, conn, refused)
+        await refuse(stream, conn, refused)
         raise refused
     # An upgrade request has no body; h11 pauses after it and keeps what followed.
     while (nxt := conn.next_event()) is not h11.PAUSED:
         if nxt is h11.NEED_DATA:  # pragma: no cover - a GET upgrade has no body
             no_body = HandshakeRefused(400, "an upgrade request has no body")
-            await _refuse(stream, conn, no_body)
+            await refuse(stream, conn, no_body)
             raise no_body
     trailing, _ = conn.trailing_data
     host = _header(headers, b"host")
@@ -156,7 +200,9 @@ def accept_response(request: UpgradeRequest) -> bytes:
     )
 
 
-async def _refuse(stream: trio.abc.Stream, conn: h11.Connection, refused: HandshakeRefused) -> None:
+async def refuse(stream: trio.abc.Stream, conn: h11.Connection, refused: HandshakeRefused) -> None:
+    """Answer the request with ``refused``'s status and reason (plain text,
+    ``Connection: close``)."""
     body = (refused.reason + "\n").encode("ascii", "replace")
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),

@@ -13,10 +13,17 @@ On shutdown the listeners stop first, every connection gets its 1012 close frame
 cancelled.
 
 Every resource a client can make the server hold is bounded (see ``docs/security.md``):
-upgraded connections (``max_connections``), connections per client address
-(``max_connections_per_client``), handshakes in progress (``max_handshakes``, each bounded by
-``handshake_timeout``), the request head (16 KiB), a message and its fragments
-(``max_message_size``, ``fragment_timeout``).
+upgraded connections and HTTP connections together (``max_connections``), connections per
+client address (``max_connections_per_client``), handshakes in progress (``max_handshakes``,
+each bounded by ``handshake_timeout``), the request head (16 KiB), a message and its fragments
+(``max_message_size``, ``fragment_timeout``), an HTTP request (its body by the actor's
+``max_message_size``, its time by ``http_request_timeout``) and a kept-alive HTTP connection
+(``http_keepalive_timeout``, ``http_max_requests``).
+
+The first request head of a connection decides what it is: a WebSocket upgrade goes to the
+dispatcher (``/actors/...``) or the inspector (``/inspector/ws``); any other request is HTTP
+(:mod:`actorcore.http`: health, readiness, metrics, actions, ``on_request``, the inspector),
+on the same listener.
 """
 
 from __future__ import annotations
@@ -33,16 +40,31 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
+import h11
 import trio
 from wsproto import ConnectionType
 from wsproto.connection import Connection as WSProtoConnection
 
 from .. import closecodes
 from ..conn import TransportClosed
+from ..http.app import HttpApp, text_answer
+from ..http.connection import HttpConnection, HttpLimits
+from ..http.inspector import Inspector
+from ..http.metrics import Metrics
+from ..registry import host_of
 from ..request import ClientAddress, ConnectRequest
 from .connection import WebSocketConnection
 from .dispatch import Dispatcher
-from .handshake import HandshakeRefused, UpgradeRequest, accept_response, read_upgrade_request
+from .handshake import (
+    HandshakeRefused,
+    UpgradeRequest,
+    accept_response,
+    is_upgrade,
+    new_connection,
+    read_request_head,
+    refuse,
+    upgrade_request,
+)
 from .origin import OriginPolicy, is_loopback_name
 from .routes import route_name
 
@@ -97,12 +119,35 @@ class ServerOptions:
     :mod:`actorcore.ws.origin`)."""
     ssl_context: ssl.SSLContext | None = None
     """Serve ``wss://`` directly with this server-side context."""
+    http_request_timeout: float = 30.0
+    """Bound on one HTTP request, from its head to its answer written (408 past it)."""
+    http_keepalive_timeout: float = 5.0
+    """An HTTP connection idle this long between requests is closed."""
+    http_max_requests: int = 100
+    """Requests answered on one HTTP connection before it is closed (keep-alive)."""
+    metrics: bool = True
+    """Serve ``GET /metrics`` and count what it reports (False: 404, nothing counted)."""
+    inspector: bool = False
+    """Serve the live inspector at ``/inspector`` (see ``docs/http.md``)."""
+    inspector_token: str | None = None
+    """The inspector's token (``?token=`` or ``Authorization: Bearer``); None: only
+    loopback clients may use it."""
 
     def __attrs_post_init__(self) -> None:
-        for name in ("max_connections", "max_connections_per_client", "max_handshakes"):
+        for name in (
+            "max_connections",
+            "max_connections_per_client",
+            "max_handshakes",
+            "http_max_requests",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("handshake_timeout", "fragment_timeout"):
+        for name in (
+            "handshake_timeout",
+            "fragment_timeout",
+            "http_request_timeout",
+            "http_keepalive_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("ping_interval", "ping_timeout"):
@@ -134,6 +179,8 @@ class ServerStatistics:
     """Connections dropped because their peer did not answer a ping in time."""
     accept_errors: int
     """``accept()`` failures for lack of descriptors or memory (the loop backed off)."""
+    http_connections: int = 0
+    """HTTP connections open now (counted with upgraded ones against ``max_connections``)."""
 
 
 class _Slots:
@@ -199,6 +246,23 @@ class WebSocketServer:
         self._close_timeout = close_timeout
         loopback = bool(self.listeners) and all(map(_listener_is_loopback, self.listeners))
         self._origins = OriginPolicy.make(options.allowed_origins, loopback=loopback)
+        self.metrics: Metrics | None = Metrics(registry) if options.metrics else None
+        """The Prometheus metrics (None when ``metrics=False``)."""
+        self.inspector: Inspector | None = (
+            Inspector(registry, self, token=options.inspector_token) if options.inspector else None
+        )
+        """The live inspector (None unless ``inspector=True``)."""
+        self.http = HttpApp(registry, self._origins, metrics=self.metrics, inspector=self.inspector)
+        """Answers the HTTP requests."""
+        if self.metrics is not None:
+            self.metrics.http_requests = self.http.requests
+        self._http_limits = HttpLimits(
+            request_timeout=options.http_request_timeout,
+            keepalive_timeout=options.http_keepalive_timeout,
+            max_requests=options.http_max_requests,
+        )
+        self._http: set[HttpConnection] = set()
+        self._closing = False
         self._handshakes = _Slots(options.max_handshakes)
         self._per_client: collections.Counter[str] = collections.Counter()
         self._refusing: collections.Counter[str] = collections.Counter()
@@ -242,7 +306,18 @@ class WebSocketServer:
             handshakes=self._handshakes.count,
             clients=len(self._per_client),
             **self._stats,
+            http_connections=len(self._http),
         )
+
+    def stop_http(self) -> None:
+        """The registry stopped: kept-alive HTTP connections close (idle ones now, busy ones
+        after their answer, which says ``Connection: close``), and inspector WebSockets."""
+        self._closing = True
+        if self.inspector is not None:
+            self.inspector.stop()
+        for connection in self._http:
+            if connection.idle_scope is not None:
+                connection.idle_scope.cancel()
 
     # ---------------------------------------------------------------- accepting
 
@@ -323,9 +398,19 @@ class WebSocketServer:
                     stream, self.options.ssl_context, server_side=True, https_compatible=True
                 )
             request: UpgradeRequest | None = None
+            http_head: h11.Request | None = None
+            h11_conn = new_connection()
             with trio.move_on_after(self.options.handshake_timeout) as scope:
                 try:
-                    request = await read_upgrade_request(stream, receive_size=RECEIVE_BUFFER)
+                    head = await read_request_head(stream, h11_conn, RECEIVE_BUFFER)
+                    if is_upgrade(head):
+                        request = await upgrade_request(stream, h11_conn, head)
+                    else:
+                        http_head = head
+                except h11.RemoteProtocolError as exc:
+                    self._stats["refused_handshakes"] += 1
+                    status = exc.error_status_hint
+                    await refuse(stream, h11_conn, HandshakeRefused(status, f"bad request: {exc}"))
                 except HandshakeRefused:
                     self._stats["refused_handshakes"] += 1
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -334,6 +419,8 @@ class WebSocketServer:
                 self._stats["handshake_timeouts"] += 1
             self._handshakes.give()
             handshaking = False
+            if http_head is not None:
+                request = await self._serve_http(stream, h11_conn, http_head, client, over)
             if request is None:
                 return
             conn = WebSocketConnection(
@@ -363,6 +450,41 @@ class WebSocketServer:
             if client is not None:
                 self._release(client.host, over)
 
+    async def _serve_http(
+        self,
+        stream: trio.abc.Stream,
+        h11_conn: h11.Connection,
+        head: h11.Request,
+        client: ClientAddress | None,
+        over: bool,
+    ) -> UpgradeRequest | None:
+        """Serve an HTTP connection (counted against ``max_connections`` with the upgraded
+        ones); a WebSocket upgrade asked on it later is returned to :meth:`_handle`."""
+        connection = HttpConnection(
+            stream,
+            h11_conn,
+            self.http,
+            self._http_limits,
+            client=client,
+            receive_size=RECEIVE_BUFFER,
+            closing=lambda: self._closing or self.registry.draining,
+        )
+        full = len(self._open) + len(self._http) >= self.options.max_connections
+        if over or full:
+            if over:
+                self._stats["refused_per_client"] += 1
+            target = head.target.decode("ascii", "replace")
+            self.http.count(target, 503)
+            answer = text_answer(503, "overloaded\n", [(b"retry-after", b"1")])
+            with trio.move_on_after(self.options.handshake_timeout):
+                await connection.refuse(answer)
+            return None
+        self._http.add(connection)
+        try:
+            return await connection.run(head)
+        finally:
+            self._http.discard(connection)
+
     def _release(self, host: str, over: bool) -> None:
         counts = self._per_client
         counts[host] -= 1
@@ -381,8 +503,14 @@ class WebSocketServer:
         nursery: trio.Nursery,
     ) -> None:
         refusal: closecodes.CloseCode | None = None
-        if over:
-            self._stats["refused_per_client"] += 1
+        # HTTP connections count against max_connections too (the dispatcher counts only
+        # the upgraded ones, and refuses those past it itself).
+        full = bool(self._http) and (
+            len(self._open) + len(self._http) >= self.options.max_connections
+        )
+        if over or full:
+            if over:
+                self._stats["refused_per_client"] += 1
             refusal = closecodes.OVERLOADED
         elif not self._origins.allows(request.origin, request.host):
             self._stats["refused_origin"] += 1
@@ -390,8 +518,18 @@ class WebSocketServer:
             refusal = closecodes.FORBIDDEN
         if refusal is not None:
             if await self._send_accept(conn, request):
+                if full and not over:  # as the dispatcher counts its own 1013
+                    host_of(self.registry).counters.closes_by_code[refusal.code] += 1
                 with trio.move_on_after(self._close_timeout), contextlib.suppress(TransportClosed):
                     await conn.close(refusal.code, refusal.reason)
+            return
+        if self.inspector is not None and self.inspector.owns(request.target):
+            if await self._send_accept(conn, request):
+                self._open.add(conn)
+                try:
+                    await self.inspector.serve_websocket(conn, request)
+                finally:
+                    self._open.discard(conn)
             return
 
         accepted = False
@@ -567,16 +705,29 @@ async def serve_listeners(
     async with trio.open_nursery() as registry_nursery:
         if not registry.running:
             await registry_nursery.start(registry.run)
-        async with trio.open_nursery() as handler_nursery:
-            server = WebSocketServer(registry, dispatcher, listeners, server_options, close_timeout)
-            async with trio.open_nursery() as listener_nursery:
-                # The keepalive stops with the listeners: the drain closes every connection.
-                listener_nursery.start_soon(server.keepalive, name="actorcore keepalive")
-                await listener_nursery.start(server.run, handler_nursery)
-                log.info("serving on %s", ", ".join(str(x) for x in server.listeners))
-                task_status.started(server)
-                await registry.wait_shutdown_requested()
-                listener_nursery.cancel_scope.cancel()  # stop accepting
-            await registry.wait_stopped()
-            # Every connection has had its close frame; what is left is a bounded handshake.
-            handler_nursery.cancel_scope.deadline = trio.current_time() + close_timeout
+        server = WebSocketServer(registry, dispatcher, listeners, server_options, close_timeout)
+        if server.metrics is not None:
+            server.metrics.attach()
+        try:
+            async with trio.open_nursery() as handler_nursery:
+                async with trio.open_nursery() as listener_nursery:
+                    # The keepalive stops with the listeners: the drain closes every connection.
+                    listener_nursery.start_soon(server.keepalive, name="actorcore keepalive")
+                    if server.inspector is not None:
+                        listener_nursery.start_soon(
+                            server.inspector.run, name="actorcore inspector"
+                        )
+                    await listener_nursery.start(server.run, handler_nursery)
+                    log.info("serving on %s", ", ".join(str(x) for x in server.listeners))
+                    task_status.started(server)
+                    await registry.wait_shutdown_requested()
+                    listener_nursery.cancel_scope.cancel()  # stop accepting
+                # Kept-alive HTTP connections are answered during the drain (/readyz says
+                # 503, each answer says Connection: close); idle ones close once it is over.
+                await registry.wait_stopped()
+                server.stop_http()
+                # Every connection has had its close frame; what is left is a bounded handshake.
+                handler_nursery.cancel_scope.deadline = trio.current_time() + close_timeout
+        finally:
+            if server.metrics is not None:
+                server.metrics.detach()
