@@ -97,6 +97,9 @@ class EnvoyOptions:
     """Events kept for a resend until the engine acknowledges them, over all generations."""
     reconnect_first: float = 0.25
     reconnect_max: float = 10.0
+    connect_timeout: float = CONNECT_TIMEOUT
+    """Bound on opening the TCP connection, and on the WebSocket handshake: a peer that
+    accepts and closes without answering the upgrade costs a whole bound before the retry."""
     metadata: dict[str, Any] = attrs.field(factory=dict)
     """Free-form envoy metadata (shown by the engine's ``GET /envoys``)."""
 
@@ -184,9 +187,29 @@ class EnvoyLink:
         self._send_lock = trio.Lock()
         self.lost_threshold: float = 15.0
         """The engine's lost threshold in seconds (from ``ToEnvoyInit``)."""
+        self.actor_stop_threshold: float | None = None
+        """How long the engine waits for an actor to stop, in seconds (from ``ToEnvoyInit``)."""
+        self.max_response_payload_size: int | None = None
+        """The largest response the engine takes through its tunnel (from ``ToEnvoyInit``)."""
         self.stats = LinkStatistics()
 
     # ---------------------------------------------------------------- running
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, options: EnvoyOptions, handler: EnvoyHandler, actor_names: list[str]
+    ) -> AsyncIterator[EnvoyLink]:
+        """A link run in a nursery of its own, entered once its first connection is up and
+        stopped (cancelled) on exit. If the engine evicts it, :class:`EnvoyEvicted` is raised
+        out of the block (as part of an exception group, like any nursery error)."""
+        link = cls(options, handler, actor_names)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.run)
+            try:
+                yield link
+            finally:
+                nursery.cancel_scope.cancel()
 
     @property
     def connected(self) -> bool:
@@ -249,6 +272,8 @@ class EnvoyLink:
                 raise BareError(f"expected ToEnvoyInit first, got {init.tag}")
             meta = init.val["metadata"]
             self.lost_threshold = meta["envoyLostThreshold"] / 1000
+            self.actor_stop_threshold = meta["actorStopThreshold"] / 1000
+            self.max_response_payload_size = meta["maxResponsePayloadSize"]
             self._ws = ws
             self.stats.connects += 1
             try:
@@ -534,10 +559,10 @@ async def _engine_websocket(
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     resource = f"{parts.path}?{parts.query}"
     async with trio.open_nursery() as nursery:
-        with trio.fail_after(CONNECT_TIMEOUT):
+        with trio.fail_after(options.connect_timeout):
             stream = await trio.open_tcp_stream(host, port)
         async with stream:
-            with trio.fail_after(CONNECT_TIMEOUT):
+            with trio.fail_after(options.connect_timeout):
                 ws = await wrap_client_stream(
                     nursery, stream, f"{host}:{port}", resource, subprotocols=subprotocols
                 )
