@@ -256,7 +256,9 @@ async def test_a_created_actor_starts_at_generation_1_and_running_makes_it_conne
             assert link.stats.commands == 1 and link.stats.duplicate_commands == 0
 
 
-async def test_a_gateway_websocket_is_opened_and_answered_over_the_tunnel(engine: Engine) -> None:
+async def test_a_gateway_websocket_is_opened_answered_and_closed_over_the_tunnel(
+    engine: Engine,
+) -> None:
     pool = "l-gw"
     resource = (
         f"/gateway/{NAME}/connect?rvt-namespace=default&rvt-method=getOrCreate"
@@ -264,13 +266,15 @@ async def test_a_gateway_websocket_is_opened_and_answered_over_the_tunnel(engine
     )
     received: list[str | bytes] = []
 
+    closed = trio.Event()
+
     async def client() -> None:
         # The gateway completes the upgrade once the envoy acknowledged the open.
         async with tcp_websocket(port_of(engine.url), resource, subprotocols=["rivet"]) as ws:
             received.append(await ws.get_message())
             await ws.send_message("back")
-            # Open until the envoy has seen the message (the test then cancels).
-            await trio.sleep_forever()
+        # Leaving the block closed it: the envoy answered the close through the tunnel.
+        closed.set()
 
     with trio.fail_after(TEST_TIMEOUT):
         async with link_to(engine.url, pool) as (link, recorder), trio.open_nursery() as nursery:
@@ -298,7 +302,15 @@ async def test_a_gateway_websocket_is_opened_and_answered_over_the_tunnel(engine
             echoed = await recorder.wait_for(lambda: tunnel_of(recorder, "ToEnvoyWebSocketMessage"))
             assert received == ["hello"]
             assert echoed[0]["messageKind"].val["data"] == b"back"
-            nursery.cancel_scope.cancel()
+            close = await recorder.wait_for(lambda: tunnel_of(recorder, "ToEnvoyWebSocketClose"))
+            assert close[0]["messageKind"].val["code"] == 1000
+            await link.send_tunnel(
+                {**request, "messageIndex": 2},
+                Variant(
+                    "ToRivetWebSocketClose", {"code": 1000, "reason": None, "hibernate": False}
+                ),
+            )
+            await closed.wait()
 
 
 def tunnel_of(recorder: Recorder, tag: str) -> list[dict[str, Any]]:
