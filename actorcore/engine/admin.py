@@ -74,16 +74,40 @@ class EngineAdmin:
     async def ensure_runner_config(self, namespace: str, pool: str) -> None:
         """Give ``pool`` a runner config in ``namespace`` if it has none (the engine refuses
         envoys of a pool without one)."""
-        configs = await self.request(
-            "GET", f"/runner-configs?namespace={quote(namespace)}&runner_names={quote(pool)}"
-        )
-        if configs and pool in configs.get("runner_configs", {}):
+        if pool in await self.runner_configs(namespace, pool):
             return
         await self.request(
             "PUT",
             f"/runner-configs/{quote(pool)}?namespace={quote(namespace)}",
             {"datacenters": {"default": {"normal": {}}}},
         )
+
+    async def get_or_create_actor(
+        self, namespace: str, name: str, key: str, pool: str, input: str | None = None
+    ) -> dict[str, Any]:
+        """The actor of definition ``name`` and ``key`` in ``namespace``, created (on an envoy
+        of ``pool``) if there is none: the engine's view of it (``actor_id``, ``start_ts``...).
+        The engine places it only if an envoy of the pool is connected; otherwise it is
+        created asleep (``error: no_capacity``) and starts on the next request."""
+        body: dict[str, Any] = {
+            "name": name,
+            "key": key,
+            "runner_name_selector": pool,
+            "crash_policy": "sleep",
+        }
+        if input is not None:
+            body["input"] = input
+        answer = await self.request("PUT", f"/actors?namespace={quote(namespace)}", body)
+        actor: dict[str, Any] = answer["actor"]
+        return actor
+
+    async def runner_configs(self, namespace: str, pool: str) -> dict[str, Any]:
+        """The runner configs of ``pool`` in ``namespace`` (by pool name; empty if none)."""
+        answer = await self.request(
+            "GET", f"/runner-configs?namespace={quote(namespace)}&runner_names={quote(pool)}"
+        )
+        configs: dict[str, Any] = answer.get("runner_configs", {}) if answer else {}
+        return configs
 
     async def actors(self, namespace: str, name: str) -> list[dict[str, Any]]:
         """The engine's actors of definition ``name`` (its view: ``start_ts``, ``sleep_ts``,

@@ -97,6 +97,12 @@ class EnvoyOptions:
     """Events kept for a resend until the engine acknowledges them, over all generations."""
     reconnect_first: float = 0.25
     reconnect_max: float = 10.0
+    ping_timeout: float = 10.0
+    """A connection on which nothing arrives for this long is down (the engine pings every
+    3 s): a silent connection, with no close and no TCP error, is not waited on forever."""
+    connect_timeout: float = CONNECT_TIMEOUT
+    """Bound on opening the TCP connection, and on the WebSocket handshake: a peer that
+    accepts and closes without answering the upgrade costs a whole bound before the retry."""
     metadata: dict[str, Any] = attrs.field(factory=dict)
     """Free-form envoy metadata (shown by the engine's ``GET /envoys``)."""
 
@@ -138,6 +144,7 @@ class LinkStatistics:
     event_acks: int = 0
     events_dropped: int = 0
     kv_requests: int = 0
+    pings: int = 0
     tunnel_in: int = 0
     tunnel_out: int = 0
 
@@ -165,6 +172,8 @@ class EnvoyLink:
         self._connected_again = trio.Event()
         self._connected = trio.Event()
         self._down_since: float | None = None
+        self._last_heard = 0.0
+        """When the engine last sent something on the current connection."""
         self._lost_reported = False
         self._seen: dict[tuple[str, int], int] = {}
         """Last command index handed over, per (actor, generation)."""
@@ -184,9 +193,29 @@ class EnvoyLink:
         self._send_lock = trio.Lock()
         self.lost_threshold: float = 15.0
         """The engine's lost threshold in seconds (from ``ToEnvoyInit``)."""
+        self.actor_stop_threshold: float | None = None
+        """How long the engine waits for an actor to stop, in seconds (from ``ToEnvoyInit``)."""
+        self.max_response_payload_size: int | None = None
+        """The largest response the engine takes through its tunnel (from ``ToEnvoyInit``)."""
         self.stats = LinkStatistics()
 
     # ---------------------------------------------------------------- running
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, options: EnvoyOptions, handler: EnvoyHandler, actor_names: list[str]
+    ) -> AsyncIterator[EnvoyLink]:
+        """A link run in a nursery of its own, entered once its first connection is up and
+        stopped (cancelled) on exit. If the engine evicts it, :class:`EnvoyEvicted` is raised
+        out of the block (as part of an exception group, like any nursery error)."""
+        link = cls(options, handler, actor_names)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.run)
+            try:
+                yield link
+            finally:
+                nursery.cancel_scope.cancel()
 
     @property
     def connected(self) -> bool:
@@ -247,8 +276,11 @@ class EnvoyLink:
             init = decode("ToEnvoy", first)
             if init.tag != "ToEnvoyInit":
                 raise BareError(f"expected ToEnvoyInit first, got {init.tag}")
+            self._last_heard = trio.current_time()
             meta = init.val["metadata"]
             self.lost_threshold = meta["envoyLostThreshold"] / 1000
+            self.actor_stop_threshold = meta["actorStopThreshold"] / 1000
+            self.max_response_payload_size = meta["maxResponsePayloadSize"]
             self._ws = ws
             self.stats.connects += 1
             try:
@@ -279,18 +311,22 @@ class EnvoyLink:
             finally:
                 self._ws = None
                 self._connected = trio.Event()
-                self._down_since = trio.current_time()
+                # The outage counts from the last sign of life: a connection that went
+                # silent before it was seen to end was already down then.
+                self._down_since = self._last_heard
                 self._fail_kv()
 
     async def _read(self, ws: WebSocketConnection) -> None:
         while True:
             try:
-                raw = await ws.get_message()
+                with trio.fail_after(self.options.ping_timeout):
+                    raw = await ws.get_message()
             except ConnectionClosed as exc:
                 reason = exc.reason
                 if reason is not None and (reason.reason or "").startswith("ws.eviction"):
                     raise EnvoyEvicted(reason.reason) from None
                 raise
+            self._last_heard = trio.current_time()
             if isinstance(raw, str):
                 raise BareError("the engine sent a text message")
             message = decode("ToEnvoy", raw)
@@ -299,6 +335,7 @@ class EnvoyLink:
                 self.stats.tunnel_in += 1
                 self._handler.on_tunnel(message.val)
             elif tag == "ToEnvoyPing":
+                self.stats.pings += 1
                 await self._send_raw(ws, Variant("ToRivetPong", {"ts": message.val["ts"]}))
             elif tag == "ToEnvoyCommands":
                 self._on_commands(message.val)
@@ -534,10 +571,10 @@ async def _engine_websocket(
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     resource = f"{parts.path}?{parts.query}"
     async with trio.open_nursery() as nursery:
-        with trio.fail_after(CONNECT_TIMEOUT):
+        with trio.fail_after(options.connect_timeout):
             stream = await trio.open_tcp_stream(host, port)
         async with stream:
-            with trio.fail_after(CONNECT_TIMEOUT):
+            with trio.fail_after(options.connect_timeout):
                 ws = await wrap_client_stream(
                     nursery, stream, f"{host}:{port}", resource, subprotocols=subprotocols
                 )
