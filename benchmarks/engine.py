@@ -19,7 +19,10 @@ the load generator, all on loopback.
 The driver (:func:`benchmarks.runner.w_engine`) installs what is missing (``.ci/install-engine``
 for the engine, ``npm install rivetkit@2.3.19`` into a cache folder next to it), starts the
 engine on free ports with a temporary RocksDB folder, telemetry off and
-``RIVET__GUARD__TCP_NODELAY=true``, and both runtimes, each with its own pool.
+``RIVET__GUARD__TCP_NODELAY=true`` (and the settings in ``ENGINE_ENV``), and the runtimes,
+each with its own pool: rivetkit a second time with TCP_NODELAY forced on its sockets
+(``engine_peer/nodelay.c``, an LD_PRELOAD shim). Results: ``docs/benchmarks.md``, *Through the
+Rivet engine*.
 """
 
 from __future__ import annotations
@@ -589,11 +592,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     client.add_argument("--port", type=int, required=True)
     client.add_argument("--side", choices=["actorcore", "rivetkit"], required=True)
-    client.add_argument("--pool", action="append", required=True)
-    client.add_argument("--n", type=int, default=1000)
-    client.add_argument("--warmup", type=int, default=100)
-    client.add_argument("--duration", type=float, default=3.0)
-    client.add_argument("--tag", default=uuid.uuid4().hex[:8])
+    client.add_argument("--pool", action="append", required=True, help="the side's pool")
+    client.add_argument(
+        "--n", type=int, default=10, help="actors (connect_*) or connections (aggregate)"
+    )
+    client.add_argument("--warmup", type=int, default=100, help="round trips before the clock")
+    client.add_argument(
+        "--duration",
+        type=float,
+        default=3.0,
+        help="seconds of round trips (echo, action, aggregate)",
+    )
+    client.add_argument("--tag", default=uuid.uuid4().hex[:8], help="makes the actor keys")
     client.add_argument("--timeout", type=float, default=HARD_TIMEOUT)
     a = parser.parse_args(argv)
     if a.cmd == "envoy":
