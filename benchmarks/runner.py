@@ -62,6 +62,12 @@ class Sizes:
     alarms_pending_n: int
     alarms_due_n: int
     alarms_latency_n: int
+    engine_rt_s: float
+    engine_warmup: int
+    engine_connect_n: int
+    engine_asleep_n: int
+    engine_agg_conns: int
+    engine_agg_s: float
 
 
 ISSUE_TAIL_RATE = 2.0
@@ -91,6 +97,12 @@ FULL = Sizes(
     alarms_pending_n=100_000,
     alarms_due_n=10_000,
     alarms_latency_n=200,
+    engine_rt_s=3.0,
+    engine_warmup=100,
+    engine_connect_n=10,
+    engine_asleep_n=5,
+    engine_agg_conns=8,
+    engine_agg_s=3.0,
 )
 """The issue's N for every workload that names one; message counts sized for this machine."""
 
@@ -114,6 +126,12 @@ QUICK = Sizes(
     alarms_pending_n=20_000,
     alarms_due_n=2_000,
     alarms_latency_n=50,
+    engine_rt_s=1.0,
+    engine_warmup=30,
+    engine_connect_n=4,
+    engine_asleep_n=3,
+    engine_agg_conns=8,
+    engine_agg_s=1.0,
 )
 
 WORKLOADS = (
@@ -128,7 +146,12 @@ WORKLOADS = (
     "mem_asleep",
     "mem_conn",
     "alarms",
+    "engine",
 )
+
+ONLY_BY_NAME = ("engine",)
+"""Workloads run only when named: ``engine`` needs node, npm and the Rivet engine (it installs
+rivetkit and the engine into ~/.cache/actorcore when they are missing)."""
 
 
 # ---------------------------------------------------------------------------- processes
@@ -149,15 +172,26 @@ def _reader(stream: IO[str], out: queue.Queue[str | None]) -> None:
 class Proc:
     """A child process with its stdout lines on a queue and stderr in a log file."""
 
-    def __init__(self, argv: list[str], cpu: int, log: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        cpu: int | None,
+        log: Path,
+        *,
+        program: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``program`` (default: this Python) runs ``argv``; pinned to ``cpu`` unless None."""
         self.log = log.open("w")
+        cmd = [*(program or [sys.executable]), *argv]
         self.p = subprocess.Popen(
-            _pinned(cpu, [sys.executable, *argv]),
+            cmd if cpu is None else _pinned(cpu, cmd),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,
             cwd=ROOT,
+            env=env,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         assert self.p.stdout is not None
@@ -1019,6 +1053,274 @@ def w_alarms(b: Bench) -> list[dict[str, Any]]:
     ]
 
 
+# ---------------------------------------------------------------------------- engine (issue 19)
+
+ENGINE_SIDES = ("actorcore", "rivetkit")
+"""actorcore's envoy, and rivetkit's own runtime as the baseline (``benchmarks.engine``)."""
+
+NODELAY = "rivetkit_nodelay"
+"""rivetkit again, with TCP_NODELAY forced on its sockets (``engine_peer/nodelay.c``): a
+second baseline for the echo and action rows (no target)."""
+
+RT_FIELDS = ("p50_ms", "p99_ms", "runtime_cpu_ms_per_rt", "engine_cpu_ms_per_rt")
+"""Details of the round-trip rows: latency, and CPU of the runtime and of the engine."""
+
+ENGINE_RUN_TIMEOUT = 120.0
+"""Bound on one client run through the engine."""
+
+
+@attrs.define
+class EngineRig:
+    """A running engine with, each in its own pool: one actorcore envoy (``actorcore``), two
+    actorcore envoys sharing a pool (``two``), rivetkit's runtime (``rivetkit``) and the same
+    with TCP_NODELAY forced (``rivetkit_nodelay``)."""
+
+    port: int
+    engine_pid: int
+    pools: dict[str, str] = attrs.field(factory=dict)
+    pids: dict[str, list[int]] = attrs.field(factory=dict)
+    rivetkit_error: str | None = None
+    nodelay_error: str | None = None
+
+
+@contextlib.contextmanager
+def engine_rig(b: Bench) -> Iterator[EngineRig]:
+    """Start the engine (temporary RocksDB folder, free loopback ports) and the runtimes;
+    stop the runtimes (SIGTERM: they drain), then the engine. Nothing is pinned: the engine
+    is multi-threaded and shares the machine's CPUs with the runtimes and the client."""
+    from . import engine as eng
+
+    t = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="actorcore-bench-engine-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        rivetkit_dir: Path | None = None
+        rivetkit_error = None
+        try:
+            rivetkit_dir = eng.ensure_rivetkit()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            rivetkit_error = repr(exc)
+        engine = eng.start_engine(Path(tmp), b._log("engine"))
+        stack.callback(eng.stop_process, engine.process)  # last: after the runtimes
+        rig = EngineRig(engine.port, engine.process.pid, rivetkit_error=rivetkit_error)
+        started: list[tuple[str, Proc]] = []
+
+        def start(side: str, pool: str, proc: Proc) -> None:
+            stack.callback(proc.stop)
+            rig.pools[side] = pool
+            started.append((side, proc))
+
+        def envoy(side: str, pool: str) -> None:
+            argv = ["-m", "benchmarks.engine", "envoy", "--url", engine.url, "--pool", pool]
+            start(side, pool, Proc(argv, None, b._log(f"envoy-{pool}")))
+
+        envoy("actorcore", "ac1")
+        envoy("two", "ac2")
+        envoy("two", "ac2")
+        if rivetkit_dir is not None:
+
+            def peer(side: str, pool: str, **extra: str) -> None:
+                env = dict(os.environ, ENGINE_URL=engine.url, POOL=pool, **extra)
+                env["RIVETKIT_DIR"] = str(rivetkit_dir)
+                log = b._log(f"rivetkit-{pool}")
+                start(
+                    side, pool, Proc([str(eng.PEER_SCRIPT)], None, log, program=["node"], env=env)
+                )
+
+            peer("rivetkit", "rk")
+            try:
+                peer(NODELAY, "rkn", LD_PRELOAD=str(eng.ensure_nodelay_shim()))
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                rig.nodelay_error = repr(exc)
+        for side, proc in started:
+            try:
+                info = json.loads(proc.line(eng.RUNTIME_START_TIMEOUT))
+            except RuntimeError as exc:
+                if side == "rivetkit":
+                    rig.rivetkit_error = f"rivetkit did not start: {exc}"
+                elif side == NODELAY:
+                    rig.nodelay_error = f"rivetkit (TCP_NODELAY) did not start: {exc}"
+                else:
+                    raise
+                rig.pools.pop(side, None)
+                continue
+            rig.pids.setdefault(side, []).append(int(info["pid"]))
+        b.mark("engine: engine and runtimes up", t)
+        yield rig
+
+
+def _engine_client(b: Bench, rig: EngineRig, measure: str, side: str, *args: Any) -> dict[str, Any]:
+    """One measurement (``benchmarks.engine client``) in a process of its own; its result with
+    the CPU seconds the runtime(s) of ``side`` and the engine spent meanwhile."""
+    runtime = {"two": "actorcore", NODELAY: "rivetkit"}.get(side, side)
+    argv = ["-m", "benchmarks.engine", "client", measure, "--port", str(rig.port),
+            "--side", runtime, "--pool", rig.pools[side], "--timeout", str(ENGINE_RUN_TIMEOUT),
+            *map(str, args)]  # fmt: skip
+    pids = [*rig.pids[side], rig.engine_pid]
+    before = [_cpu(pid) for pid in pids]
+    proc = Proc(argv, None, b._log(f"client-{measure}-{side}"))
+    t = time.perf_counter()
+    try:
+        result: dict[str, Any] = json.loads(proc.line(ENGINE_RUN_TIMEOUT + 15))
+    finally:
+        proc.stop()
+        after = [_cpu(pid) for pid in pids]
+        cpu = [
+            None if x is None or y is None else y - x for x, y in zip(before, after, strict=True)
+        ]
+        shown = [None if c is None else round(c, 2) for c in cpu]
+        b.mark(
+            f"engine: {measure} {side} [cpu: runtime(s) {shown[:-1]} s, engine {shown[-1]} s]", t
+        )
+    result["runtime_cpu_s"], result["engine_cpu_s"] = cpu[:-1], cpu[-1]
+    known = [c for c in cpu if c is not None]
+    if "calls" in result and len(known) == len(cpu):
+        # CPU per round trip, warm-up and connection setup included.
+        result["runtime_cpu_ms_per_rt"] = 1000 * sum(known[:-1]) / result["calls"]
+        result["engine_cpu_ms_per_rt"] = 1000 * known[-1] / result["calls"]
+    return result
+
+
+def w_engine(b: Bench) -> list[dict[str, Any]]:
+    """Issue 19: through one real Rivet engine and the same Python client, actorcore's envoy
+    against rivetkit's own runtime (node), and one actorcore envoy against two."""
+    s = b.sizes
+    measures: dict[str, list[Any]] = {
+        "echo": ["--duration", s.engine_rt_s, "--warmup", s.engine_warmup],
+        "action": ["--duration", s.engine_rt_s, "--warmup", s.engine_warmup],
+        "connect_new": ["--n", s.engine_connect_n],
+        "connect_asleep": ["--n", s.engine_asleep_n],
+        "aggregate": ["--n", s.engine_agg_conns, "--duration", s.engine_agg_s],
+    }
+    res: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
+    with engine_rig(b) as rig:
+        sides = [k for k in ENGINE_SIDES if k in rig.pools]
+        for rep in range(b.reps):
+            order = sides if rep % 2 == 0 else sides[::-1]
+            for measure, args in measures.items():
+                runs = list(order)
+                if measure == "aggregate":
+                    runs.append("two")
+                if measure in ("echo", "action") and NODELAY in rig.pools:
+                    runs.append(NODELAY)
+                for side in runs:
+                    # The aggregate's actors are made once and used by every repetition.
+                    tag = side if measure == "aggregate" else f"{side}-{rep}"
+                    res[(measure, side)].append(
+                        _engine_client(b, rig, measure, side, *args, "--tag", tag)
+                    )
+    missing = rig.rivetkit_error
+    nodelay_missing = rig.nodelay_error
+
+    def col(measure: str, side: str, field: str) -> list[Any] | None:
+        runs = res.get((measure, side))
+        return None if runs is None else [r.get(field) for r in runs]
+
+    def details(measure: str, *fields: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for side in (*ENGINE_SIDES, NODELAY, "two"):
+            for f in (*fields, "runtime_cpu_s", "engine_cpu_s"):
+                values = col(measure, side, f)
+                if values is not None and any(v not in (None, []) for v in values):
+                    out[f"{side}_{f}"] = values
+        if missing:
+            out["rivetkit_not_run"] = missing
+        if nodelay_missing and measure in ("echo", "action"):
+            out["rivetkit_nodelay_not_run"] = nodelay_missing
+        return out
+
+    def twice(a: float, base: float | None) -> bool:
+        return base is not None and a >= 2 * base
+
+    base_label = "baseline: rivetkit 2.3.19's runtime"
+    rows = [
+        row(
+            f"engine: echo round trip, 32 B, one raw WebSocket ({base_label})",
+            "msgs/s",
+            "msgs/s",
+            col("echo", "actorcore", "per_s") or [],
+            col("echo", "rivetkit", "per_s"),
+            ">= 2 x rivetkit",
+            twice,
+            extra=details("echo", *RT_FIELDS),
+        ),
+        row(
+            f"engine: action round trip, increment over /connect ({base_label})",
+            "round trips/s",
+            "rt/s",
+            col("action", "actorcore", "per_s") or [],
+            col("action", "rivetkit", "per_s"),
+            ">= 2 x rivetkit",
+            twice,
+            extra=details("action", *RT_FIELDS),
+        ),
+    ]
+    nodelay_label = "baseline: rivetkit with TCP_NODELAY forced by an LD_PRELOAD shim"
+    for measure, what, unit in (
+        ("echo", "echo round trip, 32 B, one raw WebSocket", "msgs/s"),
+        ("action", "action round trip, increment over /connect", "rt/s"),
+    ):
+        rows.append(
+            row(
+                f"engine: {what} ({nodelay_label})",
+                "msgs/s" if measure == "echo" else "round trips/s",
+                unit,
+                col(measure, "actorcore", "per_s") or [],
+                col(measure, NODELAY, "per_s"),
+                "-",
+                None,
+                extra={
+                    k: v for k, v in details(measure, *RT_FIELDS).items() if k.startswith(NODELAY)
+                },
+            )
+        )
+    rows.extend(
+        row(
+            f"engine: connect + first echo, {what} ({base_label})",
+            q,
+            "ms",
+            col(measure, "actorcore", f"{q}_ms") or [],
+            col(measure, "rivetkit", f"{q}_ms"),
+            "-",
+            None,
+            extra=details(measure, "asleep_after_s", "failed", "setup_failed", "setup_refused")
+            if q == "p50"
+            else {},
+        )
+        for measure, what in (("connect_new", "a new actor"), ("connect_asleep", "an asleep actor"))
+        for q in ("p50", "p99")
+    )
+    conns = s.engine_agg_conns
+    rows.append(
+        row(
+            f"engine: aggregate echo, {conns} clients on {conns} actors, one runtime "
+            f"({base_label})",
+            "msgs/s",
+            "msgs/s",
+            col("aggregate", "actorcore", "per_s") or [],
+            col("aggregate", "rivetkit", "per_s"),
+            "-",
+            None,
+            extra=details("aggregate"),
+        )
+    )
+    rows.append(
+        row(
+            f"engine: aggregate echo, {conns} clients on {conns} actors, two actorcore envoys "
+            "in one pool (baseline: one envoy)",
+            "msgs/s",
+            "msgs/s",
+            col("aggregate", "two", "per_s") or [],
+            col("aggregate", "actorcore", "per_s"),
+            "-",
+            None,
+            extra={"per_conn": col("aggregate", "two", "per_conn")},
+        )
+    )
+    return rows
+
+
 RUNNERS: dict[str, Callable[[Bench], list[dict[str, Any]]]] = {
     "echo": w_echo,
     "oneway": w_oneway,
@@ -1031,6 +1333,7 @@ RUNNERS: dict[str, Callable[[Bench], list[dict[str, Any]]]] = {
     "mem_asleep": w_mem_asleep,
     "mem_conn": w_mem_conn,
     "alarms": w_alarms,
+    "engine": w_engine,
 }
 
 
@@ -1186,7 +1489,12 @@ def write_results(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(WORKLOADS)}")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"any of {', '.join(WORKLOADS)} (default: all but {', '.join(ONLY_BY_NAME)})",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller N, shorter runs")
     parser.add_argument("--reps", type=int, default=3, help="runs per cell (>= 3)")
     parser.add_argument(
@@ -1201,7 +1509,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in RUNNERS]
     if unknown:
         parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")
-    names = args.names or list(WORKLOADS)
+    names = args.names or [n for n in WORKLOADS if n not in ONLY_BY_NAME]
     sizes = QUICK if args.quick else FULL
     RESULTS.mkdir(parents=True, exist_ok=True)
     logdir = RESULTS / "logs" / time.strftime("%Y%m%d-%H%M%S")

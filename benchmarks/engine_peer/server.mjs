@@ -1,31 +1,76 @@
-// rivetkit's own runtime, as the baseline of `python -m benchmarks engine`: an actor `peer`
-// with a raw WebSocket that echoes, and answers actorcore's JSON action frame for `increment`
-// (a state change and a reply, as actorcore's /connect does), connected as an envoy to the
-// engine at $RIVET_ENDPOINT, pool $RIVET_POOL. Run from a folder where rivetkit@2.3.19 is
-// installed (see benchmarks/engine.py).
-import { actor, setup } from "rivetkit";
+// The rivetkit side of `python -m benchmarks engine`: rivetkit 2.3.19's own runtime (an envoy
+// of the engine at $ENGINE_URL, pool $POOL), serving the same two actors as actorcore's side
+// (benchmarks/engine.py):
+//   echo:    a raw WebSocket (onWebSocket) that sends back every message; "__sleep" asks the
+//            actor to sleep (c.sleep()), which closes the socket;
+//   counter: the action `increment(by)` on a persisted count.
+// rivetkit is loaded from $RIVETKIT_DIR (an npm folder holding rivetkit@2.3.19; the benchmark
+// installs it next to the engine). Prints one JSON line {"ready": true, "pid": ...} once the
+// engine lists this envoy's pool, then runs until SIGTERM.
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 
-const SLEEP_MS = parseInt(process.env.SLEEP_MS ?? "1000", 10);
+const { ENGINE_URL, POOL, RIVETKIT_DIR } = process.env;
+if (!ENGINE_URL || !POOL || !RIVETKIT_DIR) {
+  console.error("ENGINE_URL, POOL and RIVETKIT_DIR must be set");
+  process.exit(2);
+}
+const require = createRequire(join(RIVETKIT_DIR, "package.json"));
+const { actor, setup } = await import(pathToFileURL(require.resolve("rivetkit")).href);
 
-const peer = actor({
-  options: { sleepTimeout: SLEEP_MS },
-  state: { count: 0 },
+const LONG = { sleepTimeout: 3_600_000 };
+
+const echo = actor({
+  options: LONG,
+  state: {},
   onWebSocket: (c, ws) => {
     ws.addEventListener("message", (ev) => {
-      const data = ev.data;
-      if (typeof data === "string" && data.startsWith("{")) {
-        const frame = JSON.parse(data);
-        c.state.count += frame.args[0];
-        ws.send(JSON.stringify({ type: "action_result", id: frame.id, output: c.state.count }));
-      } else {
-        ws.send(data);
-      }
+      if (ev.data === "__sleep") c.sleep();
+      else ws.send(ev.data);
     });
   },
+  actions: {},
+});
+
+const counter = actor({
+  options: LONG,
+  state: { count: 0 },
   actions: {
-    increment: (c, by = 1) => { c.state.count += by; return c.state.count; },
+    increment: (c, by = 1) => {
+      c.state.count += by;
+      return c.state.count;
+    },
   },
 });
 
-export const registry = setup({ use: { peer } });
+const registry = setup({
+  use: { echo, counter },
+  endpoint: ENGINE_URL,
+  namespace: "default",
+  startEngine: false,
+  startServices: false,
+  noWelcome: true,
+  logging: { level: process.env.RIVETKIT_LOG_LEVEL ?? "warn" },
+  envoy: { poolName: POOL },
+});
 registry.start();
+
+// Ready once the engine lists an envoy of our pool.
+const deadline = Date.now() + 60_000;
+for (;;) {
+  try {
+    const res = await fetch(`${ENGINE_URL}/envoys?namespace=default`);
+    if (res.ok) {
+      const body = await res.json();
+      const envoys = body.envoys ?? [];
+      if (envoys.some((e) => e.pool_name === POOL)) break;
+    }
+  } catch {}
+  if (Date.now() > deadline) {
+    console.error("rivetkit did not register with the engine within 60 s");
+    process.exit(1);
+  }
+  await new Promise((r) => setTimeout(r, 100));
+}
+console.log(JSON.stringify({ ready: true, pid: process.pid }));
