@@ -187,9 +187,8 @@ async def test_a_link_down_near_the_lost_threshold_stops_local_actors_and_refuse
     tmp_path: Path,
 ) -> None:
     """The engine is gone for longer than its lost threshold less the margin: the envoy stops
-    its actors first (the engine will place them elsewhere), and their last writes are
-    refused by the fence; when the engine is back, the actor starts again from its last
-    saved state."""
+    its actors first (the engine will place them elsewhere), and from then on the fence
+    refuses their writes."""
     import actorcore
     from actorcore.engine.link import EnvoyOptions
     from actorcore.engine.runtime import EngineRuntime
@@ -229,9 +228,6 @@ async def test_a_link_down_near_the_lost_threshold_stops_local_actors_and_refuse
                 assert runtime.store.held(actor_id) is None
                 with pytest.raises(actorcore.StaleGeneration):
                     await runtime.store.save(actor_id, 1, b'{"total": 0, "adds": 0}')
-                engine = await trio.to_thread.run_sync(start_engine, engine.folder, engine.ports)
-                state = await read_when_back(engine, "p-lost", "k")
-                assert state["total"] == 5 and state["adds"] == 1
                 registry.request_shutdown()
     finally:
         stop_engine(engine)
