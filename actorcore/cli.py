@@ -84,6 +84,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="actorcore",
@@ -195,13 +202,13 @@ def _parser() -> argparse.ArgumentParser:
     http = serve.add_argument_group("HTTP on the same port (docs/http.md)")
     http.add_argument(
         "--http-request-timeout",
-        type=_seconds,
+        type=_positive_seconds,
         default=_SERVER_DEFAULTS.http_request_timeout,
         help="bound on one HTTP request, head to answer (default %(default)s)",
     )
     http.add_argument(
         "--http-keepalive-timeout",
-        type=_seconds,
+        type=_positive_seconds,
         default=_SERVER_DEFAULTS.http_keepalive_timeout,
         help="close an HTTP connection idle this long between requests (default %(default)s)",
     )
@@ -354,6 +361,13 @@ async def _serve(
                     f"(store: {store_desc})",
                     flush=True,
                 )
+                if options.get("inspector"):
+                    web = "https" if scheme == "wss" else "http"
+                    print(
+                        f"actorcore: inspector at {web}://{_url_host(host)}:{bound}/inspector"
+                        + (" (token required)" if options.get("inspector_token") else ""),
+                        flush=True,
+                    )
             # serve() returned: the registry drained and stopped.
             signal_nursery.cancel_scope.cancel()
     log.info("drained and stopped")

@@ -40,6 +40,8 @@ class Server:
         self.stderr_path = stderr_path
         self.port = 0
         self.listening_line = ""
+        self.rest = ""
+        """What the server printed after its listening line (read so far)."""
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
@@ -52,11 +54,21 @@ class Server:
                 chunk = await self.proc.stdout.receive_some()
                 assert chunk, f"server exited before listening:\n{self.stderr()}"
                 buffer += chunk
-        self.listening_line = buffer.split(b"\n", 1)[0].decode()
+        self.listening_line, self.rest = (part.decode() for part in buffer.split(b"\n", 1))
         assert self.listening_line.startswith("actorcore: serving "), self.listening_line
         address = self.listening_line.split("://", 1)[1].split(" ", 1)[0]
         self.port = int(address.rsplit(":", 1)[1])
         assert self.port > 0
+
+    async def wait_stdout(self, text: str) -> None:
+        """Read the server's output until ``text`` appears in what followed the listening
+        line (bounded)."""
+        assert self.proc.stdout is not None
+        with trio.fail_after(10):
+            while text not in self.rest:
+                chunk = await self.proc.stdout.receive_some()
+                assert chunk, f"server exited:\n{self.stderr()}"
+                self.rest += chunk.decode()
 
     async def wait_stderr(self, text: str) -> None:
         with trio.fail_after(10):
@@ -202,6 +214,16 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in ("MODULE:REGISTRY", "--host", "--port", "--store", "--log-level"):
         assert flag in out
+
+
+@pytest.mark.parametrize("flag", ["--http-request-timeout", "--http-keepalive-timeout"])
+def test_a_zero_http_timeout_is_a_usage_error(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "examples.chat:registry", flag, "0"])
+    assert exited.value.code == 2
+    assert "must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

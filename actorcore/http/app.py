@@ -191,6 +191,10 @@ class HttpApp:
         self.requests[route.kind.value, answer.status] += 1
         return answer
 
+    def count_bad_head(self, status: int) -> None:
+        """Count a request whose head the front end refused (400, 431) before any route."""
+        self.requests[RouteKind.BAD_REQUEST.value, status] += 1
+
     def count(self, target: str, status: int) -> None:
         """Count a request the front end answered itself (413, 408, 503 at capacity)."""
         self.requests[parse_http_route(target).kind.value, status] += 1

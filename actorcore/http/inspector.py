@@ -29,7 +29,7 @@ import trio
 
 from .. import jsoncodec
 from ..conn import TransportClosed
-from ..errors import ActorError, ActorNotFound, Forbidden
+from ..errors import ActorError, ActorNotFound, Forbidden, StoreError
 from ..lifecycle import LifecycleState
 from ..registry import host_of
 from ..request import ClientAddress
@@ -118,9 +118,55 @@ class Inspector:
 
     # ---------------------------------------------------------------- data
 
-    def actors(self, search: str = "", page: int = 0, per_page: int = 50) -> dict[str, Any]:
-        """One page of the actor list, filtered by ``search`` (a substring of the name, key,
-        id or state)."""
+    async def actors(self, search: str = "", page: int = 0, per_page: int = 50) -> dict[str, Any]:
+        """One page of the actors the store holds, ordered by name and key, filtered by
+        ``search`` (a substring of the name, key or id), each with its live state when it is
+        in memory (asleep otherwise). A store that cannot list gives the actors in memory and
+        those seen since the server started instead (``"source": "memory"``)."""
+        per_page = max(1, min(per_page, MAX_PAGE))
+        page = max(0, page)
+        try:
+            total, records = await self.registry.store.list_actors(
+                search, page * per_page, per_page
+            )
+        except StoreError:
+            return self._actors_in_memory(search, page, per_page)
+        rows = []
+        for record in records:
+            row: dict[str, Any] = {
+                "id": record.actor_id,
+                "name": record.name,
+                "key": record.key,
+                "state": "asleep",
+                "generation": record.generation,
+                "connections": 0,
+                "last_transition": None,
+                "when": None,
+            }
+            seen = self._seen.get(record.actor_id)
+            if seen is not None:
+                row.update(state=seen.state, last_transition=seen.last_transition, when=seen.when)
+            entry = self.host.entry(record.actor_id)
+            if entry is not None:
+                row.update(
+                    state=entry.lifecycle.state.value,
+                    generation=entry.last_generation,
+                    connections=len(entry.conns),
+                )
+            rows.append(row)
+        return {
+            "source": "store",
+            "total": total,
+            "page": page,
+            "per_page": per_page,
+            "actors": rows,
+            "statistics": {
+                "draining": self.registry.draining,
+                "connections": self.server.statistics().connections,
+            },
+        }
+
+    def _actors_in_memory(self, search: str, page: int, per_page: int) -> dict[str, Any]:
         rows: dict[str, dict[str, Any]] = {}
         for actor_id, seen in self._seen.items():
             rows[actor_id] = {
@@ -153,9 +199,9 @@ class Inspector:
             or any(needle in str(r[f]).lower() for f in ("name", "key", "id", "state"))
         ]
         found.sort(key=lambda r: (r["name"], r["key"]))
-        per_page = max(1, min(per_page, MAX_PAGE))
-        start = max(0, page) * per_page
+        start = page * per_page
         return {
+            "source": "memory",
             "total": len(found),
             "page": max(0, page),
             "per_page": per_page,
@@ -197,6 +243,26 @@ class Inspector:
             "when": seen.when if seen is not None else None,
             "actor_state": state,
             "connections": conns,
+        }
+
+    async def actor_or_stored(self, actor_id: str) -> dict[str, Any]:
+        """:meth:`actor`, or an asleep actor as the store holds it (its saved state)."""
+        try:
+            return self.actor(actor_id)
+        except ActorNotFound:
+            record = await self.registry.store.get_by_id(actor_id)
+            if record is None:
+                raise
+        return {
+            "id": actor_id,
+            "name": record.name,
+            "key": record.key,
+            "state": "asleep",
+            "generation": record.generation,
+            "last_transition": None,
+            "when": None,
+            "actor_state": jsoncodec.loads(record.state) if record.state is not None else None,
+            "connections": [],
         }
 
     # ---------------------------------------------------------------- access
@@ -244,14 +310,17 @@ class Inspector:
                 per_page = int(query.get("per_page", ["50"])[-1])
             except ValueError:
                 return text_answer(400, "page and per_page are integers\n")
-            data = self.actors(query.get("q", [""])[-1], page, per_page)
+            data = await self.actors(query.get("q", [""])[-1], page, per_page)
             return _json(data)
         parts = sub.split("/")
         # "", "api", "actors", id[, verb]
         if len(parts) in (4, 5) and parts[1] == "api" and parts[2] == "actors":
             actor_id = unquote(parts[3])
             if len(parts) == 4 and method == "GET":
-                return _json(self.actor(actor_id))
+                try:
+                    return _json(await self.actor_or_stored(actor_id))
+                except ActorError as exc:
+                    return error_answer(exc)
             if len(parts) == 5 and parts[4] in ("sleep", "destroy"):
                 if method != "POST":
                     return text_answer(405, "use POST\n", [(b"allow", b"POST")])
@@ -259,7 +328,11 @@ class Inspector:
         return error_answer(ActorNotFound(f"no inspector route {sub[:200]!r}"))
 
     async def _command(self, actor_id: str, verb: str) -> HttpAnswer:
-        if self.host.entry(actor_id) is None and actor_id not in self._seen:
+        if (
+            self.host.entry(actor_id) is None
+            and actor_id not in self._seen
+            and not self.registry.store.exists_nowait(actor_id)
+        ):
             return error_answer(ActorNotFound(f"no actor {actor_id!r}"))
         try:
             if verb == "sleep":
@@ -269,7 +342,7 @@ class Inspector:
         except ActorError as exc:
             return error_answer(exc)
         log.info("inspector: %s of actor %s", verb, actor_id)
-        return _json({"ok": True, "actor": self.actor(actor_id)})
+        return _json({"ok": True, "actor": await self.actor_or_stored(actor_id)})
 
     # ---------------------------------------------------------------- WebSocket
 
@@ -291,7 +364,7 @@ class Inspector:
                 watcher.scope = nursery.cancel_scope
                 nursery.start_soon(self._read_views, conn, watcher, nursery.cancel_scope)
                 while True:
-                    data = self.actors(watcher.q, watcher.page)
+                    data = await self.actors(watcher.q, watcher.page)
                     try:
                         await conn.send(jsoncodec.dumps(data))
                     except TransportClosed:

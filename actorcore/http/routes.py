@@ -45,6 +45,8 @@ class RouteKind(enum.Enum):
     WEBSOCKET = "/actors/{websocket}"
     """A WebSocket route (``/connect``, ``/ws``) asked without an upgrade: 426."""
     NOT_FOUND = "other"
+    BAD_REQUEST = "invalid"
+    """A request head that could not be parsed (400, 431): no route could be read from it."""
 
 
 @attrs.frozen(slots=True)

@@ -173,6 +173,15 @@ class Store(abc.ABC):
     async def delete(self, actor_id: str, generation: int) -> None:
         """Remove the actor (its key becomes free) and its alarms. Fenced like :meth:`save`."""
 
+    async def list_actors(
+        self, search: str = "", offset: int = 0, limit: int = 50
+    ) -> tuple[int, list[ActorRecord]]:
+        """A page of the actors the store holds (the inspector's view), ordered by name and
+        key: those whose name, key or id contains ``search`` (case-insensitive), from
+        ``offset``, at most ``limit``; with how many match in all. A store that cannot list
+        raises StoreError (the default)."""
+        raise StoreError(f"{type(self).__name__} cannot list its actors")
+
     # -- alarms: stored beside the actors, so they survive sleep and restarts. A store that
     # keeps none raises StoreError; the registry then refuses to schedule (and fires nothing).
 

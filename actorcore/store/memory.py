@@ -239,6 +239,25 @@ class MemoryStore(Store):
         alarms = [self._alarms[alarm_id] for alarm_id in self._alarms_of.get(actor_id, ())]
         return sorted(alarms, key=_due_order)
 
+    async def list_actors(
+        self, search: str = "", offset: int = 0, limit: int = 50
+    ) -> tuple[int, list[ActorRecord]]:
+        """A page of the actors held, ordered by name and key (see ``Store.list_actors``)."""
+        await self._before_read("list_actors")
+        needle = search.lower()
+        found = sorted(
+            (
+                r
+                for r in self._by_id.values()
+                if not needle
+                or needle in r.name.lower()
+                or needle in r.key.lower()
+                or needle in r.actor_id.lower()
+            ),
+            key=lambda r: (r.name, r.key),
+        )
+        return len(found), found[max(0, offset) : max(0, offset) + max(0, limit)]
+
     async def next_alarms(self, limit: int) -> list[AlarmRecord]:
         """The ``limit`` alarms due first, earliest first."""
         await self._before_read("next_alarms")

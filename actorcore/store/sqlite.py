@@ -880,6 +880,33 @@ class SQLiteStore(Store):
 
         return await self._read("next_alarms", query)
 
+    async def list_actors(
+        self, search: str = "", offset: int = 0, limit: int = 50
+    ) -> tuple[int, list[ActorRecord]]:
+        """A page of the actors in the database, ordered by name and key (the ``(name, key)``
+        index; see ``Store.list_actors``). A search is a scan: for an operator's view."""
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where = (
+            " WHERE name LIKE ?1 ESCAPE '\\' OR key LIKE ?1 ESCAPE '\\'"
+            " OR actor_id LIKE ?1 ESCAPE '\\'"
+            if search
+            else ""
+        )
+        args: tuple[Any, ...] = (pattern,) if search else ()
+
+        def query(conn: sqlite3.Connection) -> tuple[int, list[ActorRecord]]:
+            total = cast(
+                int, conn.execute(f"SELECT count(*) FROM actors{where}", args).fetchone()[0]
+            )
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM actors{where} ORDER BY name, key LIMIT ?{len(args) + 1}"
+                f" OFFSET ?{len(args) + 2}",
+                (*args, max(0, limit), max(0, offset)),
+            ).fetchall()
+            return total, [_record(row) for row in rows]
+
+        return await self._read("list_actors", query)
+
     async def count(self) -> int:
         """Number of actors in the database (an exact ``count(*)``)."""
 

@@ -410,9 +410,11 @@ class WebSocketServer:
                 except h11.RemoteProtocolError as exc:
                     self._stats["refused_handshakes"] += 1
                     status = exc.error_status_hint
+                    self.http.count_bad_head(status)
                     await refuse(stream, h11_conn, HandshakeRefused(status, f"bad request: {exc}"))
-                except HandshakeRefused:
+                except HandshakeRefused as refused:
                     self._stats["refused_handshakes"] += 1
+                    self.http.count_bad_head(refused.status)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the client left (or its TLS failed) during the handshake
             if scope.cancelled_caught:

@@ -25,6 +25,7 @@ async def test_serve_with_the_inspector_and_a_token_from_the_environment(
     ) as server:
         await server.wait_listening()
         port = server.port
+        await server.wait_stdout(f"inspector at http://127.0.0.1:{port}/inspector")
         # The README's call.
         reply = await post_action(port, "/actors/counter/my-counter/actions/increment", [5])
         assert (reply.status, reply.json()) == (200, {"output": 5})

@@ -72,6 +72,40 @@ async def test_the_inspector_api_lists_shows_and_commands_actors(serve: Any) -> 
     assert registry.lifecycle(row["id"]) is actorcore.LifecycleState.DESTROYED
 
 
+async def test_the_inspector_pages_and_searches_the_store(serve: Any, tmp_path: Path) -> None:
+    """Actors that only the store holds (asleep since before this server started) are listed,
+    paged and searched, with their saved state, and can be destroyed."""
+    path = str(tmp_path / "actors.db")
+    async with actorcore.Registry([Room], actorcore.SQLiteStore(path)) as earlier:
+        for key in ("alpha-1", "alpha-2", "beta-1", "beta-2", "beta-3"):
+            handle = await earlier.get_or_create("room", key)
+            await handle.call("say", key)
+    registry = actorcore.Registry([Room], actorcore.SQLiteStore(path))
+    server = await serve(registry, inspector=True)
+    port = server.port
+    listing = (await request(port, "GET", "/inspector/api/actors?per_page=2")).json()
+    assert listing["source"] == "store"
+    assert listing["total"] == 5
+    assert [(r["key"], r["state"]) for r in listing["actors"]] == [
+        ("alpha-1", "asleep"),
+        ("alpha-2", "asleep"),
+    ]
+    second = (await request(port, "GET", "/inspector/api/actors?per_page=2&page=1")).json()
+    assert [r["key"] for r in second["actors"]] == ["beta-1", "beta-2"]
+    betas = (await request(port, "GET", "/inspector/api/actors?q=BETA")).json()
+    assert betas["total"] == 3
+    one = betas["actors"][0]
+    detail = (await request(port, "GET", f"/inspector/api/actors/{one['id']}")).json()
+    assert (detail["state"], detail["actor_state"]) == ("asleep", {"messages": ["beta-1"]})
+    # Woken, it shows live; destroyed from the inspector, it leaves the store.
+    assert (await post_action(port, "/actors/room/beta-1/actions/say", ["again"])).status == 200
+    live = (await request(port, "GET", "/inspector/api/actors?q=beta-1")).json()["actors"][0]
+    assert live["state"] == "started"
+    gone = await request(port, "POST", f"/inspector/api/actors/{one['id']}/destroy")
+    assert gone.status == 200
+    assert (await request(port, "GET", "/inspector/api/actors?q=beta")).json()["total"] == 2
+
+
 async def test_the_inspector_token_is_required_when_set(serve: Any) -> None:
     server = await serve(actorcore.Registry([Room]), inspector=True, inspector_token="s3cret")
     port = server.port

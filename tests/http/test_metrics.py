@@ -117,6 +117,17 @@ async def test_every_metric_is_exposed_with_its_labels(serve: Any) -> None:
     assert 'actor="a"' not in text
 
 
+async def test_a_request_head_the_front_end_refuses_is_counted(serve: Any) -> None:
+    server = await serve(actorcore.Registry([Counter]))
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+        answer = await stream.receive_some(4096)
+    assert answer.startswith(b"HTTP/1.1 400")
+    samples, _ = await scrape(server.port)
+    assert value(samples, "actorcore_http_requests_total", route="invalid", status="400") == 1
+
+
 async def test_openmetrics_is_served_when_asked(serve: Any) -> None:
     server = await serve(actorcore.Registry([Counter]))
     reply = await request(
