@@ -247,12 +247,11 @@ class Inspector:
 
     async def actor_or_stored(self, actor_id: str) -> dict[str, Any]:
         """:meth:`actor`, or an asleep actor as the store holds it (its saved state)."""
-        try:
+        with contextlib.suppress(ActorNotFound):
             return self.actor(actor_id)
-        except ActorNotFound:
-            record = await self.registry.store.get_by_id(actor_id)
-            if record is None:
-                raise
+        record = await self.registry.store.get_by_id(actor_id)
+        if record is None:
+            raise ActorNotFound(f"no actor {actor_id!r}")
         return {
             "id": actor_id,
             "name": record.name,
