@@ -185,6 +185,21 @@ async def test_the_python_client_reaches_actors_through_the_gateway_across_a_sle
             assert runtime.store.stale_writes == 1
 
 
+async def ensure_placed(port: int, resource: str, *, raw: bool) -> None:
+    """Open ``resource`` until its actor answers: the engine's own placement can time out on
+    a loaded 2-core host (1011 ``pegboard.route_resolve_query_timeout``), which a client
+    retries. The test's own connection then finds the actor placed."""
+    while True:
+        try:
+            async with tcp_websocket(port, resource, subprotocols=["rivet"]) as ws:
+                if raw:
+                    await ws.send_message("warm")
+                await ws.get_message()
+                return
+        except ConnectionClosed as closed:
+            assert closed.reason.code == 1011, closed.reason
+
+
 async def test_raw_websockets_and_close_codes_through_the_gateway(engine: Engine) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         registry = actorcore.Registry([Tally, Echo])
@@ -193,6 +208,12 @@ async def test_raw_websockets_and_close_codes_through_the_gateway(engine: Engine
         query = "rvt-namespace=default&rvt-method=getOrCreate&rvt-runner=p-raw&rvt-key=r"
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
+            for resource, raw in (
+                (f"/gateway/echo/ws/room?{query}&rvt-crash-policy=sleep", True),
+                (f"/gateway/echo/ws?{query}2&rvt-crash-policy=sleep", True),
+                (f"/gateway/tally/connect?{query.replace('key=r', 'key=bad')}", False),
+            ):
+                await ensure_placed(port, resource, raw=raw)
             async with tcp_websocket(
                 port,
                 f"/gateway/echo/ws/room?{query}&rvt-crash-policy=sleep",
