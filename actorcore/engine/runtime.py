@@ -226,18 +226,7 @@ class EngineRuntime:
 
     def _transitioned(self, actor_id: str, old: LifecycleState, new: LifecycleState) -> None:
         held = self.store.held(actor_id)
-        if held is None:
-            lost = self._lost.get(actor_id)
-            if lost is not None and new in (S.ASLEEP, S.DESTROYED):
-                # Stopped without the engine (it was out of reach): reported as an error, so
-                # the engine sleeps the actor (an unprompted "Ok" would destroy it).
-                del self._lost[actor_id]
-                self._hibernate_conns(actor_id)
-                self.store.unload_alarms(actor_id)
-                host_of(self.registry).alarms.forget_actor(actor_id)
-                self._stopped(actor_id, lost.generation, "the envoy lost the engine")
-            return
-        if old is S.LOADING and new is S.STARTED:
+        if held is not None and old is S.LOADING and new is S.STARTED:
             self.link.queue_event(
                 actor_id,
                 held.generation,
@@ -246,19 +235,36 @@ class EngineRuntime:
             self._take_back_hibernated(actor_id)
             host_of(self.registry).alarms.appeared(self.store.loaded_alarms.pop(actor_id, []))
         elif new in (S.ASLEEP, S.DESTROYED):
-            if new is S.ASLEEP:
-                self._hibernate_conns(actor_id)
-            alarms = self.store.unload_alarms(actor_id)
-            host_of(self.registry).alarms.forget_actor(actor_id)
-            if new is S.ASLEEP:
-                # The engine wakes the sleeping actor when its earliest alarm falls due.
-                due = round(alarms[0].due * 1000) if alarms else None
-                self.link.queue_event(
-                    actor_id, held.generation, Variant("EventActorSetAlarm", {"alarmTs": due})
+            lost = self._lost.pop(actor_id, None)
+            if held is not None:
+                error = None if old in _ENDED_BY_FINALIZE else f"generation ended in {old.value}"
+                self._generation_ended(actor_id, held.generation, new, error)
+            elif lost is not None:
+                # Stopped without the engine (it was out of reach): reported as an error, so
+                # the engine sleeps the actor (an unprompted "Ok" would destroy it).
+                self._generation_ended(
+                    actor_id, lost.generation, new, "the envoy lost the engine", lost=True
                 )
-            self.store.release(actor_id)
-            error = None if old in _ENDED_BY_FINALIZE else f"generation ended in {old.value}"
-            self._stopped(actor_id, held.generation, error)
+
+    def _generation_ended(
+        self, actor_id: str, generation: int, new: LifecycleState, error: str | None,
+        *, lost: bool = False,
+    ) -> None:  # fmt: skip
+        """A generation the engine started here ended: its hibernatable sockets are let go,
+        its alarms leave this envoy (the earliest handed to the engine when it sleeps and the
+        link is up), the write fence closes, and the engine hears it stopped."""
+        if new is S.ASLEEP or lost:
+            self._hibernate_conns(actor_id)
+        alarms = self.store.unload_alarms(actor_id)
+        host_of(self.registry).alarms.forget_actor(actor_id)
+        if new is S.ASLEEP and not lost:
+            # The engine wakes the sleeping actor when its earliest alarm falls due.
+            due = round(alarms[0].due * 1000) if alarms else None
+            self.link.queue_event(
+                actor_id, generation, Variant("EventActorSetAlarm", {"alarmTs": due})
+            )
+        self.store.release(actor_id)
+        self._stopped(actor_id, generation, error)
 
     def _stopped(self, actor_id: str, generation: int, error: str | None) -> None:
         state = {"code": "Error" if error else "Ok", "message": error}

@@ -28,7 +28,7 @@ import attrs
 import trio
 
 from ..errors import ActorNotFound, ScheduleLimit, StaleGeneration, StoreError
-from ..store.base import ActorRecord, AlarmRecord, Store, StoreStatistics
+from ..store.base import ActorRecord, AlarmRecord, Store, StoreStatistics, due_order
 from .bare import Variant
 
 __all__ = ["EngineStore", "StartedActor"]
@@ -246,18 +246,18 @@ class EngineStore(Store):
     def _unload_alarms(self, actor_id: str) -> list[AlarmRecord]:
         """Drop the actor's alarms from memory (it stops running here); returns them."""
         gone = [self._alarms.pop(a) for a in self._alarms_of.pop(actor_id, set())]
-        return sorted(gone, key=lambda a: (a.due, a.alarm_id))
+        return sorted(gone, key=due_order)
 
     def unload_alarms(self, actor_id: str) -> list[AlarmRecord]:
         """The actor's generation ended here: its alarms stay in the engine's KV and leave
         this envoy's memory; returns them (earliest first) for the engine's wake-up."""
         return self._unload_alarms(actor_id)
 
+    def _alarms_in_order(self, actor_id: str) -> list[AlarmRecord]:
+        return sorted((self._alarms[a] for a in self._alarms_of.get(actor_id, ())), key=due_order)
+
     async def _write_alarms(self, actor_id: str) -> None:
-        alarms = sorted(
-            (self._alarms[a] for a in self._alarms_of.get(actor_id, ())),
-            key=lambda a: (a.due, a.alarm_id),
-        )
+        alarms = self._alarms_in_order(actor_id)
         value = json.dumps(
             [
                 {
@@ -311,13 +311,12 @@ class EngineStore(Store):
     async def list_alarms(self, actor_id: str) -> list[AlarmRecord]:
         """The alarms of an actor running here, earliest first."""
         await trio.lowlevel.checkpoint()
-        alarms = [self._alarms[a] for a in self._alarms_of.get(actor_id, ())]
-        return sorted(alarms, key=lambda a: (a.due, a.alarm_id))
+        return self._alarms_in_order(actor_id)
 
     async def next_alarms(self, limit: int) -> list[AlarmRecord]:
         """The ``limit`` alarms due first among the actors running here."""
         await trio.lowlevel.checkpoint()
-        return heapq.nsmallest(limit, self._alarms.values(), key=lambda a: (a.due, a.alarm_id))
+        return heapq.nsmallest(limit, self._alarms.values(), key=due_order)
 
     async def save(self, actor_id: str, generation: int, state: bytes) -> None:
         """Write the state (and the record) of the generation held here."""

@@ -133,7 +133,8 @@ class TunnelSocket:
         if taken and taken[-1][1] == "taken":
             taken[-1][1] = "done"
         while True:
-            await self._acknowledge()
+            if taken:
+                await self._acknowledge()
             if self._incoming:
                 break
             if self._closed is not None:

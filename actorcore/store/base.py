@@ -18,7 +18,7 @@ import attrs
 
 from actorcore.errors import StoreError
 
-__all__ = ["ActorRecord", "AlarmRecord", "Store", "StoreStatistics"]
+__all__ = ["ActorRecord", "AlarmRecord", "Store", "StoreStatistics", "due_order"]
 
 
 @attrs.frozen
@@ -57,6 +57,12 @@ class AlarmRecord:
     """Its arguments: a UTF-8 JSON array."""
     attempts: int = 0
     """Runs of the action that failed so far."""
+
+
+def due_order(alarm: AlarmRecord) -> tuple[float, str]:
+    """The order alarms fall due in (by time, then id): what ``next_alarms`` and
+    ``list_alarms`` sort by."""
+    return (alarm.due, alarm.alarm_id)
 
 
 @attrs.frozen

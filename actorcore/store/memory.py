@@ -20,7 +20,7 @@ import attrs
 import trio
 
 from actorcore.errors import ActorNotFound, ScheduleLimit, StaleGeneration, StoreError
-from actorcore.store.base import ActorRecord, AlarmRecord, Store, StoreStatistics
+from actorcore.store.base import ActorRecord, AlarmRecord, Store, StoreStatistics, due_order
 
 __all__ = ["MemoryStore"]
 
@@ -237,7 +237,7 @@ class MemoryStore(Store):
         """The actor's alarms, earliest first."""
         await self._before_read("list_alarms")
         alarms = [self._alarms[alarm_id] for alarm_id in self._alarms_of.get(actor_id, ())]
-        return sorted(alarms, key=_due_order)
+        return sorted(alarms, key=due_order)
 
     async def list_actors(
         self, search: str = "", offset: int = 0, limit: int = 50
@@ -261,7 +261,7 @@ class MemoryStore(Store):
     async def next_alarms(self, limit: int) -> list[AlarmRecord]:
         """The ``limit`` alarms due first, earliest first."""
         await self._before_read("next_alarms")
-        return heapq.nsmallest(limit, self._alarms.values(), key=_due_order)
+        return heapq.nsmallest(limit, self._alarms.values(), key=due_order)
 
     async def count(self) -> int:
         """Number of actors held."""
@@ -316,7 +316,3 @@ class MemoryStore(Store):
                 f"not {generation}"
             )
         return record
-
-
-def _due_order(alarm: AlarmRecord) -> tuple[float, str]:
-    return (alarm.due, alarm.alarm_id)

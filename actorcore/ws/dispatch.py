@@ -655,15 +655,20 @@ class _ConnHandler:
         if self.shutdown_close is not None:
             self.close(self.shutdown_close)
             return None
-        # Live: attached synchronously with the admission (no checkpoint in between).
+        # Live: attached synchronously with the admission (no checkpoint in between). The
+        # client learns from the init frame the generation that serves it now.
+        self._go_live(entry, gen, conn)
+        return entry, conn
+
+    def _go_live(self, entry: ActorEntry, gen: Generation, conn: Conn) -> None:
+        """Attach ``conn`` to its actor and generation, and queue a protocol connection's
+        init frame. Call it with no checkpoint since the admission it follows."""
         self.phase = ConnPhase.OPEN
         self.phase_scope = None
         entry.add_conn(conn)
         gen.conn_attached(conn)
         if conn.kind is ConnKind.PROTOCOL:
-            # The client learns the generation that serves it now.
             conn.queue_frame(encode_init(entry.actor_id, conn.id, gen.number))
-        return entry, conn
 
     # ---------------------------------------------------------------- check points 1 and 2
 
@@ -680,15 +685,11 @@ class _ConnHandler:
         if self.shutdown_close is not None or gen is None:
             self.close(self.shutdown_close or closecodes.RUNTIME_SHUTDOWN)
             return None
-        # Live: attached synchronously with check point 2 (no checkpoint in between).
-        self.phase = ConnPhase.OPEN
-        self.phase_scope = None
-        entry.add_conn(conn)
-        gen.conn_attached(conn)
+        # Live: attached synchronously with check point 2 (no checkpoint in between); the
+        # init frame goes first, before anything on_connect may send.
+        self._go_live(entry, gen, conn)
         assert gen.instance is not None
         if conn.kind is ConnKind.PROTOCOL:
-            # First, before anything on_connect may send.
-            conn.queue_frame(encode_init(entry.actor_id, conn.id, gen.number))
             hook = gen.instance.on_connect
         else:
             hook = gen.instance.on_ws_open
