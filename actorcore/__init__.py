@@ -41,6 +41,7 @@ from .errors import InternalError as InternalError
 from .errors import InvalidMessage as InvalidMessage
 from .errors import LifecycleError as LifecycleError
 from .errors import MessageTooLarge as MessageTooLarge
+from .errors import ResumeRefused as ResumeRefused
 from .errors import RuntimeShutdown as RuntimeShutdown
 from .errors import ScheduleError as ScheduleError
 from .errors import ScheduleLimit as ScheduleLimit
@@ -125,6 +126,7 @@ __all__ = [
     "RemoteError",
     "Request",
     "Response",
+    "ResumeRefused",
     "RuntimeShutdown",
     "SQLiteStore",
     "Schedule",

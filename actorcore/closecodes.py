@@ -23,6 +23,7 @@ from .errors import (
     Forbidden,
     InvalidMessage,
     MessageTooLarge,
+    ResumeRefused,
     RuntimeShutdown,
 )
 
@@ -38,6 +39,8 @@ __all__ = [
     "NOT_FOUND",
     "OVERLOADED",
     "READY_TIMEOUT",
+    "RESUME_REFUSED",
+    "RESUME_TAKEN_OVER",
     "RUNTIME_SHUTDOWN",
     "START_FAILED",
     "CloseCode",
@@ -84,6 +87,18 @@ MESSAGE_INCOMPLETE: Final = CloseCode(1008, "message.incomplete")
 OVERLOADED: Final = CloseCode(1013, "actor.overloaded")
 """The hibernation buffer (or another bounded queue) is full. Reconnect with backoff."""
 
+RESUME_REFUSED: Final = CloseCode(4001, "resume.not_found")
+"""A ``?resume=TOKEN`` connect was refused; the reason is the :class:`ResumeRefused` code
+(``resume.invalid``, ``resume.wrong_actor``, ``resume.not_found``, ``resume.expired``).
+Connect again without ``resume``."""
+RESUME_TAKEN_OVER: Final = CloseCode(4002, "resume.taken_over")
+"""Another socket resumed this connection (this one was probably half-open). Do not
+reconnect."""
+
+#: Close codes after which a resumable connection ends for good (its client does not come
+#: back); after any other close it is detached and may be resumed.
+FINAL_CODES: Final = frozenset({1000, 1001, 1008, 1009, 1011, 4002})
+
 _BY_ERROR: Final[dict[type[ActorError], CloseCode]] = {
     ActorDestroyed: ACTOR_DESTROYED,
     ActorStopping: ACTOR_SLEEPING,
@@ -103,6 +118,8 @@ def for_error(error: ActorError) -> CloseCode:
         reason = error.message if error.message != error.code else FORBIDDEN.reason
         reason = reason.encode("ascii", "replace").decode()[:123]
         return CloseCode(FORBIDDEN.code, reason)
+    if isinstance(error, ResumeRefused):
+        return CloseCode(RESUME_REFUSED.code, error.code)
     for cls in type(error).__mro__:
         close = _BY_ERROR.get(cls)
         if close is not None:

@@ -25,6 +25,8 @@ from . import jsoncodec
 from .errors import ActorOverloaded
 
 if TYPE_CHECKING:
+    from .outputgate import OutputGate
+    from .resume import Journal
     from .watchdog import Watchdog
 
 __all__ = ["Conn", "ConnKind", "Transport", "TransportClosed"]
@@ -101,6 +103,14 @@ class _Close:
 
 
 @attrs.define(eq=False, slots=True)
+class _Gated:
+    """A frame the writer sends once the output gate passed its ticket."""
+
+    frame: str
+    ticket: int
+
+
+@attrs.define(eq=False, slots=True)
 class Conn:
     """A client connection of an actor. ``ctx.conns`` lists the live ones."""
 
@@ -120,9 +130,18 @@ class Conn:
     """The generation currently serving this connection."""
     close_timeout: float = 2.0
     """Bound on flushing queued frames plus the close handshake once a close is queued."""
+    journal: Journal | None = attrs.field(default=None, repr=False)
+    """A resumable protocol connection's numbered outputs (see ``actorcore/resume.py``)."""
+    gate: OutputGate | None = attrs.field(default=None, repr=False)
+    """The actor's output gate, if its outputs wait for durable state."""
+    on_change: Callable[[Conn], None] | None = attrs.field(default=None, repr=False)
+    """Told when the connection's stored record must be written again (its journal or
+    subscriptions changed)."""
     _subscribed: dict[str, None] | None = attrs.field(default=None, init=False)
     """Subscribed events (made on the first subscribe: most connections never do)."""
-    _outbox: collections.deque[str | bytes | _Close] | None = attrs.field(default=None, init=False)
+    _outbox: collections.deque[str | bytes | _Close | _Gated] | None = attrs.field(
+        default=None, init=False
+    )
     """Frames waiting for the writer (made on first use; None once closed)."""
     _closing: _Close | None = attrs.field(default=None, init=False)
     _ended: bool = attrs.field(default=False, init=False)
@@ -168,11 +187,21 @@ class Conn:
     async def send(self, message: Any) -> None:
         """Send a message: as is on a raw connection (str or bytes); on a protocol connection
         as ``{"type": "message", "data": message}`` (``message`` must be JSON-serialisable)."""
-        await self.send_frame(self._encode_message(message))
+        frame = self._encode_message(message)
+        if self.journal is not None:
+            assert isinstance(frame, str)
+            await self.send_output(frame)
+        else:
+            await self.send_frame(frame)
 
     def send_nowait(self, message: Any) -> None:
         """Queue a message without waiting; a full outbox closes the connection with 1013."""
-        self.queue_frame(self._encode_message(message))
+        frame = self._encode_message(message)
+        if self.journal is not None:
+            assert isinstance(frame, str)
+            self.output(frame)
+        else:
+            self.queue_frame(frame)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close after the frames already queued; returns when the close is queued.
@@ -226,12 +255,62 @@ class Conn:
         if len(subscribed) >= limit:
             return False
         subscribed[event] = None
+        self.changed()
         return True
 
     def unsubscribe(self, event: str) -> None:
         """Remove ``event`` if subscribed (O(1))."""
-        if self._subscribed is not None:
-            self._subscribed.pop(event, None)
+        if self._subscribed is not None and event in self._subscribed:
+            del self._subscribed[event]
+            self.changed()
+
+    def changed(self) -> None:
+        """The connection's stored record must be written again (see :attr:`on_change`)."""
+        if self.on_change is not None:
+            self.on_change(self)
+
+    # ---------------------------------------------------------------- numbered outputs
+
+    def output(self, frame: str, action_id: int | str | None = None) -> None:
+        """Queue an output (an event, a message, an answer) of a resumable connection: kept
+        in its journal (numbered, if its client asked) and held by the output gate until the
+        state is durable; without a journal it is queued as is. Never waits."""
+        journal = self.journal
+        if journal is None:
+            self.deliver(frame)
+            return
+        recorded = journal.record(frame, action_id)
+        self.changed()
+        attached = journal.attached
+        if recorded is not None and attached is not None:
+            attached.deliver(recorded)
+
+    async def send_output(self, frame: str, action_id: int | str | None = None) -> None:
+        """Like :meth:`output`, but an output that need not wait for the gate is sent as
+        :meth:`send_frame` sends (straight to the transport when nothing is queued)."""
+        journal = self.journal
+        target: Conn | None = self
+        recorded: str | None = frame
+        if journal is not None:
+            recorded = journal.record(frame, action_id)
+            self.changed()
+            target = journal.attached
+        if recorded is None or target is None:
+            await trio.lowlevel.checkpoint()
+        elif target.gate is not None:
+            target.deliver(recorded)
+            await trio.lowlevel.checkpoint()
+        else:
+            await target.send_frame(recorded)
+
+    def deliver(self, frame: str) -> None:
+        """Queue an already numbered frame behind the output gate (if any)."""
+        if self.closing:
+            return
+        gate = self.gate
+        item: str | _Gated = frame if gate is None else _Gated(frame, gate.ticket())
+        if not self._enqueue(item):
+            self._overloaded()
 
     async def wait_closed(self) -> None:
         """Wait until the connection has ended (close handshake done or transport gone)."""
@@ -294,7 +373,7 @@ class Conn:
         if transport is not None:
             await transport.abort()
 
-    def _enqueue(self, item: str | bytes | _Close) -> bool:
+    def _enqueue(self, item: str | bytes | _Close | _Gated) -> bool:
         outbox = self._outbox
         if outbox is None:
             if self._ended:
@@ -337,7 +416,13 @@ class Conn:
                     if isinstance(item, _Close):
                         close = item
                         break
-                    await transport.send(item)
+                    if isinstance(item, _Gated):
+                        gate = self.gate
+                        if gate is not None and not gate.passed(item.ticket):
+                            await gate.wait(item.ticket)
+                        await transport.send(item.frame)
+                    else:
+                        await transport.send(item)
                     # Popped after the send, so a direct send sees a non-empty outbox and
                     # queues.
                     outbox.popleft()

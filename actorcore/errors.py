@@ -29,6 +29,7 @@ __all__ = [
     "InvalidMessage",
     "LifecycleError",
     "MessageTooLarge",
+    "ResumeRefused",
     "RuntimeShutdown",
     "ScheduleError",
     "ScheduleLimit",
@@ -179,6 +180,15 @@ class MessageTooLarge(ActorError):
     """A message exceeded ``max_message_size``."""
 
     code = "message.too_large"
+
+
+class ResumeRefused(ActorError):
+    """A ``?resume=TOKEN`` connect was refused (close 4001): the token is malformed
+    (``resume.invalid``), names another actor (``resume.wrong_actor``), names no connection
+    (``resume.not_found``) or one detached too long (``resume.expired``). Connect again
+    without it; actions sent before without an answer have an unknown outcome."""
+
+    code = "resume.not_found"
 
 
 class RuntimeShutdown(ActorError):

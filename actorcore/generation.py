@@ -48,11 +48,14 @@ from .errors import (
 )
 from .lifecycle import Admission, Lifecycle, LifecycleEvent, LifecycleState, WorkKind, admit
 from .logfmt import quoted
+from .resume import DetachedConn, decode_record, encode_record
+from .store.base import ConnWrites
 
 if TYPE_CHECKING:
     from .actor import ActorDefinition
     from .alarms import AlarmTimer
     from .lookup import ActorLookup
+    from .outputgate import OutputGate
     from .store.base import ActorRecord, Store
     from .watchdog import Watchdog
 
@@ -159,6 +162,10 @@ class GenerationHost(Protocol):
         drain) so the destroyed actor does not come back."""
         ...
 
+    def track_detached(self, entry: ActorEntry) -> None:
+        """``entry`` holds detached connections: end them at their deadline."""
+        ...
+
 
 @attrs.define(eq=False, slots=True)
 class ActorEntry:
@@ -195,6 +202,13 @@ class ActorEntry:
     """State a failed final save could not persist; the next generation starts from it."""
     retired: bool = False
     """Removed from the registry's maps; a fresh entry serves later requests."""
+    gate: OutputGate | None = None
+    """The output gate of its protocol connections (made by the first one, when the actor
+    has ``durable_outputs`` on a durable store)."""
+    detached: dict[str, DetachedConn] | None = None
+    """Resumable connections whose socket went away, by id (made on first use)."""
+    conn_writes: dict[str, Conn | DetachedConn | None] | None = None
+    """Connection records the next save writes (None: delete), by connection id."""
 
     @property
     def name(self) -> str:
@@ -207,6 +221,55 @@ class ActorEntry:
             self.conns = set()
         assert isinstance(self.conns, set)
         self.conns.add(conn)
+
+    def note_conn(self, conn: Conn) -> None:
+        """``conn``'s stored record must be written again (its journal, subscriptions or
+        state changed): with the next save."""
+        self.note_write(conn.id, conn)
+
+    def note_write(self, conn_id: str, holder: Conn | DetachedConn | None) -> None:
+        """Write ``holder``'s record (None: delete the record) with the next save."""
+        writes = self.conn_writes
+        if writes is None:
+            writes = self.conn_writes = {}
+        writes[conn_id] = holder
+        gen = self.generation
+        if gen is not None:
+            gen.mark_dirty()
+
+    def detach(self, conn: Conn, detached_at: float, expires: float) -> DetachedConn:
+        """``conn``'s socket went away without its client closing it: keep it resumable
+        until ``expires`` (trio's clock); ``detached_at`` is the wall-clock time."""
+        assert conn.journal is not None
+        conn.journal.attached = None
+        detached = DetachedConn(
+            conn.id,
+            conn.params,
+            conn.state,
+            tuple(conn.subscriptions),
+            conn.journal,
+            detached_at,
+            expires,
+        )
+        if self.detached is None:
+            self.detached = {}
+        self.detached[conn.id] = detached
+        self.note_write(conn.id, detached)
+        return detached
+
+    def take_detached(self, conn_id: str) -> DetachedConn | None:
+        """Remove and return the detached connection ``conn_id`` (resumed or ended)."""
+        detached = self.detached
+        if detached is None:
+            return None
+        found = detached.pop(conn_id, None)
+        if not detached:
+            self.detached = None
+        return found
+
+    def forget_conn(self, conn_id: str) -> None:
+        """The connection ``conn_id`` ended for good: its record goes with the next save."""
+        self.note_write(conn_id, None)
 
     def discard_conn(self, conn: Conn) -> None:
         """A connection left this actor (a no-op if it was not here)."""
@@ -395,6 +458,8 @@ class Generation:
     """The actor is serial (``ActorOptions.serial``): its work takes turns (:meth:`turn`)."""
     _turn_lock: trio.Lock | None = None
     _finished: trio.Event | None = None
+    _gate_saving: bool = False
+    """A task runs the saves the output gate asks for."""
 
     def __attrs_post_init__(self) -> None:
         self.ctx = ActorContext(self)
@@ -698,11 +763,23 @@ class Generation:
     def broadcast(self, event: str, args: list[Any]) -> None:
         """Queue an event frame to every subscribed protocol connection (encoded once)."""
         frame: str | None = None
-        for conn in self.entry.conns:
+        entry = self.entry
+        for conn in entry.conns:
             if conn.kind is ConnKind.PROTOCOL and event in conn.subscriptions:
                 if frame is None:
                     frame = jsoncodec.dumps({"type": "event", "name": event, "args": args})
-                conn.queue_frame(frame)
+                if conn.journal is None:
+                    conn.queue_frame(frame)
+                else:
+                    conn.output(frame)
+        if entry.detached:
+            # Kept for their clients' resume, in order with what they got before.
+            for detached in entry.detached.values():
+                if event in detached.subscriptions:
+                    if frame is None:
+                        frame = jsoncodec.dumps({"type": "event", "name": event, "args": args})
+                    if detached.journal.record(frame) is not None:
+                        entry.note_write(detached.conn_id, detached)
 
     # ---------------------------------------------------------------- state
 
@@ -795,21 +872,139 @@ class Generation:
         self.host.note_stored(self.entry)
 
     async def _save(self, reason: str) -> None:
-        """Save the state if it changed (the caller holds :meth:`_store_writes`)."""
+        """Save the state if it changed, with the connection records that changed, in one
+        write (the caller holds :meth:`_store_writes`). A save that commits releases the
+        outputs the gate holds for it."""
+        gate = self.entry.gate
+        number = gate.begin_save() if gate is not None else 0
         data = self._encoded_state()
-        if data == self._saved:
+        taken = self.entry.conn_writes
+        self.entry.conn_writes = None
+        if data == self._saved and not taken:
+            if gate is not None:
+                gate.saved(number)
             return
+        store = self.host.store
         started = time.perf_counter()
         try:
-            await self.host.store.save(self.actor_id, self.number, data)
+            if taken:
+                state = None if data == self._saved else data
+                await store.save_with_conns(self.actor_id, self.number, state, self._writes(taken))
+            else:
+                await store.save(self.actor_id, self.number, data)
         except StoreError:
             self.host.note_store_write(None)
+            if taken:
+                # Written with the next save, unless something newer replaced them meanwhile.
+                writes = self.entry.conn_writes
+                self.entry.conn_writes = taken if writes is None else {**taken, **writes}
             raise
         self.host.note_store_write(time.perf_counter() - started)
         self._saved = data
+        if gate is not None:
+            gate.saved(number)
         log.debug(
             "actor %s id=%s gen=%d saved (%s)", self.entry.name, self.actor_id, self.number, reason
         )
+
+    def _writes(self, taken: dict[str, Conn | DetachedConn | None]) -> ConnWrites:
+        """The store records of the connections in ``taken``."""
+        upserts = []
+        deletes = []
+        for conn_id, holder in taken.items():
+            if holder is None:
+                deletes.append(conn_id)
+            elif isinstance(holder, DetachedConn):
+                upserts.append(
+                    encode_record(
+                        self.actor_id,
+                        conn_id,
+                        holder.params,
+                        holder.state,
+                        holder.subscriptions,
+                        holder.journal,
+                        holder.detached_at,
+                    )
+                )
+            elif holder.journal is not None:
+                upserts.append(
+                    encode_record(
+                        self.actor_id,
+                        conn_id,
+                        holder.params,
+                        holder.state,
+                        tuple(holder.subscriptions),
+                        holder.journal,
+                        None,
+                    )
+                )
+        return ConnWrites(tuple(upserts), tuple(deletes))
+
+    def _gated_save_wanted(self) -> None:
+        """The output gate holds outputs: save soon (one saver task at a time; a save that
+        begins while others wait covers them all)."""
+        if not self._gate_saving:
+            self._gate_saving = True
+            self.host.spawn(self._gated_saves, name=f"gate:{self.entry.name}")
+
+    async def _gated_saves(self) -> None:
+        gate = self.entry.gate
+        assert gate is not None
+        delay = 0.01
+        try:
+            while gate.waiting and not self.ended:
+                try:
+                    await self.save_state(reason="output gate")
+                except ActorError as exc:
+                    self.host.note_save_error(self.entry, exc)
+                    log.warning(
+                        "actor %s id=%s: a save for held outputs failed (%s); retrying in %.2fs",
+                        self.entry.name,
+                        self.actor_id,
+                        exc,
+                        delay,
+                    )
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+        finally:
+            self._gate_saving = False
+
+    def hold_outputs(self, gate: OutputGate) -> None:
+        """Run the saves ``gate`` asks for while this generation is the actor's."""
+        gate.request_save = self._gated_save_wanted
+        if gate.waiting:
+            self._gated_save_wanted()
+
+    def _load_conns(self, record: ActorRecord) -> None:
+        """Take the actor's stored connection records that this process does not hold
+        already (after a restart: all of them) as detached connections."""
+        entry = self.entry
+        live = {conn.id for conn in entry.conns}
+        known = entry.detached or {}
+        options = self.definition.options
+        wall_now, trio_now = time.time(), trio.current_time()
+        for stored in record.conns:
+            if stored.conn_id in live or stored.conn_id in known:
+                continue
+            try:
+                detached = decode_record(
+                    stored, options.max_unacked_outputs, options.resume_timeout, wall_now, trio_now
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error(
+                    "actor %s id=%s: connection record %s is unreadable (%s); dropped",
+                    entry.name,
+                    self.actor_id,
+                    stored.conn_id,
+                    exc,
+                )
+                entry.forget_conn(stored.conn_id)
+                continue
+            if entry.detached is None:
+                entry.detached = {}
+            entry.detached[stored.conn_id] = detached
+        if entry.detached:
+            self.host.track_detached(entry)
 
     # ---------------------------------------------------------------- run
 
@@ -825,6 +1020,8 @@ class Generation:
             self._cancel_leftovers()
             return False
         self.entry.process(E.LOADED, "started")
+        if self.entry.gate is not None:
+            self.hold_outputs(self.entry.gate)
         now = self._last_save = trio.current_time()
         if self.lifecycle.state in _GRACE_STATES:
             await self.stop()
@@ -890,6 +1087,8 @@ class Generation:
         unstored = begun is not None and self.host.is_unstored(entry)
         self.number = record.generation
         entry.last_generation = record.generation
+        if record.conns:
+            self._load_conns(record)
         ctx = self.ctx
         hooks_deadline = trio.current_time() + timeout
         in_store = False

@@ -44,6 +44,7 @@ from .actor import Actor, ActorDefinition, definition_of
 from .actortable import ActorTable
 from .alarms import MAX_RUNNING, PREFETCH, AlarmFailed, AlarmGone, AlarmStatistics, AlarmTimer
 from .authority import LifecycleAuthority, LifecycleCommands, LifecycleRequest, LocalAuthority
+from .conn import ConnKind
 from .context import current_conn
 from .errors import (
     ActionNotFound,
@@ -60,6 +61,7 @@ from .errors import (
     RuntimeShutdown,
     StoreError,
 )
+from .expiry import DetachedExpiry
 from .generation import ActorEntry, Generation, WorkScope
 from .handle import ActorHandle
 from .lifecycle import LifecycleEvent, LifecycleState, WorkKind
@@ -210,6 +212,8 @@ class RegistryHost:
         )
         self.counters = _Counters()
         """Mutable counters; the dispatcher adds its message and close counts here."""
+        self.detached = DetachedExpiry(self)
+        """Ends detached (resumable) connections nobody resumed in time."""
         # ---- metrics hooks (actorcore.http.metrics); None: off, one branch each.
         self.action_observer: Callable[[str, bool, float], None] | None = None
         """Called after every action with (actor name, succeeded, seconds), if set."""
@@ -785,6 +789,8 @@ class RegistryHost:
             entry.lifecycle.state is S.ASLEEP
             and not entry.held
             and not entry.conns
+            and not entry.detached
+            and not entry.conn_writes
             and entry.pending_state is None
             and not entry.lifecycle.destroy_requested
             # A new actor not written yet stays for its first start (a failed one drops it:
@@ -1169,8 +1175,47 @@ class RegistryHost:
         # wakes nothing: the new one would be cancelled in turn, and woken again, forever.
         if wanted and not (self._draining or cut) and entry.failed_wake != entry.wakes:
             self._wake(entry, "work was waiting")
-        elif not (entry.held or entry.conns or entry.pending_state is not None):
+        elif not (
+            entry.held
+            or entry.conns
+            or entry.detached
+            or entry.conn_writes
+            or entry.pending_state is not None
+        ):
             self._retire(entry)
+
+    def track_detached(self, entry: ActorEntry) -> None:
+        """``entry`` holds detached connections: end them at their deadline."""
+        self.detached.track(entry)
+
+    async def disconnect_hooks(self, entry: ActorEntry, conn: Conn, code: int, reason: str) -> None:
+        """Run a connection's disconnect hooks (``on_ws_close`` for raw ones, then
+        ``on_disconnect``) in the actor's generation, waking it if it sleeps. Never raises
+        (but Cancelled): a refused admission or a hook's error is logged."""
+        try:
+            gen = await self.admit_entry(entry, WorkKind.HIBERNATABLE_MESSAGE)
+        except (ActorDestroyed, RuntimeShutdown, ActorReadyTimeout) as exc:
+            log.info(
+                "actor %s id=%s: disconnect hooks skipped (%s)",
+                entry.name,
+                entry.actor_id,
+                exc.code,
+            )
+            return
+        except ActorError as exc:
+            log.warning(
+                "actor %s id=%s: disconnect hooks skipped (%s)", entry.name, entry.actor_id, exc
+            )
+            return
+        instance = gen.instance
+        assert instance is not None
+        with gen.track_work("hook:disconnect", timeout=gen.definition.options.hook_timeout):
+            try:
+                if conn.kind is ConnKind.RAW:
+                    await instance.on_ws_close(gen.ctx, conn, code, reason)
+                await instance.on_disconnect(gen.ctx, conn)
+            except Exception:
+                log.exception("actor %s id=%s: disconnect hook raised", entry.name, entry.actor_id)
 
     def note_delete_failed(self, entry: ActorEntry, generation: int, error: ActorError) -> None:
         """Remember a destroy whose delete failed (a GenerationHost method). It is retried in

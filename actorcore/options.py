@@ -53,6 +53,20 @@ class ActorOptions:
     max_subscriptions: int = attrs.field(default=1024, validator=_positive_int)
     """Events one protocol connection may subscribe to; a subscribe past it is answered with
     an ``error`` frame, code ``subscription.limit`` (the connection stays open)."""
+    durable_outputs: bool = True
+    """Hold every reply, event and message to a protocol connection until the state it may
+    depend on is durable in the store (one group-committed transaction with the connection's
+    record of answers), so no client sees a result a crash could undo. Applies with a
+    durable store (SQLite); see ``docs/zero-loss.md``."""
+    resume_timeout: float = attrs.field(default=300.0, validator=_positive)
+    """How long a protocol connection whose socket went away without a close can be resumed
+    (``?resume=TOKEN``); then it ends and ``on_disconnect`` runs."""
+    max_unacked_outputs: int = attrs.field(default=256, validator=_positive_int)
+    """Outputs (answers, events, messages) one protocol connection keeps until its client
+    acknowledges them, to send again after a resume; the oldest go beyond it."""
+    max_detached_conns: int = attrs.field(default=1024, validator=_positive_int)
+    """Detached (resumable) connections one actor keeps; beyond it the longest detached one
+    ends at once."""
     hibernation_buffer: int = attrs.field(default=256, validator=_positive_int)
     """Messages one hibernatable connection may buffer while its actor sleeps; beyond it the
     connection closes with 1013 ``actor.overloaded``."""

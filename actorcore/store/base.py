@@ -18,7 +18,44 @@ import attrs
 
 from actorcore.errors import StoreError
 
-__all__ = ["ActorRecord", "AlarmRecord", "Store", "StoreStatistics", "due_order"]
+__all__ = [
+    "ActorRecord",
+    "AlarmRecord",
+    "ConnRecord",
+    "ConnWrites",
+    "Store",
+    "StoreStatistics",
+    "due_order",
+]
+
+
+@attrs.frozen
+class ConnRecord:
+    """One resumable protocol connection as the store holds it (see ``docs/zero-loss.md``)."""
+
+    conn_id: str
+    """The connection's id (unique over all actors)."""
+    actor_id: str
+    """The actor it talks to."""
+    data: bytes
+    """What the connection holds, as the registry encodes it (UTF-8 JSON): params, state,
+    subscriptions, the unacknowledged outputs and the answers of its actions."""
+    detached_at: float | None
+    """When its socket went away (seconds since the Unix epoch), or None while attached. A
+    store that opens marks every attached record detached as of then: its socket died with
+    the process that held it."""
+
+
+@attrs.frozen
+class ConnWrites:
+    """The connection records a save writes in its transaction, beside the actor's state."""
+
+    upserts: tuple[ConnRecord, ...] = ()
+    deletes: tuple[str, ...] = ()
+    """Connection ids whose records go (the connection ended)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.upserts or self.deletes)
 
 
 @attrs.frozen
@@ -39,6 +76,9 @@ class ActorRecord:
     """The last saved state (UTF-8 JSON), or None before the first save."""
     input: bytes | None
     """The creation input (UTF-8 JSON), kept until the actor is initialized."""
+    conns: tuple[ConnRecord, ...] = ()
+    """The actor's resumable connections, returned by the calls that begin a generation (a
+    store that keeps connections; see :attr:`Store.keeps_conns`)."""
 
 
 @attrs.frozen
@@ -90,6 +130,15 @@ class Store(abc.ABC):
 
     keeps_alarms: ClassVar[bool] = False
     """Whether the store implements the alarm methods (``ctx.schedule`` needs them)."""
+
+    keeps_conns: ClassVar[bool] = False
+    """Whether the store keeps resumable connections (:meth:`save_with_conns`, ``conns`` on
+    the records that begin a generation). Without it, protocol connections get no resume
+    token."""
+
+    durable: ClassVar[bool] = False
+    """Whether a completed write survives the process (SQLite: yes; memory: no). The output
+    gate (``ActorOptions.durable_outputs``) holds outputs only for a durable store."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Prepare for use (open files, start the writer). Called by the registry."""
@@ -175,9 +224,25 @@ class Store(abc.ABC):
         :class:`actorcore.ActorNotFound` if the actor does not exist.
         """
 
+    async def save_with_conns(
+        self, actor_id: str, generation: int, state: bytes | None, conns: ConnWrites
+    ) -> None:
+        """Like :meth:`save` (``state`` None: the state is unchanged), and write ``conns`` in
+        the same transaction: a connection's recorded answers are durable exactly when the
+        state their actions changed is. Fenced like :meth:`save`. Only called on a store that
+        :attr:`keeps_conns`."""
+        raise StoreError(f"{type(self).__name__} does not keep connections")
+
+    async def prune_conns(self, detached_before: float) -> int:
+        """Delete the connection records detached before ``detached_before`` (seconds since
+        the Unix epoch) and return how many went: records of actors that never woke again.
+        Only called on a store that :attr:`keeps_conns`."""
+        raise StoreError(f"{type(self).__name__} does not keep connections")
+
     @abc.abstractmethod
     async def delete(self, actor_id: str, generation: int) -> None:
-        """Remove the actor (its key becomes free) and its alarms. Fenced like :meth:`save`."""
+        """Remove the actor (its key becomes free), its alarms and its connection records.
+        Fenced like :meth:`save`."""
 
     async def list_actors(
         self, search: str = "", offset: int = 0, limit: int = 50

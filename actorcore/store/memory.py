@@ -20,7 +20,15 @@ import attrs
 import trio
 
 from actorcore.errors import ActorNotFound, ScheduleLimit, StaleGeneration, StoreError
-from actorcore.store.base import ActorRecord, AlarmRecord, Store, StoreStatistics, due_order
+from actorcore.store.base import (
+    ActorRecord,
+    AlarmRecord,
+    ConnRecord,
+    ConnWrites,
+    Store,
+    StoreStatistics,
+    due_order,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -40,6 +48,7 @@ class MemoryStore(Store):
     """
 
     keeps_alarms: ClassVar[bool] = True
+    keeps_conns: ClassVar[bool] = True
 
     fail_writes: Exception | None = attrs.field(default=None, kw_only=True)
     """Fault hook: when not None, every write raises ``StoreError`` chained to this exception."""
@@ -51,6 +60,8 @@ class MemoryStore(Store):
     _alarms: dict[str, AlarmRecord] = attrs.field(factory=dict, init=False)
     _alarms_of: dict[str, set[str]] = attrs.field(factory=dict, init=False)
     """Alarm ids by actor id."""
+    _conns: dict[str, dict[str, ConnRecord]] = attrs.field(factory=dict, init=False)
+    """Connection records by actor id, then connection id."""
     _closed: trio.Event = attrs.field(factory=trio.Event, init=False)
     _writes: int = attrs.field(default=0, init=False)
     _write_errors: int = attrs.field(default=0, init=False)
@@ -148,7 +159,11 @@ class MemoryStore(Store):
         record = attrs.evolve(record, generation=record.generation + 1)
         self._by_id[actor_id] = record
         self._writes += 1
-        return record
+        return self._with_conns(record)
+
+    def _with_conns(self, record: ActorRecord) -> ActorRecord:
+        conns = self._conns.get(record.actor_id)
+        return attrs.evolve(record, conns=tuple(conns.values())) if conns else record
 
     async def begin_or_create(
         self, name: str, key: str, actor_id: str, input: bytes | None
@@ -161,6 +176,7 @@ class MemoryStore(Store):
             record = self._by_id[existing]
             record = attrs.evolve(record, generation=record.generation + 1)
             self._by_id[existing] = record
+            record = self._with_conns(record)
         elif actor_id in self._by_id:
             self._write_errors += 1
             raise StoreError(
@@ -180,6 +196,37 @@ class MemoryStore(Store):
         self._by_id[actor_id] = attrs.evolve(record, state=state, initialized=True, input=None)
         self._writes += 1
 
+    async def save_with_conns(
+        self, actor_id: str, generation: int, state: bytes | None, conns: ConnWrites
+    ) -> None:
+        """Store ``state`` (None: unchanged) and the connection records, at once. Fenced."""
+        await self._before_write("save_with_conns")
+        record = self._fenced("save_with_conns", actor_id, generation)
+        if state is not None:
+            record = attrs.evolve(record, state=state, initialized=True, input=None)
+            self._by_id[actor_id] = record
+        mine = self._conns.setdefault(actor_id, {})
+        for conn in conns.upserts:
+            mine[conn.conn_id] = conn
+        for conn_id in conns.deletes:
+            mine.pop(conn_id, None)
+        if not mine:
+            del self._conns[actor_id]
+        self._writes += 1
+
+    async def prune_conns(self, detached_before: float) -> int:
+        """Delete the connection records detached before ``detached_before``."""
+        await self._before_write("prune_conns")
+        pruned = 0
+        for actor_id, mine in list(self._conns.items()):
+            for conn_id, conn in list(mine.items()):
+                if conn.detached_at is not None and conn.detached_at < detached_before:
+                    del mine[conn_id]
+                    pruned += 1
+            if not mine:
+                del self._conns[actor_id]
+        return pruned
+
     async def delete(self, actor_id: str, generation: int) -> None:
         """Remove the actor and free its key. Fenced like :meth:`save`."""
         await self._before_write("delete")
@@ -188,6 +235,7 @@ class MemoryStore(Store):
         del self._by_key[record.name, record.key]
         for alarm_id in self._alarms_of.pop(actor_id, ()):
             del self._alarms[alarm_id]
+        self._conns.pop(actor_id, None)
         self._writes += 1
 
     async def add_alarm(self, alarm: AlarmRecord, generation: int, max_alarms: int) -> None:

@@ -54,15 +54,22 @@ from actorcore.errors import (
     StaleGeneration,
     StoreError,
 )
-from actorcore.store.base import ActorRecord, AlarmRecord, Store, StoreStatistics
+from actorcore.store.base import (
+    ActorRecord,
+    AlarmRecord,
+    ConnRecord,
+    ConnWrites,
+    Store,
+    StoreStatistics,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 2
-"""Version stored in the ``meta`` table. A version 1 file (no alarms table) is upgraded in
-place when opened; a file with any other version is refused."""
+SCHEMA_VERSION = 3
+"""Version stored in the ``meta`` table. A version 1 file (no alarms table) or 2 (no conns
+table) is upgraded in place when opened; a file with any other version is refused."""
 
-_UPGRADABLE = frozenset({"1"})
+_UPGRADABLE = frozenset({"1", "2"})
 """Schema versions that opening upgrades to :data:`SCHEMA_VERSION` (each added tables only,
 which the ``CREATE ... IF NOT EXISTS`` of the schema makes)."""
 
@@ -95,6 +102,13 @@ CREATE TABLE IF NOT EXISTS alarms (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS alarms_by_id ON alarms (alarm_id);
 CREATE INDEX IF NOT EXISTS alarms_by_actor ON alarms (actor_id);
+CREATE TABLE IF NOT EXISTS conns (
+    actor_id TEXT NOT NULL,
+    conn_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    detached_at REAL,
+    PRIMARY KEY (actor_id, conn_id)
+) WITHOUT ROWID;
 """
 # The alarms table is kept in due order (its primary key): the timer's read of the alarms due
 # first is a sequential scan of a few pages, not a random read per alarm.
@@ -133,6 +147,18 @@ def _record(row: _Row) -> ActorRecord:
 
 def _alarm(row: tuple[str, str, float, str, bytes, int]) -> AlarmRecord:
     return AlarmRecord(*row)
+
+
+def _with_conns(conn: sqlite3.Connection, record: ActorRecord) -> ActorRecord:
+    """``record`` with its connection records (a range read of the conns table's key, in the
+    transaction that began the generation)."""
+    rows = conn.execute(
+        "SELECT conn_id, data, detached_at FROM conns WHERE actor_id = ?", (record.actor_id,)
+    ).fetchall()
+    if not rows:
+        return record
+    conns = tuple(ConnRecord(conn_id, record.actor_id, data, at) for conn_id, data, at in rows)
+    return attrs.evolve(record, conns=conns)
 
 
 def _current_generation(conn: sqlite3.Connection, operation: str, actor_id: str) -> int:
@@ -239,6 +265,8 @@ class SQLiteStore(Store):
     """
 
     keeps_alarms: ClassVar[bool] = True
+    keeps_conns: ClassVar[bool] = True
+    durable: ClassVar[bool] = True
 
     _path: str | os.PathLike[str]
     _max_pending: int = attrs.field(default=1024, kw_only=True)
@@ -384,6 +412,10 @@ class SQLiteStore(Store):
                         f"(expected {SCHEMA_VERSION})"
                     )
                 (self._actors,) = writer.execute("SELECT count(*) FROM actors").fetchone()
+                # Connections attached when the last process ended lost their sockets with it.
+                writer.execute(
+                    "UPDATE conns SET detached_at = ? WHERE detached_at IS NULL", (time.time(),)
+                )
                 writer.execute("COMMIT")
             except BaseException:
                 self._rollback(writer)
@@ -491,7 +523,7 @@ class SQLiteStore(Store):
             ).fetchall()
             if not rows:
                 raise ActorNotFound(f"begin_generation failed: no actor with id {actor_id!r}")
-            return _record(rows[0])
+            return _with_conns(conn, _record(rows[0]))
 
         return await self._submit(_Request("begin_generation", apply), urgent=True)
 
@@ -510,7 +542,7 @@ class SQLiteStore(Store):
                 (now, name, key),
             ).fetchall()
             if rows:
-                return _record(rows[0])
+                return _with_conns(conn, _record(rows[0]))
             try:
                 conn.execute(
                     "INSERT INTO actors (actor_id, name, key, generation, initialized, state, "
@@ -550,6 +582,53 @@ class SQLiteStore(Store):
 
         await self._submit(_Request("save", apply, size=len(state)))
 
+    async def save_with_conns(
+        self, actor_id: str, generation: int, state: bytes | None, conns: ConnWrites
+    ) -> None:
+        """Store ``state`` (None: unchanged) and write ``conns``, in one transaction (group
+        committed with the other writes queued at the time). Fenced."""
+
+        def apply(conn: sqlite3.Connection) -> None:
+            if state is None:
+                cursor = conn.execute(
+                    "UPDATE actors SET updated_at = ? WHERE actor_id = ? AND generation = ?",
+                    (time.time(), actor_id, generation),
+                )
+            else:
+                cursor = conn.execute(
+                    "UPDATE actors SET state = ?, initialized = 1, input = NULL, updated_at = ? "
+                    "WHERE actor_id = ? AND generation = ?",
+                    (state, time.time(), actor_id, generation),
+                )
+            if cursor.rowcount == 0:
+                _refuse_stale(conn, "save_with_conns", actor_id, generation)
+            if conns.upserts:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO conns (actor_id, conn_id, data, detached_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(actor_id, c.conn_id, c.data, c.detached_at) for c in conns.upserts],
+                )
+            if conns.deletes:
+                conn.executemany(
+                    "DELETE FROM conns WHERE actor_id = ? AND conn_id = ?",
+                    [(actor_id, conn_id) for conn_id in conns.deletes],
+                )
+
+        size = len(state or b"") + sum(len(c.data) for c in conns.upserts)
+        await self._submit(_Request("save_with_conns", apply, size=size))
+
+    async def prune_conns(self, detached_before: float) -> int:
+        """Delete the connection records detached before ``detached_before``."""
+
+        def apply(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "DELETE FROM conns WHERE detached_at IS NOT NULL AND detached_at < ?",
+                (detached_before,),
+            )
+            return cursor.rowcount
+
+        return await self._submit(_Request("prune_conns", apply))
+
     async def delete(self, actor_id: str, generation: int) -> None:
         """Remove the actor and free its key. Fenced like :meth:`save`."""
 
@@ -560,6 +639,7 @@ class SQLiteStore(Store):
             if cursor.rowcount == 0:
                 _refuse_stale(conn, "delete", actor_id, generation)
             conn.execute("DELETE FROM alarms WHERE actor_id = ?", (actor_id,))
+            conn.execute("DELETE FROM conns WHERE actor_id = ?", (actor_id,))
 
         await self._submit(_Request("delete", apply, actor_delta=-1))
 

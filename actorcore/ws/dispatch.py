@@ -28,6 +28,7 @@ import contextlib
 import enum
 import inspect
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -47,15 +48,24 @@ from ..errors import (
     ActorStopping,
     InternalError,
     MessageTooLarge,
-    RuntimeShutdown,
+    ResumeRefused,
     SubscriptionLimit,
 )
 from ..generation import ActorEntry, Generation, WorkScope
 from ..lifecycle import WorkKind
 from ..logfmt import RefusalLog, quoted
+from ..outputgate import OutputGate
 from ..registry import host_of
 from ..request import ConnectRequest
-from .protocol import ActionRequest, Subscribe, encode_action_result, encode_error, encode_init
+from ..resume import Journal, ResumeToken
+from .protocol import (
+    Ack,
+    ActionRequest,
+    Subscribe,
+    encode_action_result,
+    encode_error,
+    encode_init,
+)
 from .protocol import parse_client_frame as parse_client_frame
 from .routes import Route, parse_route
 
@@ -250,6 +260,17 @@ def _action_error(gen: Generation, frame: ActionRequest, exc: Exception) -> str:
     return encode_error(frame.id, InternalError("the action raised"))
 
 
+async def _answer(conn: Conn, frame: ActionRequest, reply: str) -> None:
+    """Send an action's answer: recorded in a resumable connection's journal (a resent id is
+    answered from there; numbered if the client asked), held by the output gate if any."""
+    journal = conn.journal
+    if journal is None:
+        await conn.send_frame(reply)
+        return
+    journal.end(frame.id)
+    await conn.send_output(reply, frame.id)
+
+
 @attrs.frozen
 class ResumedConn:
     """A hibernated connection to take back (see :meth:`Dispatcher.handle`)."""
@@ -307,6 +328,7 @@ class _ConnHandler:
         "interrupted",
         "last_started",
         "loop_scope",
+        "numbered",
         "nursery",
         "phase",
         "phase_scope",
@@ -336,6 +358,8 @@ class _ConnHandler:
         self.conn_id: str | None = None
         """The id the transport gives the connection (see Dispatcher.handle), if any."""
         """False: the transport cannot outlive a generation (see Dispatcher.handle)."""
+        self.numbered = False
+        """The client asked for numbered outputs (``?seq=1``)."""
         self.buffer: collections.deque[Any] | None = None
         """Messages waiting for the next generation (made on first use: most connections
         never buffer, and an empty deque costs ~600 B)."""
@@ -431,8 +455,8 @@ class _ConnHandler:
             started = await self._start()
             if started is None:
                 return
-            entry, conn = started
-            refused = await self._open(entry, conn) is None
+            entry, conn, live = started
+            refused = not live and await self._open(entry, conn) is None
         self.request = self.phase_scope = None  # setup is over
         self.phase = ConnPhase.OPEN
         if refused:
@@ -517,9 +541,10 @@ class _ConnHandler:
         self.phase = ConnPhase.TEARDOWN
         await self._teardown(entry, conn, *closed)
 
-    async def _start(self) -> tuple[ActorEntry, Conn] | None:
+    async def _start(self) -> tuple[ActorEntry, Conn, bool] | None:
         """Route the request to its actor and make the Conn; None if it was refused (the
-        close is sent)."""
+        close is sent). True with it: the connection is live already (a resume took back a
+        detached one)."""
         try:
             with self._enter(ConnPhase.ROUTING):
                 route = parse_route(self.target)
@@ -535,6 +560,10 @@ class _ConnHandler:
         if self.shutdown_close is not None:
             await self.close_direct(self.shutdown_close)
             return None
+        self.numbered = route.numbered
+        if route.resume is not None:
+            taken = await self._take_back(entry, route.resume, route.ack)
+            return None if taken is None else (entry, taken, True)
         options = entry.definition.options
         hibernatable = self.can_hibernate and (
             route.kind is ConnKind.PROTOCOL or options.hibernatable_websockets
@@ -548,7 +577,7 @@ class _ConnHandler:
             close_timeout=options.close_timeout,
         )
         conn.bind(self.transport, self._start_writer, self.host.watchdog)
-        return entry, conn
+        return entry, conn, False
 
     async def _authorize(self, route: Route) -> None:
         """The registry's ``authorize`` gate, before any lookup or creation: its Forbidden
@@ -592,7 +621,12 @@ class _ConnHandler:
             return await host.find_entry(route.actor_id)
         assert route.name is not None and route.key is not None
         return await host.find_entry_by_key(
-            route.name, route.key, create=True, input=None, client=self.client_host
+            route.name,
+            route.key,
+            # A resume never creates: its actor is gone if the key names none.
+            create=route.resume is None,
+            input=None,
+            client=self.client_host,
         )
 
     def _start_writer(self) -> None:
@@ -660,15 +694,136 @@ class _ConnHandler:
         self._go_live(entry, gen, conn)
         return entry, conn
 
-    def _go_live(self, entry: ActorEntry, gen: Generation, conn: Conn) -> None:
+    def _go_live(
+        self, entry: ActorEntry, gen: Generation, conn: Conn, token: ResumeToken | None = None
+    ) -> None:
         """Attach ``conn`` to its actor and generation, and queue a protocol connection's
-        init frame. Call it with no checkpoint since the admission it follows."""
+        init frame (``token``: it resumed with that token). A new protocol connection gets a
+        journal and a resume token when the store keeps connection records. Call it with no
+        checkpoint since the admission it follows."""
         self.phase = ConnPhase.OPEN
         self.phase_scope = None
         entry.add_conn(conn)
         gen.conn_attached(conn)
-        if conn.kind is ConnKind.PROTOCOL:
-            conn.queue_frame(encode_init(entry.actor_id, conn.id, gen.number))
+        if conn.kind is not ConnKind.PROTOCOL:
+            return
+        resumed = token is not None
+        if token is None and self.host.store.keeps_conns:
+            journal, secret = Journal.new(
+                entry.definition.options.max_unacked_outputs, numbered=self.numbered
+            )
+            journal.attached = conn
+            conn.journal = journal
+            token = ResumeToken(entry.actor_id, conn.id, secret)
+        if conn.journal is not None:
+            conn.on_change = entry.note_conn
+            conn.gate = self._gate(entry, gen)
+            entry.note_conn(conn)
+        conn.queue_frame(
+            encode_init(
+                entry.actor_id, conn.id, gen.number, None if token is None else str(token), resumed
+            )
+        )
+
+    def _gate(self, entry: ActorEntry, gen: Generation) -> OutputGate | None:
+        """The actor's output gate, made on first use, if its outputs wait for durable
+        state (``durable_outputs`` on a durable store)."""
+        if not (entry.definition.options.durable_outputs and self.host.store.durable):
+            return None
+        gate = entry.gate
+        if gate is None:
+            gate = entry.gate = OutputGate()
+            gen.hold_outputs(gate)
+        return gate
+
+    # ---------------------------------------------------------------- resume
+
+    async def _take_back(self, entry: ActorEntry, raw: str, ack: int | None) -> Conn | None:
+        """``?resume=TOKEN``: take back the connection the token names, live in the actor's
+        current generation with its id, params, state, subscriptions and journal; then send
+        again the outputs its client has not acknowledged. None when refused (close 4001, or
+        the close of a failed admission, is sent)."""
+        try:
+            token = ResumeToken.parse(raw)
+            if token.actor_id != entry.actor_id:
+                raise ResumeRefused(
+                    "the resume token belongs to a connection of another actor",
+                    code="resume.wrong_actor",
+                )
+            if not self.host.store.keeps_conns:
+                raise ResumeRefused("this server keeps no resumable connections")
+            gen: Generation | None = None
+            with self._enter(ConnPhase.SETUP):
+                # Check point 1; a wake loads the actor's stored connections.
+                gen = await self._admit_connect(entry)
+            if gen is None or self.shutdown_close is not None:
+                await self.close_direct(self.shutdown_close or closecodes.RUNTIME_SHUTDOWN)
+                return None
+            # No checkpoint from here until the connection is live.
+            params, state, subscriptions, journal = self._resumable(entry, token)
+        except ActorError as exc:
+            self._log_refusal(exc)
+            await self.close_direct(closecodes.for_error(exc))
+            return None
+        options = entry.definition.options
+        conn = self.conn = Conn(
+            id=token.conn_id,
+            actor_id=entry.actor_id,
+            kind=ConnKind.PROTOCOL,
+            params=params,
+            hibernatable=self.can_hibernate,
+            close_timeout=options.close_timeout,
+        )
+        conn.state = state
+        for event in subscriptions:
+            conn.subscribe(event, options.max_subscriptions)
+        journal.attached = conn
+        journal.replays = True
+        conn.journal = journal
+        conn.bind(self.transport, self._start_writer, self.host.watchdog)
+        self.request = None
+        self._go_live(entry, gen, conn, token)
+        if ack is not None and journal.ack(ack):
+            conn.changed()
+        for frame in journal.unacked():
+            conn.deliver(frame)
+        return conn
+
+    def _resumable(
+        self, entry: ActorEntry, token: ResumeToken
+    ) -> tuple[Any, Any, tuple[str, ...], Journal]:
+        """What the connection ``token`` names holds, taken from the actor: a detached one,
+        or one still attached to a socket (half-open: it gets 4002). ResumeRefused if there
+        is none, the secret is wrong, or it expired."""
+        detached = entry.detached.get(token.conn_id) if entry.detached else None
+        if detached is not None and detached.journal.verify(token.secret):
+            if detached.expires <= trio.current_time():
+                raise ResumeRefused(
+                    "the connection was detached longer than resume_timeout",
+                    code="resume.expired",
+                )
+            entry.take_detached(token.conn_id)
+            return detached.params, detached.state, detached.subscriptions, detached.journal
+        for conn in entry.conns:
+            journal = conn.journal
+            if conn.id == token.conn_id and journal is not None and journal.verify(token.secret):
+                self._take_over(entry, conn)
+                return conn.params, conn.state, tuple(conn.subscriptions), journal
+        # A wrong secret is refused like an unknown id: the token proves nothing then.
+        raise ResumeRefused("no resumable connection matches the token")
+
+    @staticmethod
+    def _take_over(entry: ActorEntry, conn: Conn) -> None:
+        """A resume names a connection whose old socket is still open (half-open, as far as
+        the server can tell): that socket gets 4002 and leaves without hooks."""
+        entry.discard_conn(conn)
+        gen = entry.generation
+        if gen is not None and (conn.hibernatable or conn.generation == gen.number):
+            gen.conn_detached(conn)
+        conn.journal = None
+        conn.on_change = None
+        taken = closecodes.RESUME_TAKEN_OVER
+        conn.close_nowait(taken.code, taken.reason)
 
     # ---------------------------------------------------------------- check points 1 and 2
 
@@ -776,6 +931,11 @@ class _ConnHandler:
                     )
                 )
             return None
+        if isinstance(frame, Ack):
+            journal = conn.journal
+            if journal is not None and journal.ack(frame.seq):
+                conn.changed()
+            return None
         if not isinstance(frame, ActionRequest):
             conn.unsubscribe(frame.event)
             return None
@@ -783,14 +943,27 @@ class _ConnHandler:
             missing = ActionNotFound(f"actor {entry.name!r} has no action {frame.name!r}")
             conn.queue_frame(encode_error(frame.id, missing))
             return None
+        journal = conn.journal
+        if journal is not None:
+            if frame.ack is not None and journal.ack(frame.ack):
+                conn.changed()
+            answer = journal.replayed(frame.id)
+            if answer is not None:
+                # It ran (answered from the record, not run again) or runs now (that run
+                # answers it).
+                if answer:
+                    conn.deliver(answer)
+                return None
         return frame
 
     def _refuse(self, action: ActionRequest | None, refusal: ActorError) -> None:
         """A message check point 3 refused: an action gets the error as its answer when the
         actor is destroyed (the connection closes with finalize); anything else closes the
         connection with the refusal's code (1001 ``actor.sleeping``, or ``actor.destroyed``)."""
+        assert self.conn is not None
+        if action is not None and self.conn.journal is not None:
+            self.conn.journal.end(action.id)
         if action is not None and isinstance(refusal, ActorDestroyed):
-            assert self.conn is not None
             self.conn.queue_frame(encode_error(action.id, refusal))
         else:
             self.close(closecodes.for_error(refusal))
@@ -909,6 +1082,8 @@ class _ConnHandler:
         except ActorDestroyed as refusal:
             with work:
                 pass
+            if conn.journal is not None:
+                conn.journal.end(frame.id)
             await conn.send_frame(encode_error(frame.id, refusal))
             return
         fn = gen.definition.actions[frame.name]
@@ -920,7 +1095,7 @@ class _ConnHandler:
             reply = _action_error(gen, frame, exc)
         else:
             reply = encode_action_result(frame.id, output)
-        await conn.send_frame(reply)
+        await _answer(conn, frame, reply)
 
     async def _action_inline(self, gen: Generation, conn: Conn, frame: ActionRequest) -> None:
         """An action that never suspends, run to completion in the read loop (no task, no
@@ -938,7 +1113,7 @@ class _ConnHandler:
         answer = _Reply()
         gen.work_began(answer, "reply:" + frame.name, blocks_idle=False)
         try:
-            await conn.send_frame(reply)
+            await _answer(conn, frame, reply)
         finally:
             gen.work_ended(answer, blocks_idle=False)
 
@@ -1018,34 +1193,15 @@ class _ConnHandler:
             conn.hibernatable or conn.generation == entry.generation.number
         ):
             entry.generation.conn_detached(conn)
+        if conn.journal is not None:
+            if code not in closecodes.FINAL_CODES:
+                # The client did not close it and may come back: keep it resumable.
+                options = entry.definition.options
+                entry.detach(conn, time.time(), trio.current_time() + options.resume_timeout)
+                self.host.track_detached(entry)
+                await conn.wait_closed()
+                return
+            entry.forget_conn(conn.id)
         if self.shutdown_close is None and not self.host.draining:
-            await self._disconnect_hooks(entry, conn, code, reason)
+            await self.host.disconnect_hooks(entry, conn, code, reason)
         await conn.wait_closed()
-
-    async def _disconnect_hooks(
-        self, entry: ActorEntry, conn: Conn, code: int, reason: str
-    ) -> None:
-        try:
-            gen = await self.host.admit_entry(entry, WorkKind.HIBERNATABLE_MESSAGE)
-        except (ActorDestroyed, RuntimeShutdown, ActorReadyTimeout) as exc:
-            log.info(
-                "actor %s id=%s: disconnect hooks skipped (%s)",
-                entry.name,
-                entry.actor_id,
-                exc.code,
-            )
-            return
-        except ActorError as exc:
-            log.warning(
-                "actor %s id=%s: disconnect hooks skipped (%s)", entry.name, entry.actor_id, exc
-            )
-            return
-        instance = gen.instance
-        assert instance is not None
-        with gen.track_work("hook:disconnect", timeout=gen.definition.options.hook_timeout):
-            try:
-                if conn.kind is ConnKind.RAW:
-                    await instance.on_ws_close(gen.ctx, conn, code, reason)
-                await instance.on_disconnect(gen.ctx, conn)
-            except Exception:
-                log.exception("actor %s id=%s: disconnect hook raised", entry.name, entry.actor_id)

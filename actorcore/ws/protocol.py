@@ -16,6 +16,7 @@ from .. import jsoncodec
 from ..errors import ActorError, InternalError, InvalidMessage
 
 __all__ = [
+    "Ack",
     "ActionRequest",
     "ClientFrame",
     "Subscribe",
@@ -40,6 +41,16 @@ class ActionRequest:
     name: str
     args: list[Any]
     kwargs: dict[str, Any]
+    ack: int | None = None
+    """A piggybacked acknowledgement (see :class:`Ack`), or None."""
+
+
+@attrs.frozen(slots=True)
+class Ack:
+    """``{"type": "ack", "seq": n}``: the client received every numbered output up to ``n``
+    (see ``docs/zero-loss.md``)."""
+
+    seq: int
 
 
 @attrs.frozen(slots=True)
@@ -56,7 +67,13 @@ class Unsubscribe:
     event: str
 
 
-ClientFrame = ActionRequest | Subscribe | Unsubscribe
+ClientFrame = ActionRequest | Subscribe | Unsubscribe | Ack
+
+
+def _seq(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        raise InvalidMessage(f"{field!r} must be an integer between 0 and {MAX_ID}")
+    return value
 
 
 def _name(frame: dict[str, Any], field: str) -> str:
@@ -91,7 +108,12 @@ def parse_client_frame(message: str | bytes) -> ClientFrame:
         kwargs = frame.get("kwargs", {})
         if not isinstance(kwargs, dict):
             raise InvalidMessage("'kwargs' must be an object")
-        return ActionRequest(action_id, _name(frame, "name"), args, kwargs)
+        ack = frame.get("ack")
+        if ack is not None:
+            ack = _seq(ack, "ack")
+        return ActionRequest(action_id, _name(frame, "name"), args, kwargs, ack)
+    if kind == "ack":
+        return Ack(_seq(frame.get("seq"), "seq"))
     if kind == "subscribe":
         return Subscribe(_name(frame, "event"))
     if kind == "unsubscribe":
@@ -101,11 +123,25 @@ def parse_client_frame(message: str | bytes) -> ClientFrame:
     )
 
 
-def encode_init(actor_id: str, conn_id: str, generation: int) -> str:
-    """The first frame the server sends on a protocol connection."""
-    return jsoncodec.dumps(
-        {"type": "init", "actor_id": actor_id, "conn_id": conn_id, "generation": generation}
-    )
+def encode_init(
+    actor_id: str,
+    conn_id: str,
+    generation: int,
+    resume_token: str | None = None,
+    resumed: bool = False,
+) -> str:
+    """The first frame the server sends on a protocol connection (with a resume token when
+    the connection is resumable; ``resumed``: it took back an existing connection)."""
+    frame: dict[str, Any] = {
+        "type": "init",
+        "actor_id": actor_id,
+        "conn_id": conn_id,
+        "generation": generation,
+    }
+    if resume_token is not None:
+        frame["resume_token"] = resume_token
+        frame["resumed"] = resumed
+    return jsoncodec.dumps(frame)
 
 
 def encode_action_result(action_id: int | str, output: Any) -> str:

@@ -39,6 +39,13 @@ class Route:
     """For raw routes, what follows ``/ws`` (``""`` or ``/anything``)."""
     params: Any
     """Decoded ``params`` JSON, or None."""
+    resume: str | None = None
+    """``?resume=TOKEN``: take back a detached protocol connection (see
+    ``docs/zero-loss.md``)."""
+    ack: int | None = None
+    """``&ack=N`` with ``resume``: the highest output sequence number the client got."""
+    numbered: bool = False
+    """``?seq=1``: the client wants its outputs numbered and acknowledges them."""
 
 
 def _segment(raw: str, what: str) -> str:
@@ -96,6 +103,18 @@ def parse_route(target: str) -> Route:
             params = jsoncodec.loads(query["params"][-1])
         except (ValueError, RecursionError):
             raise InvalidMessage("params is not valid JSON") from None
+    resume: str | None = None
+    ack: int | None = None
+    if "resume" in query:
+        if kind is not ConnKind.PROTOCOL:
+            raise InvalidMessage("resume applies to /connect routes only")
+        resume = query["resume"][-1][:512]
+        if "ack" in query:
+            raw = query["ack"][-1]
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= 16):
+                raise InvalidMessage("ack must be a non-negative integer")
+            ack = int(raw)
+    numbered = query.get("seq", [""])[-1] == "1"
     if segments[2] == "by-id":
-        return Route(kind, None, None, second, subpath, params)
-    return Route(kind, first, second, None, subpath, params)
+        return Route(kind, None, None, second, subpath, params, resume, ack, numbered)
+    return Route(kind, first, second, None, subpath, params, resume, ack, numbered)

@@ -162,7 +162,8 @@ async def test_protocol_round_trip_events_and_errors(transport: str) -> None:
     ):
         init = await receive_json(ws)
         assert init["type"] == "init" and init["generation"] == 1
-        assert set(init) == {"type", "actor_id", "conn_id", "generation"}
+        assert set(init) == {"type", "actor_id", "conn_id", "generation", "resume_token", "resumed"}
+        assert init["resumed"] is False
         await send_json(ws, {"type": "subscribe", "event": "changed"})
         await send_json(ws, {"type": "action", "id": 7, "name": "increment", "args": [2]})
         assert await receive_json(ws) == {"type": "event", "name": "changed", "args": [2]}

@@ -335,6 +335,11 @@ async def test_client_vanishing_during_an_action(autojump_clock: trio.abc.Clock)
         handle = await server.registry.get("talker", "k")
         await trio.sleep(2)
         assert await handle.call("get") == 1, "the action ran to the end; only its reply is lost"
+        # Without a close the connection is detached, resumable for resume_timeout; then it
+        # ends and its disconnect hook runs (docs/zero-loss.md).
+        await trio.sleep(ActorOptions().resume_timeout - 10)
+        assert "disconnect:1" not in HOOKS
+        await trio.sleep(20)
         await wait_until(lambda: "disconnect:1" in HOOKS)
         assert HOOKS.count("disconnect:1") == 1
         assert server.registry.statistics().connections == 0

@@ -16,6 +16,7 @@ import actorcore.store.sqlite as sqlite_module
 from actorcore.errors import ActorNotFound, ScheduleLimit, StaleGeneration, StoreError
 from actorcore.store import ActorRecord, MemoryStore, SQLiteStore, Store, open_store
 from actorcore.store.base import AlarmRecord
+from actorcore.store.sqlite import SCHEMA_VERSION
 from actorcore.testing import store_contract
 
 from ._faults import CommitFailingSQLiteStore
@@ -874,7 +875,7 @@ async def test_a_version_1_file_is_upgraded_with_its_actors(tmp_path: Path) -> N
     assert _sqlite_pragma(path, "user_version") == 0
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT value FROM meta").fetchone()[0] == "2"
+        assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
     finally:
         conn.close()
 
