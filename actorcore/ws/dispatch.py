@@ -548,6 +548,7 @@ class _ConnHandler:
         try:
             with self._enter(ConnPhase.ROUTING):
                 route = parse_route(self.target)
+                token = None if route.resume is None else ResumeToken.parse(route.resume)
                 await self._authorize(route)
                 entry = await self._resolve(route)
         except ActorError as exc:
@@ -561,8 +562,8 @@ class _ConnHandler:
             await self.close_direct(self.shutdown_close)
             return None
         self.numbered = route.numbered
-        if route.resume is not None:
-            taken = await self._take_back(entry, route.resume, route.ack)
+        if token is not None:
+            taken = await self._take_back(entry, token, route.ack)
             return None if taken is None else (entry, taken, True)
         options = entry.definition.options
         hibernatable = self.can_hibernate and (
@@ -738,13 +739,14 @@ class _ConnHandler:
 
     # ---------------------------------------------------------------- resume
 
-    async def _take_back(self, entry: ActorEntry, raw: str, ack: int | None) -> Conn | None:
+    async def _take_back(
+        self, entry: ActorEntry, token: ResumeToken, ack: int | None
+    ) -> Conn | None:
         """``?resume=TOKEN``: take back the connection the token names, live in the actor's
         current generation with its id, params, state, subscriptions and journal; then send
         again the outputs its client has not acknowledged. None when refused (close 4001, or
         the close of a failed admission, is sent)."""
         try:
-            token = ResumeToken.parse(raw)
             if token.actor_id != entry.actor_id:
                 raise ResumeRefused(
                     "the resume token belongs to a connection of another actor",
