@@ -49,17 +49,18 @@ from .errors import (
 from .lifecycle import Admission, Lifecycle, LifecycleEvent, LifecycleState, WorkKind, admit
 from .logfmt import quoted
 from .resume import DetachedConn, decode_record, encode_record
-from .store.base import ConnWrites
+from .store.base import ConnWrites, SaveItem
 
 if TYPE_CHECKING:
     from .actor import ActorDefinition
     from .alarms import AlarmTimer
+    from .durability import DurableSaves
     from .lookup import ActorLookup
     from .outputgate import OutputGate
     from .store.base import ActorRecord, Store
     from .watchdog import Watchdog
 
-__all__ = ["ActorEntry", "Generation", "GenerationHost"]
+__all__ = ["ActorEntry", "Generation", "GenerationHost", "PreparedSave"]
 
 log = logging.getLogger("actorcore.lifecycle")
 
@@ -165,6 +166,25 @@ class GenerationHost(Protocol):
     def track_detached(self, entry: ActorEntry) -> None:
         """``entry`` holds detached connections: end them at their deadline."""
         ...
+
+    @property
+    def durable_saves(self) -> DurableSaves:
+        """Saves the output gates wait for, batched over actors."""
+        ...
+
+
+@attrs.frozen
+class PreparedSave:
+    """A save between :meth:`Generation.prepare_save` and its end."""
+
+    item: SaveItem
+    """What the store writes."""
+    number: int
+    """Its number for the output gate."""
+    data: bytes
+    """The state as encoded (the last saved state once it commits)."""
+    taken: dict[str, Conn | DetachedConn | None] | None
+    """The connection records it writes, as taken from the entry."""
 
 
 @attrs.define(eq=False, slots=True)
@@ -458,8 +478,6 @@ class Generation:
     """The actor is serial (``ActorOptions.serial``): its work takes turns (:meth:`turn`)."""
     _turn_lock: trio.Lock | None = None
     _finished: trio.Event | None = None
-    _gate_saving: bool = False
-    """A task runs the saves the output gate asks for."""
 
     def __attrs_post_init__(self) -> None:
         self.ctx = ActorContext(self)
@@ -800,8 +818,7 @@ class Generation:
             async with lock:
                 yield
         finally:
-            if self._save_lock is lock and not lock.locked():
-                self._save_lock = None
+            self._store_writes_released(lock)
 
     def _encoded_state(self) -> bytes:
         """The state as it is saved; a state that is not JSON any more (a hook put a set, a
@@ -875,6 +892,30 @@ class Generation:
         """Save the state if it changed, with the connection records that changed, in one
         write (the caller holds :meth:`_store_writes`). A save that commits releases the
         outputs the gate holds for it."""
+        prepared = self.prepare_save()
+        if prepared is None:
+            return
+        store = self.host.store
+        item = prepared.item
+        started = time.perf_counter()
+        try:
+            if item.conns:
+                await store.save_with_conns(item.actor_id, item.generation, item.state, item.conns)
+            else:
+                assert item.state is not None
+                await store.save(item.actor_id, item.generation, item.state)
+        except StoreError:
+            self.save_failed(prepared)
+            raise
+        self.save_done(prepared, time.perf_counter() - started)
+        log.debug(
+            "actor %s id=%s gen=%d saved (%s)", self.entry.name, self.actor_id, self.number, reason
+        )
+
+    def prepare_save(self) -> PreparedSave | None:
+        """The first half of a save (the caller holds this generation's store writes): number
+        it for the output gate, encode the state, take the connection records to write. None
+        when there is nothing to write (the gate is released at once). Raises StateError."""
         gate = self.entry.gate
         number = gate.begin_save() if gate is not None else 0
         data = self._encoded_state()
@@ -883,29 +924,53 @@ class Generation:
         if data == self._saved and not taken:
             if gate is not None:
                 gate.saved(number)
-            return
-        store = self.host.store
-        started = time.perf_counter()
-        try:
-            if taken:
-                state = None if data == self._saved else data
-                await store.save_with_conns(self.actor_id, self.number, state, self._writes(taken))
-            else:
-                await store.save(self.actor_id, self.number, data)
-        except StoreError:
-            self.host.note_store_write(None)
-            if taken:
-                # Written with the next save, unless something newer replaced them meanwhile.
-                writes = self.entry.conn_writes
-                self.entry.conn_writes = taken if writes is None else {**taken, **writes}
-            raise
-        self.host.note_store_write(time.perf_counter() - started)
-        self._saved = data
+            return None
+        state = None if taken and data == self._saved else data
+        conns = self._writes(taken) if taken else ConnWrites()
+        return PreparedSave(SaveItem(self.actor_id, self.number, state, conns), number, data, taken)
+
+    def save_done(self, prepared: PreparedSave, seconds: float) -> None:
+        """The second half of a save that committed: the gate releases what it covers."""
+        self.host.note_store_write(seconds)
+        self._saved = prepared.data
+        gate = self.entry.gate
         if gate is not None:
-            gate.saved(number)
-        log.debug(
-            "actor %s id=%s gen=%d saved (%s)", self.entry.name, self.actor_id, self.number, reason
-        )
+            gate.saved(prepared.number)
+
+    def save_failed(self, prepared: PreparedSave) -> None:
+        """The second half of a save that failed: its connection records are written with
+        the next save, unless something newer replaced them meanwhile."""
+        self.host.note_store_write(None)
+        taken = prepared.taken
+        if taken:
+            writes = self.entry.conn_writes
+            self.entry.conn_writes = taken if writes is None else {**taken, **writes}
+
+    def try_hold_store_writes(self) -> trio.Lock | None:
+        """Hold this generation's store writes without waiting (the lock of
+        :meth:`_store_writes`), or None if a save holds them now. Release with
+        :meth:`release_store_writes` from the same task."""
+        lock = self._save_lock
+        if lock is None:
+            lock = self._save_lock = trio.Lock()
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        return lock
+
+    def release_store_writes(self, lock: trio.Lock) -> None:
+        """Release what :meth:`try_hold_store_writes` held."""
+        lock.release()
+        self._store_writes_released(lock)
+
+    def _store_writes_released(self, lock: trio.Lock) -> None:
+        if self._save_lock is lock and not lock.locked():
+            self._save_lock = None
+        gate = self.entry.gate
+        if gate is not None and gate.waiting and not self.ended:
+            # A batched save skipped this generation while another save held its writes.
+            self._gated_save_wanted()
 
     def _writes(self, taken: dict[str, Conn | DetachedConn | None]) -> ConnWrites:
         """The store records of the connections in ``taken``."""
@@ -941,33 +1006,9 @@ class Generation:
         return ConnWrites(tuple(upserts), tuple(deletes))
 
     def _gated_save_wanted(self) -> None:
-        """The output gate holds outputs: save soon (one saver task at a time; a save that
-        begins while others wait covers them all)."""
-        if not self._gate_saving:
-            self._gate_saving = True
-            self.host.spawn(self._gated_saves, name=f"gate:{self.entry.name}")
-
-    async def _gated_saves(self) -> None:
-        gate = self.entry.gate
-        assert gate is not None
-        delay = 0.01
-        try:
-            while gate.waiting and not self.ended:
-                try:
-                    await self.save_state(reason="output gate")
-                except ActorError as exc:
-                    self.host.note_save_error(self.entry, exc)
-                    log.warning(
-                        "actor %s id=%s: a save for held outputs failed (%s); retrying in %.2fs",
-                        self.entry.name,
-                        self.actor_id,
-                        exc,
-                        delay,
-                    )
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-        finally:
-            self._gate_saving = False
+        """The output gate holds outputs: save soon, in the registry's next batch of saves
+        (one transaction for every actor that has outputs waiting)."""
+        self.host.durable_saves.want(self)
 
     def hold_outputs(self, gate: OutputGate) -> None:
         """Run the saves ``gate`` asks for while this generation is the actor's."""

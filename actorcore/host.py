@@ -46,6 +46,7 @@ from .alarms import MAX_RUNNING, PREFETCH, AlarmFailed, AlarmGone, AlarmStatisti
 from .authority import LifecycleAuthority, LifecycleCommands, LifecycleRequest, LocalAuthority
 from .conn import ConnKind
 from .context import current_conn
+from .durability import DurableSaves
 from .errors import (
     ActionNotFound,
     ActionTimeout,
@@ -214,6 +215,8 @@ class RegistryHost:
         """Mutable counters; the dispatcher adds its message and close counts here."""
         self.detached = DetachedExpiry(self)
         """Ends detached (resumable) connections nobody resumed in time."""
+        self.durable_saves = DurableSaves(self)
+        """Batches the saves that output gates wait for."""
         # ---- metrics hooks (actorcore.http.metrics); None: off, one branch each.
         self.action_observer: Callable[[str, bool, float], None] | None = None
         """Called after every action with (actor name, succeeded, seconds), if set."""

@@ -59,6 +59,7 @@ from actorcore.store.base import (
     AlarmRecord,
     ConnRecord,
     ConnWrites,
+    SaveItem,
     Store,
     StoreStatistics,
 )
@@ -147,6 +148,81 @@ def _record(row: _Row) -> ActorRecord:
 
 def _alarm(row: tuple[str, str, float, str, bytes, int]) -> AlarmRecord:
     return AlarmRecord(*row)
+
+
+def _save_size(item: SaveItem) -> int:
+    return len(item.state or b"") + sum(len(c.data) for c in item.conns.upserts)
+
+
+def _apply_save(conn: sqlite3.Connection, operation: str, item: SaveItem) -> None:
+    """Write one actor's state (unless None) and connection records, fenced by its
+    generation."""
+    actor_id, generation = item.actor_id, item.generation
+    if item.state is None:
+        cursor = conn.execute(
+            "UPDATE actors SET updated_at = ? WHERE actor_id = ? AND generation = ?",
+            (time.time(), actor_id, generation),
+        )
+    else:
+        cursor = conn.execute(
+            "UPDATE actors SET state = ?, initialized = 1, input = NULL, updated_at = ? "
+            "WHERE actor_id = ? AND generation = ?",
+            (item.state, time.time(), actor_id, generation),
+        )
+    if cursor.rowcount == 0:
+        _refuse_stale(conn, operation, actor_id, generation)
+    conns = item.conns
+    if conns.upserts:
+        conn.executemany(
+            "INSERT OR REPLACE INTO conns (actor_id, conn_id, data, detached_at) "
+            "VALUES (?, ?, ?, ?)",
+            [(actor_id, c.conn_id, c.data, c.detached_at) for c in conns.upserts],
+        )
+    if conns.deletes:
+        conn.executemany(
+            "DELETE FROM conns WHERE actor_id = ? AND conn_id = ?",
+            [(actor_id, conn_id) for conn_id in conns.deletes],
+        )
+
+
+def _apply_saves_at_once(conn: sqlite3.Connection, items: list[SaveItem]) -> bool:
+    """Every save of a batch in a handful of statements (the common case: each runs a few
+    statements for all the items, so the worker thread takes the GIL a few times per batch,
+    not a few times per item). False, with nothing applied, if some item's generation was
+    not current: the caller then applies them one by one to tell which."""
+    now = time.time()
+    with_state = [(i.state, now, i.actor_id, i.generation) for i in items if i.state is not None]
+    touched = [(now, i.actor_id, i.generation) for i in items if i.state is None]
+    conn.execute("SAVEPOINT batch")
+    updated = 0
+    if with_state:
+        updated += conn.executemany(
+            "UPDATE actors SET state = ?, initialized = 1, input = NULL, updated_at = ? "
+            "WHERE actor_id = ? AND generation = ?",
+            with_state,
+        ).rowcount
+    if touched:
+        updated += conn.executemany(
+            "UPDATE actors SET updated_at = ? WHERE actor_id = ? AND generation = ?", touched
+        ).rowcount
+    if updated != len(items):
+        conn.execute("ROLLBACK TO batch")
+        conn.execute("RELEASE batch")
+        return False
+    upserts = [
+        (c.actor_id, c.conn_id, c.data, c.detached_at) for i in items for c in i.conns.upserts
+    ]
+    if upserts:
+        conn.executemany(
+            "INSERT OR REPLACE INTO conns (actor_id, conn_id, data, detached_at) "
+            "VALUES (?, ?, ?, ?)",
+            upserts,
+        )
+    deletes = [(i.actor_id, conn_id) for i in items for conn_id in i.conns.deletes]
+    if deletes:
+        conn.executemany("DELETE FROM conns WHERE actor_id = ? AND conn_id = ?", deletes)
+    conn.execute("RELEASE batch")
+    return True
 
 
 def _with_conns(conn: sqlite3.Connection, record: ActorRecord) -> ActorRecord:
@@ -587,35 +663,48 @@ class SQLiteStore(Store):
     ) -> None:
         """Store ``state`` (None: unchanged) and write ``conns``, in one transaction (group
         committed with the other writes queued at the time). Fenced."""
+        item = SaveItem(actor_id, generation, state, conns)
 
         def apply(conn: sqlite3.Connection) -> None:
-            if state is None:
-                cursor = conn.execute(
-                    "UPDATE actors SET updated_at = ? WHERE actor_id = ? AND generation = ?",
-                    (time.time(), actor_id, generation),
-                )
-            else:
-                cursor = conn.execute(
-                    "UPDATE actors SET state = ?, initialized = 1, input = NULL, updated_at = ? "
-                    "WHERE actor_id = ? AND generation = ?",
-                    (state, time.time(), actor_id, generation),
-                )
-            if cursor.rowcount == 0:
-                _refuse_stale(conn, "save_with_conns", actor_id, generation)
-            if conns.upserts:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO conns (actor_id, conn_id, data, detached_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(actor_id, c.conn_id, c.data, c.detached_at) for c in conns.upserts],
-                )
-            if conns.deletes:
-                conn.executemany(
-                    "DELETE FROM conns WHERE actor_id = ? AND conn_id = ?",
-                    [(actor_id, conn_id) for conn_id in conns.deletes],
-                )
+            _apply_save(conn, "save_with_conns", item)
 
-        size = len(state or b"") + sum(len(c.data) for c in conns.upserts)
-        await self._submit(_Request("save_with_conns", apply, size=size))
+        await self._submit(_Request("save_with_conns", apply, size=_save_size(item)))
+
+    async def save_many(self, items: list[SaveItem]) -> list[ActorError | None]:
+        """Save every item in ONE write request (one transaction, one worker-thread call),
+        each in a savepoint of its own: a fenced or failed item does not undo the others."""
+
+        def apply(conn: sqlite3.Connection) -> list[ActorError | None]:
+            if _apply_saves_at_once(conn, items):
+                return [None] * len(items)
+            errors: list[ActorError | None] = []
+            for item in items:
+                conn.execute("SAVEPOINT item")
+                try:
+                    _apply_save(conn, "save_many", item)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO item")
+                    if isinstance(exc, ActorError):
+                        errors.append(exc)
+                    else:
+                        error = StoreError(f"save_many failed for {item.actor_id!r}: {exc}")
+                        error.__cause__ = exc
+                        errors.append(error)
+                else:
+                    errors.append(None)
+                conn.execute("RELEASE item")
+            return errors
+
+        size = sum(_save_size(item) for item in items)
+        request = _Request("save_many", apply, size=size)
+        try:
+            errors = await self._submit(request)
+        except StoreError as exc:
+            return [exc] * len(items)
+        # Counted per item (the request counts once when it commits).
+        self._writes += sum(error is None for error in errors) - 1
+        self._stale_writes += sum(isinstance(error, StaleGeneration) for error in errors)
+        return errors
 
     async def prune_conns(self, detached_before: float) -> int:
         """Delete the connection records detached before ``detached_before``."""

@@ -20,7 +20,7 @@ from trio_websocket import WebSocketConnection
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Conn, SQLiteStore
-from actorcore.store.base import ConnWrites
+from actorcore.store.base import SaveItem
 from actorcore.testing import receive_json, serve_loopback
 from tests.reliability._support import serve_streams
 from tests.reliability._wire import RawClient
@@ -402,12 +402,10 @@ class HeldStore(SQLiteStore):
         self.release = trio.Event()
         self.held = 0
 
-    async def save_with_conns(
-        self, actor_id: str, generation: int, state: bytes | None, conns: ConnWrites
-    ) -> None:
+    async def save_many(self, items: list[SaveItem]) -> list[actorcore.ActorError | None]:
         self.held += 1
         await self.release.wait()
-        await super().save_with_conns(actor_id, generation, state, conns)
+        return await super().save_many(items)
 
 
 @asynccontextmanager

@@ -71,11 +71,11 @@ class Server:
 
 
 @asynccontextmanager
-async def serve(db: Path, log: Path) -> AsyncIterator[Server]:
+async def serve(db: Path, log: Path, app: str = APP) -> AsyncIterator[Server]:
     stderr: IO[bytes]
     with log.open("ab") as stderr:
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "actorcore", "serve", APP, "--port", "0", "--store", str(db)],
+            [sys.executable, "-m", "actorcore", "serve", app, "--port", "0", "--store", str(db)],
             stdout=subprocess.PIPE,
             stderr=stderr,
             cwd=ROOT,
