@@ -87,6 +87,8 @@ E = LifecycleEvent
 
 #: Bound on the last-chance save of a drain that ran out of time.
 LAST_SAVE_TIMEOUT = 5.0
+#: Bound on deleting expired connection records when the registry starts.
+PRUNE_TIMEOUT = 10.0
 
 #: States whose generation holds a loaded state that a drain may save.
 _SAVEABLE = frozenset({S.STARTED, S.SLEEP_GRACE, S.SLEEP_FINALIZE})
@@ -304,6 +306,7 @@ class RegistryHost:
                         attach(self._commands)
                     self.alarms.start()
                     nursery.start_soon(self.alarms.run, name="actorcore alarms")
+                    await self._prune_conns()
                     task_status.started(self.registry)
                     try:
                         await self._shutdown_requested.wait()
@@ -325,6 +328,21 @@ class RegistryHost:
                 store_scope.cancel()
                 store_nursery.cancel_scope.cancel()
                 self._stopped.set()
+
+    async def _prune_conns(self) -> None:
+        """Delete the connection records no definition could still resume (their actors
+        never woke again to end them). Bounded; a failure is logged, not raised."""
+        if not self._store.keeps_conns or not self._definitions:
+            return
+        longest = max(d.options.resume_timeout for d in self._definitions.values())
+        try:
+            with trio.fail_after(PRUNE_TIMEOUT):
+                pruned = await self._store.prune_conns(time.time() - longest)
+        except (StoreError, trio.TooSlowError) as exc:
+            log.warning("could not prune expired connection records: %r", exc)
+            return
+        if pruned:
+            log.info("pruned %d expired connection records", pruned)
 
     async def _run_store(
         self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]

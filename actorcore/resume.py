@@ -90,11 +90,10 @@ class Journal:
     """Unacknowledged outputs dropped because the journal was full."""
     attached: Conn | None = None
     """The connection carrying the journal now (None while detached)."""
-    _outputs: collections.deque[tuple[int, str, ActionId | None]] = attrs.field(
-        factory=collections.deque
-    )
-    """``(seq, numbered frame, action id or None)``, oldest first (numbered journals)."""
-    _answers: dict[ActionId, str] = attrs.field(factory=dict)
+    _outputs: collections.deque[tuple[int, str, ActionId | None]] | None = None
+    """``(seq, numbered frame, action id or None)``, oldest first (numbered journals; made on
+    first use, like the two below: an idle connection keeps none)."""
+    _answers: dict[ActionId, str] | None = None
     """The answer of each action still kept, by id (insertion order: oldest first)."""
     _running: dict[ActionId, int] | None = None
     """Actions of this connection running now, by id, with how many runs (made on first
@@ -124,6 +123,8 @@ class Journal:
         if not self.numbered:
             if action_id is not None:
                 answers = self._answers
+                if answers is None:
+                    answers = self._answers = {}
                 answers.pop(action_id, None)
                 answers[action_id] = frame
                 if len(answers) > UNNUMBERED_ANSWERS:
@@ -135,8 +136,12 @@ class Journal:
         self.next_seq = seq + 1
         numbered = f'{frame[:-1]}, "seq": {seq}}}'
         outputs = self._outputs
+        if outputs is None:
+            outputs = self._outputs = collections.deque()
         outputs.append((seq, numbered, action_id))
         if action_id is not None:
+            if self._answers is None:
+                self._answers = {}
             self._answers[action_id] = numbered
         if len(outputs) > self.limit:
             self._forget(outputs.popleft())
@@ -147,7 +152,7 @@ class Journal:
         """The client received every output up to ``seq``: forget them. True if anything
         was forgotten."""
         outputs = self._outputs
-        if seq <= self.acked or not self.numbered:
+        if seq <= self.acked or outputs is None:
             return False
         self.acked = min(seq, self.next_seq - 1)
         forgot = False
@@ -158,20 +163,21 @@ class Journal:
 
     def _forget(self, output: tuple[int, str, ActionId | None]) -> None:
         _, frame, action_id = output
-        if action_id is not None and self._answers.get(action_id) is frame:
-            del self._answers[action_id]
+        answers = self._answers
+        if action_id is not None and answers is not None and answers.get(action_id) is frame:
+            del answers[action_id]
 
     def unacked(self) -> list[str]:
         """The numbered outputs the client has not acknowledged, oldest first (what a resume
         sends again; nothing for an unnumbered journal)."""
-        return [frame for _, frame, _ in self._outputs]
+        return [frame for _, frame, _ in self._outputs or ()]
 
     def replayed(self, action_id: ActionId) -> str | None:
         """An action frame arrived. On a journal that :attr:`replays`: its recorded answer if
         it ran already, ``""`` if it is running now (that run answers it); None: run it."""
         running = self._running
         if self.replays:
-            answer = self._answers.get(action_id)
+            answer = self._answers.get(action_id) if self._answers is not None else None
             if answer is not None:
                 return answer
             if running is not None and action_id in running:
@@ -187,6 +193,8 @@ class Journal:
         if running is not None and action_id in running:
             if running[action_id] <= 1:
                 del running[action_id]
+                if not running:
+                    self._running = None
             else:
                 running[action_id] -= 1
 
@@ -200,9 +208,10 @@ class Journal:
             "acked": self.acked,
         }
         if self.numbered:
-            data["out"] = [[seq, frame, action_id] for seq, frame, action_id in self._outputs]
+            data["out"] = [[seq, frame, action_id] for seq, frame, action_id in self._outputs or ()]
         else:
-            data["answers"] = [[action_id, frame] for action_id, frame in self._answers.items()]
+            answers = self._answers or {}
+            data["answers"] = [[action_id, frame] for action_id, frame in answers.items()]
         return data
 
     @classmethod
@@ -212,12 +221,16 @@ class Journal:
             str(data["secret"]), limit, bool(data["numbered"]), int(data["seq"]), int(data["acked"])
         )
         journal.replays = True  # only a resume reads a journal back
+        outputs: collections.deque[tuple[int, str, ActionId | None]] = collections.deque()
+        answers: dict[ActionId, str] = {}
         for seq, frame, action_id in data.get("out", ()):
-            journal._outputs.append((int(seq), str(frame), action_id))
+            outputs.append((int(seq), str(frame), action_id))
             if action_id is not None:
-                journal._answers[action_id] = str(frame)
+                answers[action_id] = str(frame)
         for action_id, frame in data.get("answers", ()):
-            journal._answers[action_id] = str(frame)
+            answers[action_id] = str(frame)
+        journal._outputs = outputs or None
+        journal._answers = answers or None
         return journal
 
 
