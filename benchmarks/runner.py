@@ -519,18 +519,28 @@ def w_oneway(b: Bench) -> list[dict[str, Any]]:
     ]
 
 
+_ACTION_VARIANT = {
+    "counter": ", output gate",
+    "counter-ungated": "",
+    "counter-serial": ", serial, output gate",
+}
+
+
 def w_action(b: Bench) -> list[dict[str, Any]]:
     """``increment`` (no await in its body: it runs inline in the read loop) is the target
     row; ``increment_awaiting`` (the same after one checkpoint: its own task) is shown
     beside it, against the same plain echo."""
     s = b.sizes
     variants: list[tuple[str, str, str, Callable[[float, float | None], bool] | None]] = [
+        # Issue 21: the output gate (the default on SQLite) holds every answer until its
+        # state is committed; the target of the dispatcher's own cost is on the ungated row.
         (
-            "counter",
+            "counter-ungated",
             "increment",
             ">= 0.90 x plain echo",
             lambda a, base: base is not None and a >= 0.9 * base,
         ),
+        ("counter", "increment", "-", None),
         ("counter", "increment_awaiting", "-", None),
         # Issue 18: the cost of serial=True (every action takes a turn; none runs inline).
         ("counter-serial", "increment", "-", None),
@@ -538,7 +548,7 @@ def w_action(b: Bench) -> list[dict[str, Any]]:
     return [
         _paired_row(
             b,
-            f"action round trip over /connect ({name}{', serial' if actor != 'counter' else ''})",
+            f"action round trip over /connect ({name}{_ACTION_VARIANT[actor]})",
             "round trips/s",
             "rt/s",
             target,

@@ -137,6 +137,13 @@ def _actors() -> list[type[Any]]:
             ctx.state["count"] += by
             return int(ctx.state["count"])
 
+    class UngatedCounter(Counter):
+        """``Counter`` with ``durable_outputs=False``: answers leave before the state is
+        saved (what every action was before issue 21's output gate)."""
+
+        name = "counter-ungated"
+        options = attrs.evolve(long, durable_outputs=False)
+
     class SerialCounter(Counter):
         """``Counter`` with ``serial=True``: every action takes a turn (and none runs inline)."""
 
@@ -247,7 +254,7 @@ def _actors() -> list[type[Any]]:
             }
 
     del actorcore
-    return [Echo, Sink, Counter, SerialCounter, Drainer, Control]
+    return [Echo, Sink, Counter, UngatedCounter, SerialCounter, Drainer, Control]
 
 
 REGISTRY: Any = None
