@@ -459,3 +459,31 @@ async def test_a_restarted_registry_resumes_the_connection_from_sqlite(tmp_path:
                 me = await receive_json(ws)
                 assert me["output"] == {"id": init["conn_id"], "state": {"nick": "b", "calls": 1}}
             assert not [h for h in HOOKS if h.startswith("connect:")], HOOKS
+
+
+class FailingOnceStore(SQLiteStore):
+    """An SQLite store whose first batched save fails, as a full disk would."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failures = 0
+
+    async def save_many(self, items: list[SaveItem]) -> list[actorcore.ActorError | None]:
+        if self.failures == 0:
+            self.failures += 1
+            await trio.lowlevel.checkpoint()
+            return [actorcore.StoreError("injected: disk full")] * len(items)
+        return await super().save_many(items)
+
+
+async def test_a_failed_save_holds_the_answer_until_a_retry_commits(tmp_path: Path) -> None:
+    store = FailingOnceStore(tmp_path / "f.db")
+    with trio.fail_after(20):
+        async with loopback(store) as server, server.connect("/actors/tally/k/connect") as ws:
+            await receive_json(ws)
+            await send_json(ws, {"type": "action", "id": 1, "name": "increment"})
+            assert await receive_json(ws) == {"type": "action_result", "id": 1, "output": 1}
+            assert store.failures == 1
+            assert server.registry.statistics().save_errors >= 1
+            stored = await store.get_by_key("tally", "k")
+            assert stored is not None and json.loads(stored.state or b"{}") == {"count": 1}
