@@ -134,9 +134,6 @@ class Conn:
     """A resumable protocol connection's numbered outputs (see ``actorcore/resume.py``)."""
     gate: OutputGate | None = attrs.field(default=None, repr=False)
     """The actor's output gate, if its outputs wait for durable state."""
-    on_change: Callable[[Conn], None] | None = attrs.field(default=None, repr=False)
-    """Told when the connection's stored record must be written again (its journal or
-    subscriptions changed)."""
     _subscribed: dict[str, None] | None = attrs.field(default=None, init=False)
     """Subscribed events (made on the first subscribe: most connections never do)."""
     _outbox: collections.deque[str | bytes | _Close | _Gated] | None = attrs.field(
@@ -265,9 +262,11 @@ class Conn:
             self.changed()
 
     def changed(self) -> None:
-        """The connection's stored record must be written again (see :attr:`on_change`)."""
-        if self.on_change is not None:
-            self.on_change(self)
+        """The connection's stored record must be written again (its journal or subscriptions
+        changed): the journal tells whoever holds the connection now (``Journal.on_change``)."""
+        journal = self.journal
+        if journal is not None and journal.on_change is not None:
+            journal.on_change()
 
     # ---------------------------------------------------------------- numbered outputs
 

@@ -79,6 +79,7 @@ class DetachedExpiry:
         """End ``held`` now: forget its record and run its disconnect hooks."""
         if entry.take_detached(held.conn_id) is None:
             return
+        held.journal.on_change = None
         self.expired += 1
         entry.forget_conn(held.conn_id)
         conn = Conn(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import logging
 import math
@@ -271,11 +272,16 @@ class ActorEntry:
             detached_at,
             expires,
         )
-        if self.detached is None:
-            self.detached = {}
-        self.detached[conn.id] = detached
+        self.hold_detached(detached)
         self.note_write(conn.id, detached)
         return detached
+
+    def hold_detached(self, detached: DetachedConn) -> None:
+        """Keep ``detached`` (just detached, or loaded from the store)."""
+        if self.detached is None:
+            self.detached = {}
+        self.detached[detached.conn_id] = detached
+        detached.journal.on_change = functools.partial(self.note_write, detached.conn_id, detached)
 
     def take_detached(self, conn_id: str) -> DetachedConn | None:
         """Remove and return the detached connection ``conn_id`` (resumed or ended)."""
@@ -1041,9 +1047,7 @@ class Generation:
                 )
                 entry.forget_conn(stored.conn_id)
                 continue
-            if entry.detached is None:
-                entry.detached = {}
-            entry.detached[stored.conn_id] = detached
+            entry.hold_detached(detached)
         if entry.detached:
             self.host.track_detached(entry)
 

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -90,6 +91,9 @@ class Journal:
     """Unacknowledged outputs dropped because the journal was full."""
     attached: Conn | None = None
     """The connection carrying the journal now (None while detached)."""
+    on_change: Callable[[], None] | None = None
+    """Told when the connection's record must be written again; set by whoever holds the
+    connection now (its actor, attached or detached)."""
     _outputs: collections.deque[tuple[int, str, ActionId | None]] | None = None
     """``(seq, numbered frame, action id or None)``, oldest first (numbered journals; made on
     first use, like the two below: an idle connection keeps none)."""

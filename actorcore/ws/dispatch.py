@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import functools
 import inspect
 import logging
 import time
@@ -717,7 +718,7 @@ class _ConnHandler:
             conn.journal = journal
             token = ResumeToken(entry.actor_id, conn.id, secret)
         if conn.journal is not None:
-            conn.on_change = entry.note_conn
+            conn.journal.on_change = functools.partial(entry.note_conn, conn)
             conn.gate = self._gate(entry, gen)
             entry.note_conn(conn)
         conn.queue_frame(
@@ -822,8 +823,8 @@ class _ConnHandler:
         gen = entry.generation
         if gen is not None and (conn.hibernatable or conn.generation == gen.number):
             gen.conn_detached(conn)
-        conn.journal = None
-        conn.on_change = None
+        # It keeps its journal: its actions still running answer through it, to the socket
+        # that took it over (``Journal.attached``).
         taken = closecodes.RESUME_TAKEN_OVER
         conn.close_nowait(taken.code, taken.reason)
 
