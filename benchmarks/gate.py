@@ -209,6 +209,7 @@ def main() -> int:
     workloads = [
         ("1 connection", 1, 1),
         ("64 connections, 64 actors", 64, 64),
+        ("256 connections, 64 actors", 256, 64),
         ("64 connections, 1 actor", 64, 1),
     ]
     rows = []
