@@ -985,30 +985,21 @@ class Generation:
         for conn_id, holder in taken.items():
             if holder is None:
                 deletes.append(conn_id)
-            elif isinstance(holder, DetachedConn):
-                upserts.append(
-                    encode_record(
-                        self.actor_id,
-                        conn_id,
-                        holder.params,
-                        holder.state,
-                        holder.subscriptions,
-                        holder.journal,
-                        holder.detached_at,
-                    )
+                continue
+            journal = holder.journal
+            if journal is None:
+                continue  # a connection that lost its journal (taken over) writes nothing
+            upserts.append(
+                encode_record(
+                    self.actor_id,
+                    conn_id,
+                    holder.params,
+                    holder.state,
+                    tuple(holder.subscriptions),
+                    journal,
+                    holder.detached_at if isinstance(holder, DetachedConn) else None,
                 )
-            elif holder.journal is not None:
-                upserts.append(
-                    encode_record(
-                        self.actor_id,
-                        conn_id,
-                        holder.params,
-                        holder.state,
-                        tuple(holder.subscriptions),
-                        holder.journal,
-                        None,
-                    )
-                )
+            )
         return ConnWrites(tuple(upserts), tuple(deletes))
 
     def _gated_save_wanted(self) -> None:

@@ -668,20 +668,10 @@ class _ConnHandler:
         if entry is None:
             await self.close_direct(closecodes.NOT_FOUND)
             return None
-        options = entry.definition.options
-        conn = self.conn = Conn(
-            id=resume.conn_id,
-            actor_id=entry.actor_id,
-            kind=resume.kind,
-            params=resume.params,
-            hibernatable=True,
-            close_timeout=options.close_timeout,
+        conn = self._rebuilt(
+            entry, resume.conn_id, resume.kind, resume.params, resume.state, resume.subscriptions
         )
-        conn.state = resume.state
-        for event in resume.subscriptions:
-            conn.subscribe(event, options.max_subscriptions)
-        conn.bind(self.transport, self._start_writer, self.host.watchdog)
-        self.request = None
+        conn.hibernatable = True
         try:
             with self._enter(ConnPhase.SETUP):
                 gen = await self._admit_connect(entry)  # check point 1
@@ -695,6 +685,33 @@ class _ConnHandler:
         # client learns from the init frame the generation that serves it now.
         self._go_live(entry, gen, conn)
         return entry, conn
+
+    def _rebuilt(
+        self,
+        entry: ActorEntry,
+        conn_id: str,
+        kind: ConnKind,
+        params: Any,
+        state: Any,
+        subscriptions: tuple[str, ...],
+    ) -> Conn:
+        """A connection taken back (from a gateway's hibernation or a resume) with what it
+        had, bound to this handler's transport; setup is over for it."""
+        options = entry.definition.options
+        conn = self.conn = Conn(
+            id=conn_id,
+            actor_id=entry.actor_id,
+            kind=kind,
+            params=params,
+            hibernatable=self.can_hibernate,
+            close_timeout=options.close_timeout,
+        )
+        conn.state = state
+        for event in subscriptions:
+            conn.subscribe(event, options.max_subscriptions)
+        conn.bind(self.transport, self._start_writer, self.host.watchdog)
+        self.request = None
+        return conn
 
     def _go_live(
         self, entry: ActorEntry, gen: Generation, conn: Conn, token: ResumeToken | None = None
@@ -768,23 +785,10 @@ class _ConnHandler:
             self._log_refusal(exc)
             await self.close_direct(closecodes.for_error(exc))
             return None
-        options = entry.definition.options
-        conn = self.conn = Conn(
-            id=token.conn_id,
-            actor_id=entry.actor_id,
-            kind=ConnKind.PROTOCOL,
-            params=params,
-            hibernatable=self.can_hibernate,
-            close_timeout=options.close_timeout,
-        )
-        conn.state = state
-        for event in subscriptions:
-            conn.subscribe(event, options.max_subscriptions)
+        conn = self._rebuilt(entry, token.conn_id, ConnKind.PROTOCOL, params, state, subscriptions)
         journal.attached = conn
         journal.replays = True
         conn.journal = journal
-        conn.bind(self.transport, self._start_writer, self.host.watchdog)
-        self.request = None
         self._go_live(entry, gen, conn, token)
         if ack is not None and journal.ack(ack):
             conn.changed()
