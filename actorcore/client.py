@@ -32,14 +32,28 @@ writer and reconnect loop) lives in a nursery owned by the ``async with`` block.
 
 With ``reconnect=False`` the first close of any kind finishes the connection.
 
-**Calls are at most once.** A call frame is sent on one connection only. When that connection
-closes before the answer arrives, the call fails at once with the error mapped from the close
-code (:func:`error_for_close`: 1001 → :class:`~actorcore.ActorStopping`, 1000
-``actor.destroyed`` → :class:`~actorcore.ActorDestroyed`, 1012 →
-:class:`~actorcore.RuntimeShutdown`, 1013 → :class:`~actorcore.ActorOverloaded` or
-:class:`~actorcore.ActorReadyTimeout`, ...); it is never resent after a reconnect, since the actor
-may have run it. A call made *while* the client is reconnecting has not been sent yet, so it waits
-for the next connection (bounded by its timeout). Error frames raise the
+**Calls are exactly once across a lost socket or a server restart** (``docs/zero-loss.md``).
+The client connects with ``seq=1`` (numbered outputs, which it acknowledges: piggybacked on
+its calls as ``"ack"``, or an ``ack`` frame after ``ACK_EVERY`` outputs or ``ACK_DELAY``
+seconds) and keeps the ``resume_token`` of the ``init`` frame. When the connection closes
+before an answer arrives, and the client reconnects after that close (1006, 1011, 1012, 1013,
+network errors ...), the call stays pending: the next attempt connects with
+``?resume=TOKEN&ack=N``, and once the server took the connection back (``resumed``), every
+call without an answer is sent again with its id; the server answers those that ran from its
+record instead of running them again. Numbered frames seen before (``seq`` not above the
+highest one) are dropped, so every answer and event arrives once, in order. A refused resume
+(4001) fails those calls with :class:`ConnectionLost` (``retryable`` false: their outcome is
+unknown) and connects again without it; 4002 ends the connection.
+
+Without a resume token (``resume=False``, or a server that gives none: under the Rivet
+engine), calls are **at most once**: when the connection closes before the answer arrives, the
+call fails at once with the error mapped from the close code (:func:`error_for_close`: 1001 →
+:class:`~actorcore.ActorStopping`, 1000 ``actor.destroyed`` →
+:class:`~actorcore.ActorDestroyed`, 1012 → :class:`~actorcore.RuntimeShutdown`, 1013 →
+:class:`~actorcore.ActorOverloaded` or :class:`~actorcore.ActorReadyTimeout`, ...). So does a
+call pending at a close that is not reconnected. A call made *while* the client is
+reconnecting has not been sent yet, so it waits for the next connection (bounded by its
+timeout). Error frames raise the
 :class:`~actorcore.ActorError` subclass named by their ``code`` (a :class:`RemoteError` for codes
 actorcore does not define, e.g. a :class:`~actorcore.UserError` code), with the frame's
 ``message`` and ``retryable``.
@@ -129,6 +143,10 @@ log = logging.getLogger("actorcore.client")
 MAX_NAME: Final = 256
 #: Frames one connection's writer may hold before callers wait for room.
 OUTBOX_SIZE: Final = 256
+#: Numbered outputs received before the client acknowledges them without waiting for a call.
+ACK_EVERY: Final = 32
+#: Seconds after which received outputs that no call acknowledged are acknowledged by a frame.
+ACK_DELAY: Final = 0.1
 
 
 # ---------------------------------------------------------------------------- errors
@@ -174,7 +192,8 @@ class ConnectionLost(ActorError):
 
 class CallTimeout(ActorError):
     """A call got no answer within its timeout. The actor may still run it, or may have run it:
-    the call is not resent (calls are at most once), and a late answer is discarded."""
+    the client stops waiting (it does not send it again after a later resume), and a late
+    answer is discarded."""
 
     code = "client.call_timeout"
 
@@ -305,11 +324,12 @@ class ReconnectPolicy(enum.Enum):
 
 
 def policy_for_close(code: int) -> ReconnectPolicy:
-    """The reconnect policy of a close code: never after 1000 or 1008, at once after 1001,
-    with backoff after anything else (1012, 1013, 1006, 1011 ...)."""
-    if code in (1000, 1008):
+    """The reconnect policy of a close code: never after 1000, 1008 or 4002
+    (``resume.taken_over``), at once after 1001 and 4001 (a refused resume: connect again
+    without it), with backoff after anything else (1012, 1013, 1006, 1011 ...)."""
+    if code in (1000, 1008, closecodes.RESUME_TAKEN_OVER.code):
         return ReconnectPolicy.NEVER
-    if code == 1001:
+    if code in (1001, closecodes.RESUME_REFUSED.code):
         return ReconnectPolicy.AT_ONCE
     return ReconnectPolicy.BACKOFF
 
@@ -343,6 +363,9 @@ class ActorEvent:
 
     name: str
     args: tuple[Any, ...]
+    seq: int | None = attrs.field(default=None, eq=False)
+    """Its sequence number on a numbered connection (see ``docs/zero-loss.md``), else None
+    (not compared: two events are equal by name and arguments)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -371,6 +394,17 @@ class ClientStatistics:
     messages_received: int
     messages_dropped: int
     """Messages dropped because the :meth:`ActorConnection.messages` buffer was full."""
+    resumes: int = 0
+    """Connections that took the previous one back (``init`` with ``resumed`` true)."""
+    resume_refusals: int = 0
+    """Resumes the server refused (4001): a new connection followed."""
+    duplicates_dropped: int = 0
+    """Numbered frames received again after a resume, dropped."""
+    outputs_skipped: int = 0
+    """Numbered outputs never received (the server dropped them: more than it keeps
+    unacknowledged)."""
+    last_seq: int = 0
+    """The highest output sequence number received on this connection."""
 
 
 # ---------------------------------------------------------------------------- internals
@@ -442,7 +476,16 @@ def _from_close(exc: ConnectionClosed, *, got_init: bool) -> _Ended:
     )
 
 
-def _parse_init(message: str | bytes) -> tuple[str, str, int] | None:
+@attrs.frozen
+class _Init:
+    actor_id: str
+    conn_id: str
+    generation: int
+    resume_token: str | None
+    resumed: bool
+
+
+def _parse_init(message: str | bytes) -> _Init | None:
     try:
         frame = json.loads(message)
     except (ValueError, RecursionError):
@@ -454,7 +497,14 @@ def _parse_init(message: str | bytes) -> tuple[str, str, int] | None:
         return None
     if isinstance(generation, bool) or not isinstance(generation, int):
         return None
-    return actor_id, conn_id, generation
+    token = frame.get("resume_token")
+    return _Init(
+        actor_id,
+        conn_id,
+        generation,
+        token if isinstance(token, str) and token else None,
+        frame.get("resumed") is True,
+    )
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
@@ -536,6 +586,10 @@ class ClientOptions:
     """Largest frame accepted from the server."""
     buffer_size: int = attrs.field(default=1024, validator=attrs.validators.ge(0))
     """Events (and messages) buffered for :meth:`ActorConnection.events`."""
+    resume: bool = True
+    """Take the connection back after a lost socket or a server restart (``?resume=TOKEN``),
+    with numbered, acknowledged outputs and calls that complete exactly once (see
+    ``docs/zero-loss.md``). False: at-most-once calls, no acknowledgements."""
 
 
 class ActorConnection:
@@ -582,6 +636,8 @@ class ActorConnection:
             )
             if encoded is not None:
                 self._resource += f"?params={quote(encoded, safe='')}"
+        # Numbered outputs (not through a gateway: the engine's hibernation keeps sockets).
+        self._asks_numbers = options.resume and gateway is None
         self._ssl_context = (ssl_context or ssl.create_default_context()) if secure else None
         self._open_stream_fn = open_stream
 
@@ -611,6 +667,12 @@ class ActorConnection:
         self._ever_live = False
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        self._sent: dict[int, str] = {}
+        """The frames of the calls waiting for an answer, sent again after a resume."""
+        self._resume_token: str | None = None
+        self._last_seq = 0
+        self._acked = 0
+        self._unacked = trio.Event()
         self._subscriptions: set[str] = set()
         buffer_size = options.buffer_size
         self._events_send, self._events_receive = trio.open_memory_channel[ActorEvent](buffer_size)
@@ -625,6 +687,10 @@ class ActorConnection:
         self._events_dropped = 0
         self._messages_received = 0
         self._messages_dropped = 0
+        self._resumes = 0
+        self._resume_refusals = 0
+        self._duplicates_dropped = 0
+        self._outputs_skipped = 0
 
     def __repr__(self) -> str:
         state = "finished" if self.finished else "connected" if self.connected else "connecting"
@@ -680,6 +746,11 @@ class ActorConnection:
             events_dropped=self._events_dropped,
             messages_received=self._messages_received,
             messages_dropped=self._messages_dropped,
+            resumes=self._resumes,
+            resume_refusals=self._resume_refusals,
+            duplicates_dropped=self._duplicates_dropped,
+            outputs_skipped=self._outputs_skipped,
+            last_seq=self._last_seq,
         )
 
     # ---------------------------------------------------------------- public API
@@ -820,6 +891,7 @@ class ActorConnection:
             # No checkpoint from here to the registration: a connection that ends later fails
             # this call through _fail_pending.
             self._pending[call_id] = pending
+            self._sent[call_id] = text
             try:
                 try:
                     await live.outbox.send(text)
@@ -830,14 +902,26 @@ class ActorConnection:
                 await pending.done.wait()
             finally:
                 self._pending.pop(call_id, None)
+                self._sent.pop(call_id, None)
         if not pending.done.is_set():
             raise CallTimeout(f"no answer to {action!r} within {seconds}s")
         return pending.result()
 
     def _fail_pending(self, error: ActorError) -> None:
         pending, self._pending = self._pending, {}
+        self._sent = {}
         for call in pending.values():
             call.fail(copy.copy(error))
+
+    def _resumable(self, ended: _Ended) -> bool:
+        """Whether calls sent on the connection that ended wait for a resume instead of
+        failing: the server gave a token and the client reconnects after this close."""
+        return (
+            self._resume_token is not None
+            and self.options.reconnect
+            and ended.policy is not ReconnectPolicy.NEVER
+            and ended.close.code != closecodes.RESUME_REFUSED.code
+        )
 
     def _queue_control(self, frame: dict[str, Any]) -> None:
         live = self._live
@@ -900,6 +984,9 @@ class ActorConnection:
             close = ended.close
             self.last_close = close
             self._closes_by_code[close.code] = self._closes_by_code.get(close.code, 0) + 1
+            if close.code == closecodes.RESUME_REFUSED.code:
+                self._resume_refusals += 1
+                self._outcome_unknown(f"the server refused the resume ({close.reason})")
             if ended.got_init:
                 failures = 0
             if not self.options.reconnect or ended.policy is ReconnectPolicy.NEVER:
@@ -988,12 +1075,22 @@ class ActorConnection:
     async def _open(
         self, nursery: trio.Nursery, stream: trio.abc.Stream
     ) -> WebSocketConnection | _Ended:
-        """Upgrade, wait for ``init``, send the subscriptions (the caller bounds it)."""
+        """Upgrade, wait for ``init``, send the calls a resume must send again and the
+        subscriptions (the caller bounds it)."""
+        resource = self._resource
+        token = self._resume_token if self.options.resume else None
+        query = []
+        if self._asks_numbers:
+            query.append("seq=1")
+        if token is not None:
+            query.append(f"resume={quote(token, safe='')}&ack={self._last_seq}")
+        if query:
+            resource += ("&" if "?" in resource else "?") + "&".join(query)
         ws = await wrap_client_stream(
             nursery,
             stream,  # type: ignore[arg-type]  # any trio Stream works
             self._host_header,
-            self._resource,
+            resource,
             subprotocols=self._subprotocols,
             max_message_size=self.options.max_message_size,
             receive_buffer_size=4096,  # see actorcore.ws.server.RECEIVE_BUFFER
@@ -1010,12 +1107,35 @@ class ActorConnection:
                 f"the first frame is not an init frame: {first[:200]!r}",
                 policy=ReconnectPolicy.NEVER,
             )
-        self.actor_id, self.conn_id, self.generation = init
+        self.actor_id, self.conn_id, self.generation = init.actor_id, init.conn_id, init.generation
+        if token is not None and not init.resumed:
+            self._outcome_unknown("the server did not take the connection back")
+        self._resume_token = init.resume_token if self.options.resume else None
         try:
+            if init.resumed:
+                self._resumes += 1
+                self._acked = self._last_seq
+                # Sent again with their ids: the server answers those that ran from its record.
+                for call_id in sorted(self._sent):
+                    await ws.send_message(self._sent[call_id])
             await self._sync_subscriptions(ws)
         except ConnectionClosed as exc:
             return _from_close(exc, got_init=True)
         return ws
+
+    def _outcome_unknown(self, why: str) -> None:
+        """A resume did not happen: calls sent without an answer may or may not have run.
+        They fail (not retryable); the next connection is a new one."""
+        self._resume_token = None
+        self._last_seq = self._acked = 0
+        if self._sent:
+            pending = [self._pending.pop(call_id, None) for call_id in list(self._sent)]
+            self._sent = {}
+            for call in pending:
+                if call is not None:
+                    call.fail(
+                        ConnectionLost(f"{why}; the call's outcome is unknown", retryable=False)
+                    )
 
     async def _sync_subscriptions(self, ws: WebSocketConnection) -> None:
         """Subscribe the new connection to :attr:`subscriptions`, even if they change meanwhile
@@ -1033,6 +1153,9 @@ class ActorConnection:
         """The live connection: read frames until it closes."""
         outbox_send, outbox_receive = trio.open_memory_channel[str](OUTBOX_SIZE)
         nursery.start_soon(self._write, ws, outbox_receive)
+        acks = trio.CancelScope()
+        if self.options.resume:
+            nursery.start_soon(self._ack_later, outbox_send, acks)
         self._live = _Live(ws, outbox_send)
         self._ever_live = True
         self._connects += 1
@@ -1048,20 +1171,65 @@ class ActorConnection:
                 self._dispatch(message)
         finally:
             self._live = None
+            acks.cancel()  # the connection's nursery ends with its reader and writer
             outbox_send.close()
             self._notify()
-        # Calls sent on this connection are not resent (at most once): they fail now.
-        self._fail_pending(ended.error)
+        if not self._resumable(ended):
+            # No resume will follow: calls sent on this connection fail now.
+            self._fail_pending(ended.error)
         return ended
+
+    async def _ack_later(
+        self, outbox: trio.MemorySendChannel[str], scope: trio.CancelScope
+    ) -> None:
+        """Acknowledge received outputs that no call frame carried an ``ack`` for within
+        ``ACK_DELAY``, until its connection ends (``scope`` is cancelled then)."""
+        with scope:
+            while True:
+                await self._unacked.wait()
+                self._unacked = trio.Event()
+                await trio.sleep(ACK_DELAY)
+                self._send_ack(outbox)
+
+    def _send_ack(self, outbox: trio.MemorySendChannel[str]) -> None:
+        seq = self._last_seq
+        if seq <= self._acked:
+            return
+        try:
+            outbox.send_nowait(json.dumps({"type": "ack", "seq": seq}))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return  # a later ack (or the resume's ack=) carries it
+        self._acked = seq
 
     async def _write(self, ws: WebSocketConnection, outbox: trio.MemoryReceiveChannel[str]) -> None:
         """Send queued frames in order. Callers only queue, so a cancelled call never leaves a
         half-written frame on the stream."""
         async for text in outbox:
+            if self._last_seq > self._acked and text.startswith('{"type": "action"'):
+                # Piggybacked: the call acknowledges what was received before it.
+                self._acked = self._last_seq
+                text = f'{text[:-1]}, "ack": {self._acked}}}'
             try:
                 await ws.send_message(text)
             except ConnectionClosed:
                 return  # the reader sees the close too
+
+    def _numbered(self, seq: int) -> bool:
+        """A numbered output arrived: False if it is a duplicate (sent again after a resume).
+        Acknowledged at once after ``ACK_EVERY`` outputs, else within ``ACK_DELAY``."""
+        last = self._last_seq
+        if seq <= last:
+            self._duplicates_dropped += 1
+            return False
+        if seq > last + 1:
+            self._outputs_skipped += seq - last - 1
+        self._last_seq = seq
+        live = self._live
+        if live is not None and seq - self._acked >= ACK_EVERY:
+            self._send_ack(live.outbox)
+        else:
+            self._unacked.set()
+        return True
 
     def _dispatch(self, message: str | bytes) -> None:
         try:
@@ -1073,6 +1241,12 @@ class ActorConnection:
             log.warning("%s: ignoring a frame that is not an object", self)
             return
         kind = frame.get("type")
+        seq = frame.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool) and self.options.resume:
+            if not self._numbered(seq):
+                return
+        else:
+            seq = None
         if kind == "action_result" or kind == "error":
             call_id = frame.get("id")
             call = None
@@ -1092,7 +1266,7 @@ class ActorConnection:
             if isinstance(name, str) and isinstance(args, list):
                 self._events_received += 1
                 try:
-                    self._events_send.send_nowait(ActorEvent(name, tuple(args)))
+                    self._events_send.send_nowait(ActorEvent(name, tuple(args), seq))
                 except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     self._events_dropped += 1
         elif kind == "message":
@@ -1104,7 +1278,7 @@ class ActorConnection:
         elif kind == "init":
             init = _parse_init(message)
             if init is not None:
-                self.actor_id, self.conn_id, self.generation = init
+                self.actor_id, self.generation = init.actor_id, init.generation
         else:
             log.debug("%s: ignoring a frame of type %r", self, kind)
 
@@ -1123,6 +1297,7 @@ def connect(
     max_backoff: float = 5.0,
     max_message_size: int = 16 * 2**20,
     buffer_size: int = 1024,
+    resume: bool = True,
     ssl_context: ssl.SSLContext | None = None,
     open_stream: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
     gateway: Gateway | None = None,
@@ -1145,6 +1320,9 @@ def connect(
     - ``initial_backoff``, ``max_backoff``: the backoff range (:func:`backoff_delay`).
     - ``max_message_size``: largest frame accepted from the server.
     - ``buffer_size``: events (and messages) buffered for :meth:`ActorConnection.events`.
+    - ``resume``: take the connection back after a lost socket or a server restart, with
+      calls that complete exactly once and events numbered and deduplicated
+      (``docs/zero-loss.md``); False: at-most-once calls as before.
     - ``ssl_context``: for ``wss://`` (default: ``ssl.create_default_context()``).
     - ``open_stream``: open the byte stream yourself (tests: an in-memory stream); the URL's
       host then only goes into the ``Host`` header.
@@ -1160,6 +1338,7 @@ def connect(
         max_backoff=max_backoff,
         max_message_size=max_message_size,
         buffer_size=buffer_size,
+        resume=resume,
     )
     return ActorConnection(
         url,

@@ -644,8 +644,11 @@ class WebSocketServer:
             # The read loop is busy in a hook: that is the application, not the peer.
             self._keepalive_push(now + interval, conn, None)
             return
-        if now - conn.last_heard < interval:
-            self._keepalive_push(conn.last_heard + interval, conn, None)  # heard meanwhile
+        due = conn.last_heard + interval
+        if due > now:
+            # Heard meanwhile. (The same sum decides and schedules: with ``now - last_heard
+            # < interval`` rounding could push an entry that is already due, forever.)
+            self._keepalive_push(due, conn, None)
             return
         self._stats["pings_sent"] += 1
         payload = next(self._ping_ids).to_bytes(8, "big")

@@ -492,14 +492,13 @@ async def test_a_failed_save_holds_the_answer_until_a_retry_commits(tmp_path: Pa
 async def test_a_call_running_on_a_taken_over_socket_answers_the_new_one(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with serve_streams(registry()) as server:
-        async with server.raw() as old, server.raw() as new:
-            init = await opened(old, "/actors/tally/k/connect?seq=1")
-            await act(old, 1, "slow", 5.0)
-            await trio.sleep(1)
-            await opened(new, resume_path(init))
-            assert await closed_with(old) == (4002, "resume.taken_over")
-            await act(new, 1, "slow", 5.0)  # resent: the running call answers it
-            assert await frame(new) == {"type": "action_result", "id": 1, "output": 1, "seq": 1}
-            await act(new, 2, "count")
-            assert (await frame(new))["output"] == 1
+    async with serve_streams(registry()) as server, server.raw() as old, server.raw() as new:
+        init = await opened(old, "/actors/tally/k/connect?seq=1")
+        await act(old, 1, "slow", 5.0)
+        await trio.sleep(1)
+        await opened(new, resume_path(init))
+        assert await closed_with(old) == (4002, "resume.taken_over")
+        await act(new, 1, "slow", 5.0)  # resent: the running call answers it
+        assert await frame(new) == {"type": "action_result", "id": 1, "output": 1, "seq": 1}
+        await act(new, 2, "count")
+        assert (await frame(new))["output"] == 1
