@@ -1,6 +1,6 @@
 """Failover after SIGKILL through a real Rivet engine: ``python -m benchmarks.engine_failover``.
 
-One engine with its default lost threshold (15 s), two actorcore envoy processes
+One engine (its lost threshold 15 s unless ``--lost-threshold``), two actorcore envoy processes
 (``actorcore serve benchmarks.engine_failover:registry --engine URL``) in one pool. ``N``
 actors are created while only the first envoy runs, each gets three ``add`` calls (each saved
 to the engine before it answers), the second envoy starts, the first is killed with SIGKILL,
