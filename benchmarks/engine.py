@@ -40,7 +40,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -176,8 +176,9 @@ class Engine:
     process: subprocess.Popen[bytes]
 
 
-def start_engine(folder: Path, log: Path) -> Engine:
-    """``rivet-engine start`` on free loopback ports, its RocksDB in ``folder``; returns once
+def start_engine(folder: Path, log: Path, settings: Mapping[str, str] | None = None) -> Engine:
+    """``rivet-engine start`` on free loopback ports, its RocksDB in ``folder``, with
+    ``settings`` (``RIVET__...`` environment variables) on top of ``ENGINE_ENV``; returns once
     the default namespace exists (bounded)."""
     guard, peer, metrics = free_port(), free_port(), free_port()
     env = dict(
@@ -190,6 +191,7 @@ def start_engine(folder: Path, log: Path) -> Engine:
         RIVET__METRICS__PORT=str(metrics),
         RIVET__FILE_SYSTEM__PATH=str(folder / "db"),
         **ENGINE_ENV,
+        **(settings or {}),
     )
     with open(log, "wb") as out:
         process = subprocess.Popen(
