@@ -270,6 +270,13 @@ class Conn:
 
     # ---------------------------------------------------------------- numbered outputs
 
+    def acknowledge(self, seq: int) -> None:
+        """The client received every numbered output up to ``seq``: the journal forgets them
+        (and the record is written again if it did). A no-op without a journal."""
+        journal = self.journal
+        if journal is not None and journal.ack(seq):
+            self.changed()
+
     def output(self, frame: str, action_id: int | str | None = None) -> None:
         """Queue an output (an event, a message, an answer) of a resumable connection: kept
         in its journal (numbered, if its client asked) and held by the output gate until the

@@ -790,8 +790,8 @@ class _ConnHandler:
         journal.replays = True
         conn.journal = journal
         self._go_live(entry, gen, conn, token)
-        if ack is not None and journal.ack(ack):
-            conn.changed()
+        if ack is not None:
+            conn.acknowledge(ack)
         for frame in journal.unacked():
             conn.deliver(frame)
         return conn
@@ -939,9 +939,7 @@ class _ConnHandler:
                 )
             return None
         if isinstance(frame, Ack):
-            journal = conn.journal
-            if journal is not None and journal.ack(frame.seq):
-                conn.changed()
+            conn.acknowledge(frame.seq)
             return None
         if not isinstance(frame, ActionRequest):
             conn.unsubscribe(frame.event)
@@ -952,8 +950,8 @@ class _ConnHandler:
             return None
         journal = conn.journal
         if journal is not None:
-            if frame.ack is not None and journal.ack(frame.ack):
-                conn.changed()
+            if frame.ack is not None:
+                conn.acknowledge(frame.ack)
             answer = journal.replayed(frame.id)
             if answer is not None:
                 # It ran (answered from the record, not run again) or runs now (that run
