@@ -270,7 +270,8 @@ def error_for_close(code: int, reason: str) -> ActorError:
     A known ``(code, reason)`` pair of :mod:`actorcore.closecodes` maps to its error class; else
     the code alone decides (1001 → ActorStopping, 1008 → Forbidden with the reason as message,
     1009 → MessageTooLarge, 1011 → InternalError, 1012 → RuntimeShutdown, 1013 →
-    ActorOverloaded); anything else is a :class:`ConnectionLost` (not retryable for 1000).
+    ActorOverloaded); anything else is a :class:`ConnectionLost` (not retryable for 1000, 4001
+    ``resume.*`` and 4002 ``resume.taken_over``: after those a call's outcome is unknown).
     """
     message = f"connection closed: {code} {reason}".rstrip()
     cls = _ERRORS_BY_CLOSE.get(CloseCode(code, reason)) if _valid_reason(reason) else None
@@ -279,7 +280,12 @@ def error_for_close(code: int, reason: str) -> ActorError:
         if cls is Forbidden and reason:
             return Forbidden(reason)
     if cls is None:
-        return ConnectionLost(message, close_code=code, close_reason=reason, retryable=code != 1000)
+        retryable = code not in (
+            1000,
+            closecodes.RESUME_REFUSED.code,
+            closecodes.RESUME_TAKEN_OVER.code,
+        )
+        return ConnectionLost(message, close_code=code, close_reason=reason, retryable=retryable)
     return cls(message)
 
 
@@ -987,7 +993,9 @@ class ActorConnection:
             if close.code == closecodes.RESUME_REFUSED.code:
                 self._resume_refusals += 1
                 self._outcome_unknown(f"the server refused the resume ({close.reason})")
-            if ended.got_init:
+            if ended.got_init or close.code == closecodes.RESUME_REFUSED.code:
+                # A refused resume came before init, but the server answered: the fresh
+                # connect that follows (without a token) goes at once.
                 failures = 0
             if not self.options.reconnect or ended.policy is ReconnectPolicy.NEVER:
                 log.info("%s: closed %d %s; not reconnecting", self, close.code, close.reason)
@@ -1174,6 +1182,10 @@ class ActorConnection:
             acks.cancel()  # the connection's nursery ends with its reader and writer
             outbox_send.close()
             self._notify()
+        if ended.close.code == closecodes.RESUME_TAKEN_OVER.code:
+            # Another socket resumed this connection: calls sent here may still run and
+            # answer that socket, so their outcome is unknown here.
+            self._outcome_unknown("another socket took the connection over")
         if not self._resumable(ended):
             # No resume will follow: calls sent on this connection fail now.
             self._fail_pending(ended.error)
@@ -1197,8 +1209,11 @@ class ActorConnection:
             return
         try:
             outbox.send_nowait(json.dumps({"type": "ack", "seq": seq}))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return  # a later ack (or the resume's ack=) carries it
+        except trio.WouldBlock:
+            self._unacked.set()  # a full outbox: the delayed ack tries again
+            return
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return  # the resume's ack= carries it
         self._acked = seq
 
     async def _write(self, ws: WebSocketConnection, outbox: trio.MemoryReceiveChannel[str]) -> None:
