@@ -556,14 +556,25 @@ class Gateway:
 
     def resource(self, name: str, key: str, params: str | None) -> str:
         """The gateway path and query for the actor ``name``/``key``."""
-        query = (
+        query = f"params={quote(params, safe='')}" if params is not None else ""
+        return self.path(name, key, "/connect", query)
+
+    def path(self, name: str, key: str, path: str, query: str = "") -> str:
+        """The gateway target of ``path`` on the actor ``name``/``key`` (get-or-create), for
+        any route the actor serves: ``/connect``, ``/ws[/...]``, and the HTTP routes
+        ``/actions/{action}`` and ``/http[/...]``. ``query`` (already encoded) is the actor's
+        own query string; the gateway removes its ``rvt-*`` parameters before forwarding.
+
+        ``Gateway(pool="p").path("counter", "k", "/actions/increment")`` is
+        ``/gateway/counter/actions/increment?rvt-namespace=default&rvt-method=getOrCreate&...``:
+        POST it on the engine (``http://engine:6420``) with ``{"args": [...]}``."""
+        rvt = (
             f"rvt-namespace={quote(self.namespace, safe='')}&rvt-method=getOrCreate"
             f"&rvt-runner={quote(self.pool, safe='')}&rvt-key={quote(key, safe='')}"
             f"&rvt-crash-policy={quote(self.crash_policy, safe='')}"
         )
-        if params is not None:
-            query += f"&params={quote(params, safe='')}"
-        return f"/gateway/{quote(name, safe='')}/connect?{query}"
+        path = path if path.startswith("/") else "/" + path
+        return f"/gateway/{quote(name, safe='')}{path}?{rvt}" + (f"&{query}" if query else "")
 
     @property
     def subprotocols(self) -> list[str]:

@@ -16,13 +16,13 @@ runtime turns its commands into the registry's lifecycle commands and reports ba
 Clients reach actors through the engine's gateway; each tunnelled WebSocket is a
 :class:`~actorcore.engine.tunnel.TunnelSocket` handed to the same
 :class:`~actorcore.ws.dispatch.Dispatcher` as on actorcore's own listener, so the three check
-points, the close codes and finalize behave the same. State is kept in the engine's KV
-(:class:`~actorcore.engine.store.EngineStore`).
+points, the close codes and finalize behave the same; each HTTP request is answered by the same
+:class:`~actorcore.http.app.HttpApp` (:class:`~actorcore.engine.requests.TunnelRequests`).
+State is kept in the engine's KV (:class:`~actorcore.engine.store.EngineStore`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -32,12 +32,15 @@ import trio
 
 from ..authority import LifecycleRequest
 from ..conn import Conn, ConnKind
+from ..http.app import HttpApp
 from ..lifecycle import LifecycleEvent, LifecycleState
 from ..registry import Registry, host_of
 from ..request import ConnectRequest
 from ..ws.dispatch import Dispatcher, ResumedConn
+from ..ws.origin import OriginPolicy
 from .bare import Variant
 from .link import EnvoyLink, EnvoyOptions
+from .requests import TunnelRequests
 from .store import EngineStore, StartedActor
 from .tunnel import TunnelSocket, conn_id_of
 
@@ -92,6 +95,9 @@ class EngineRuntime:
     """Runs ``registry`` as an envoy of the engine ``options.url`` (see the module docstring):
     ``await nursery.start(runtime.run)``; it returns when the registry has stopped."""
 
+    requests: TunnelRequests
+    """The HTTP requests the gateway forwards (set once :meth:`run` started)."""
+
     def __init__(self, registry: Registry, options: EnvoyOptions) -> None:
         self.registry = registry
         self.options = options
@@ -126,6 +132,10 @@ class EngineRuntime:
             self._nursery = nursery
             await nursery.start(registry.run)
             self.dispatcher = Dispatcher(registry)
+            # The gateway is the edge here: it answers CORS itself, and the Host is the
+            # engine's, so there is no same-origin rule to apply (as for tunnelled sockets).
+            http = HttpApp(registry, OriginPolicy.make(("*",), loopback=False))
+            self.requests = TunnelRequests(self.link, http, nursery)
             async with trio.open_nursery() as link_nursery:
                 await link_nursery.start(self.link.run)
                 task_status.started(self)
@@ -300,7 +310,12 @@ class EngineRuntime:
             if known is not None:
                 known.feed_close(kind.val["code"], kind.val["reason"])
         elif tag == "ToEnvoyRequestStart":
-            self._nursery.start_soon(self._refuse_http, key)
+            self.requests.max_response = self.link.max_response_payload_size
+            self.requests.start(key, kind.val)
+        elif tag == "ToEnvoyRequestChunk":
+            self.requests.chunk(key, kind.val)
+        elif tag == "ToEnvoyRequestAbort":
+            self.requests.abort(key)
 
     def _can_hibernate(self, open_: dict[str, Any]) -> bool:
         """Protocol connections hibernate; raw ones if their actor's options say so."""
@@ -431,28 +446,6 @@ class EngineRuntime:
         )
         open_ = {"actorId": actor_id, "path": record["path"], "headers": {}}
         self._nursery.start_soon(self._serve, socket, open_, resume, name="engine websocket")
-
-    async def _refuse_http(self, key: tuple[bytes, bytes]) -> None:
-        """HTTP through the gateway is not served yet: 404 with a JSON error."""
-        body = json.dumps(
-            {
-                "code": "http.not_supported",
-                "message": "actorcore serves WebSockets through the engine gateway; HTTP "
-                "requests are not supported yet",
-                "retryable": False,
-            }
-        ).encode()
-        message_id = {"gatewayId": key[0], "requestId": key[1], "messageIndex": 0}
-        response = {
-            "status": 404,
-            "headers": {"content-type": "application/json"},
-            "body": body,
-            "stream": False,
-        }
-        try:
-            await self.link.send_tunnel(message_id, Variant("ToRivetResponseStart", response))
-        except Exception:
-            log.warning("could not answer an HTTP request through the gateway", exc_info=True)
 
 
 def _record(conn: Conn, socket: TunnelSocket) -> dict[str, Any]:
