@@ -62,6 +62,10 @@ CONNECT_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 0.5
 #: A link that stayed up this long resets the reconnect backoff.
 STABLE_AFTER: Final = 60.0
+#: How often the engine pings an envoy (its ``pegboard.envoy_update_ping_interval``, 3 s by
+#: default, plus up to 128 ms of jitter), with slack for scheduling: a connection silent for
+#: less than this is not taken for down.
+PING_INTERVAL_BOUND: Final = 4.0
 
 
 class EngineUnavailable(Exception):
@@ -99,7 +103,9 @@ class EnvoyOptions:
     reconnect_max: float = 10.0
     ping_timeout: float = 10.0
     """A connection on which nothing arrives for this long is down (the engine pings every
-    3 s): a silent connection, with no close and no TCP error, is not waited on forever."""
+    3 s): a silent connection, with no close and no TCP error, is not waited on forever. The
+    link waits less when the engine's lost threshold requires it (see
+    :meth:`EnvoyLink.silence_timeout`)."""
     connect_timeout: float = CONNECT_TIMEOUT
     """Bound on opening the TCP connection, and on the WebSocket handshake: a peer that
     accepts and closes without answering the upgrade costs a whole bound before the retry."""
@@ -172,6 +178,7 @@ class EnvoyLink:
         self._connected_again = trio.Event()
         self._connected = trio.Event()
         self._down_since: float | None = None
+        self._went_down = trio.Event()
         self._last_heard = 0.0
         """When the engine last sent something on the current connection."""
         self._lost_reported = False
@@ -314,12 +321,25 @@ class EnvoyLink:
                 # The outage counts from the last sign of life: a connection that went
                 # silent before it was seen to end was already down then.
                 self._down_since = self._last_heard
+                self._went_down.set()
+                self._went_down = trio.Event()
                 self._fail_kv()
 
+    def silence_timeout(self) -> float:
+        """How long a connection may stay silent before it is taken for down:
+        ``ping_timeout``, but no more than the lost threshold less ``lost_margin``, so that a
+        half-open connection (no close, no TCP error) is noticed, and the local actors
+        stopped, before the engine gives them to another envoy; never less than the engine's
+        ping interval (:data:`PING_INTERVAL_BOUND`), or a healthy link would be dropped
+        between two pings."""
+        before_lost = self.lost_threshold - self.options.lost_margin
+        return min(self.options.ping_timeout, max(before_lost, PING_INTERVAL_BOUND))
+
     async def _read(self, ws: WebSocketConnection) -> None:
+        silence = self.silence_timeout()
         while True:
             try:
-                with trio.fail_after(self.options.ping_timeout):
+                with trio.fail_after(silence):
                     raw = await ws.get_message()
             except ConnectionClosed as exc:
                 reason = exc.reason
@@ -354,7 +374,7 @@ class EnvoyLink:
         while True:
             down = self._down_since
             if down is None or self._lost_reported:
-                await trio.sleep(0.5)
+                await self._went_down.wait()
                 continue
             deadline = down + max(0.0, self.lost_threshold - self.options.lost_margin)
             if trio.current_time() >= deadline:

@@ -50,10 +50,13 @@ def start_engine(
     folder: Path,
     ports: tuple[int, int, int] | None = None,
     config: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Engine:
     """Start ``rivet-engine start`` on free ports (or ``ports``: guard, API peer, metrics)
     with its data in ``folder`` (or where ``config``, a config file's content, says: e.g.
-    PostgreSQL and NATS); return once it answers with its default namespace (bounded)."""
+    PostgreSQL and NATS) and ``env`` added to its environment (settings such as
+    ``RIVET__PEGBOARD__ENVOY_LOST_THRESHOLD``); return once it answers with its default
+    namespace (bounded)."""
     guard, peer, metrics = ports or (_free_port(), _free_port(), _free_port())
     env = dict(
         os.environ,
@@ -65,6 +68,7 @@ def start_engine(
         RIVET__METRICS__PORT=str(metrics),
         RIVET__TELEMETRY__ENABLED="false",
         RIVET__GUARD__TCP_NODELAY="true",
+        **(env or {}),
     )
     argv = [str(engine_binary()), "start"]
     if config is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -23,7 +24,7 @@ from actorcore.engine.bare import Variant
 from actorcore.engine.link import EnvoyEvicted, EnvoyLink, EnvoyOptions
 
 from .._clients import tcp_websocket
-from .conftest import Engine
+from .conftest import Engine, start_engine, stop_engine
 
 #: Bound on each test: an engine round trip takes milliseconds.
 TEST_TIMEOUT = 30
@@ -470,3 +471,39 @@ async def test_a_silent_connection_is_down_after_the_ping_timeout(engine: Engine
             proxy.refusing = False
             await link.wait_connects(2)
             proxy.cut()  # the frozen connection
+
+
+async def test_under_a_short_lost_threshold_a_half_open_link_stops_its_actors_in_time(
+    tmp_path: Path,
+) -> None:
+    """With the engine's lost threshold at 5 s, below ``ping_timeout`` (10 s) + ``lost_margin``
+    (3 s), a healthy link is not taken for down between the engine's pings, and a half-open
+    one (no close, no TCP error) is noticed, and lost reported, before the threshold passes
+    (the silence timeout is 4 s, counted from the last message heard, before the freeze)."""
+    own = start_engine(tmp_path, env={"RIVET__PEGBOARD__ENVOY_LOST_THRESHOLD": "5000"})
+    try:
+        with trio.fail_after(TEST_TIMEOUT):
+            async with (
+                proxy_to(own) as proxy,
+                link_to(f"http://127.0.0.1:{proxy.port}", "l-short", **FAST_RECONNECT) as (
+                    link,
+                    recorder,
+                ),
+            ):
+                assert link.lost_threshold == 5.0
+                assert link.silence_timeout() == 4.0
+                pings = link.stats.pings
+                await trio.sleep(9.0)  # three of the engine's pings on a healthy link
+                assert link.stats.pings >= pings + 2
+                assert (recorder.lost, link.stats.connects) == (0, 1)
+                proxy.refusing = True
+                frozen = trio.current_time()
+                proxy.freeze()
+                await recorder.wait_for(lambda: recorder.lost)
+                # Lost is reported at the last message heard + 4 s: before the engine's
+                # 5 s, counted from the same ping.
+                assert trio.current_time() - frozen < 4.5
+                assert not link.connected
+                proxy.cut()
+    finally:
+        stop_engine(own)
