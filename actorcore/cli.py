@@ -146,7 +146,9 @@ def _parser() -> argparse.ArgumentParser:
         "--engine",
         metavar="URL",
         default=None,
-        help="the engine's URL, e.g. http://127.0.0.1:6420; clients connect through its gateway",
+        help="the engine's URL, e.g. http://127.0.0.1:6420, or the URLs of several nodes of "
+        "one engine cluster separated by commas (tried in turn); clients connect through its "
+        "gateway",
     )
     engine.add_argument(
         "--namespace", default="default", help="engine namespace (default %(default)s)"
@@ -384,7 +386,8 @@ async def _serve_engine(registry: Registry, target: str, options: Any) -> None:
                 await serve_nursery.start(runtime.run)
                 print(
                     f"actorcore: serving {target} as envoy {options.envoy_key} of "
-                    f"{options.url} (namespace {options.namespace}, pool {options.pool}; "
+                    f"{', '.join(options.urls)} (namespace {options.namespace}, "
+                    f"pool {options.pool}; "
                     "store: the engine)",
                     flush=True,
                 )
@@ -398,11 +401,17 @@ def _serve_engine_command(registry: Registry, args: argparse.Namespace) -> int:
     if args.store is not None:
         _error("--store does not apply with --engine (actors keep their state in the engine)")
         return EXIT_USAGE
-    if not args.engine.startswith("http://"):
-        _error(f"--engine must be an http:// URL, not {args.engine!r}")
-        return EXIT_USAGE
+    urls = [url.strip() for url in args.engine.split(",") if url.strip()]
+    for url in urls or [args.engine]:
+        if not url.startswith("http://"):
+            _error(f"--engine must be http:// URLs, not {url!r}")
+            return EXIT_USAGE
     options = EnvoyOptions(
-        url=args.engine, namespace=args.namespace, pool=args.pool, token=args.token or None
+        url=urls[0],
+        fallback_urls=tuple(urls[1:]),
+        namespace=args.namespace,
+        pool=args.pool,
+        token=args.token or None,
     )
     try:
         trio.run(_serve_engine, registry, args.target, options)

@@ -474,6 +474,14 @@ def test_certfile_without_keyfile_is_a_usage_error(capsys: pytest.CaptureFixture
     assert "--certfile and --keyfile go together" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "urls", ["127.0.0.1:6420", "http://127.0.0.1:6420,ws://127.0.0.1:6421", ",", " "]
+)
+def test_engine_urls_must_be_http(urls: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "examples.counter:registry", "--engine", urls]) == 2
+    assert "--engine must be http:// URLs" in capsys.readouterr().err
+
+
 def test_the_server_defaults_are_stated_once() -> None:
     """``Registry.serve`` spells out each server option for its users; its defaults must be
     those of ``ServerOptions`` (which the CLI takes its defaults from)."""

@@ -14,7 +14,8 @@ over one WebSocket, ``/envoys/connect``). The link
 * numbers the events it sends per actor generation (from 0), keeps them until the engine
   acknowledges them, and sends the rest again after a reconnect;
 * multiplexes KV requests by request id, each bounded by ``kv_timeout``;
-* reconnects with exponential backoff and jitter, and when it has been cut off for longer than
+* reconnects with exponential backoff and jitter (to the next of the engine's node URLs, if it
+  has several), and when it has been cut off for longer than
   the engine's lost threshold less ``lost_margin`` it tells its handler (``on_lost``): the
   engine is about to give this envoy's actors to another one, so they must stop here first;
 * ends with :class:`EnvoyEvicted` if another process connects with the same envoy key.
@@ -82,6 +83,10 @@ class EnvoyOptions:
 
     url: str
     """The engine's base URL, ``http://host:port`` (the guard port, 6420 by default)."""
+    fallback_urls: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    """Other nodes of the same engine cluster (sharing PostgreSQL and NATS). After a failed
+    connect, or a connection that ended, the link tries the next URL of :attr:`urls`, in
+    turn."""
     namespace: str = "default"
     pool: str = "default"
     """The pool (the engine's "runner name") this envoy serves."""
@@ -113,9 +118,18 @@ class EnvoyOptions:
     """Free-form envoy metadata (shown by the engine's ``GET /envoys``)."""
 
     @property
+    def urls(self) -> tuple[str, ...]:
+        """Every engine URL the link connects to, the first one first."""
+        return (self.url, *self.fallback_urls)
+
+    @property
     def ws_url(self) -> str:
-        """The ``/envoys/connect`` URL with its query."""
-        base = self.url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        """The ``/envoys/connect`` URL with its query (of :attr:`url`)."""
+        return self.ws_url_of(self.url)
+
+    def ws_url_of(self, url: str) -> str:
+        """The ``/envoys/connect`` URL with its query, on the engine node ``url``."""
+        base = url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         return (
             f"{base}/envoys/connect?protocol_version={VERSION}&namespace={self.namespace}"
             f"&envoy_key={self.envoy_key}&version={self.version}&pool_name={self.pool}"
@@ -205,6 +219,12 @@ class EnvoyLink:
         self.max_response_payload_size: int | None = None
         """The largest response the engine takes through its tunnel (from ``ToEnvoyInit``)."""
         self.stats = LinkStatistics()
+        self._url_index = 0
+
+    @property
+    def url(self) -> str:
+        """The engine URL the link is connected to, or tries next."""
+        return self.options.urls[self._url_index]
 
     # ---------------------------------------------------------------- running
 
@@ -258,7 +278,8 @@ class EnvoyLink:
                 await self._session()
             except* _LINK_DOWN as group:
                 # The session's tasks run in nurseries: its errors arrive grouped.
-                log.warning("engine link down: %s", _first_leaf(group))
+                log.warning("engine link to %s down: %s", self.url, _first_leaf(group))
+                self._url_index = (self._url_index + 1) % len(self.options.urls)
             if trio.current_time() - began > STABLE_AFTER:
                 delay = self.options.reconnect_first
             await trio.sleep(delay * random.uniform(0.5, 1.5))
@@ -269,13 +290,13 @@ class EnvoyLink:
         if not self._configured:
             # Each attempt until it succeeds: an engine that is still starting has no
             # namespace yet.
-            admin = EngineAdmin(options.url, options.token)
+            admin = EngineAdmin(self.url, options.token)
             await admin.ensure_runner_config(options.namespace, options.pool)
             self._configured = True
         subprotocols = ["rivet"]
         if options.token:
             subprotocols.append(f"rivet_token.{options.token}")
-        async with _engine_websocket(options, subprotocols) as ws:
+        async with _engine_websocket(options, self.url, subprotocols) as ws:
             with trio.fail_after(INIT_TIMEOUT):
                 first = await ws.get_message()
             if isinstance(first, str):
@@ -309,7 +330,7 @@ class EnvoyLink:
                 self._connected.set()
                 self._connected_again.set()
                 self._connected_again = trio.Event()
-                log.info("engine link up (%s, envoy %s)", options.url, options.envoy_key)
+                log.info("engine link up (%s, envoy %s)", self.url, options.envoy_key)
                 async with trio.open_nursery() as session:
                     session.start_soon(self._ack_loop, ws)
                     session.start_soon(self._send_events, ws)
@@ -582,11 +603,11 @@ class EnvoyLink:
 
 @contextlib.asynccontextmanager
 async def _engine_websocket(
-    options: EnvoyOptions, subprotocols: list[str]
+    options: EnvoyOptions, url: str, subprotocols: list[str]
 ) -> AsyncIterator[WebSocketConnection]:
-    """The WebSocket to ``/envoys/connect``, over a TCP stream this link owns and closes:
-    trio-websocket's client leaves its stream open after a close the server started."""
-    parts = urlsplit(options.ws_url)
+    """The WebSocket to ``/envoys/connect`` on ``url``, over a TCP stream this link owns and
+    closes: trio-websocket's client leaves its stream open after a close the server started."""
+    parts = urlsplit(options.ws_url_of(url))
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     resource = f"{parts.path}?{parts.query}"

@@ -162,3 +162,47 @@ async def test_two_engine_nodes_share_actors_and_route_to_both_envoys(cluster: C
             assert placed[0].isdisjoint(placed[1])
             for registry in registries:
                 registry.request_shutdown()
+
+
+async def test_an_envoy_given_several_node_urls_moves_to_another_node_when_its_node_stops(
+    cluster: Cluster,
+) -> None:
+    """Runs last in this module: it stops the first node. An envoy whose first URL is dead
+    connects to the next; one connected to the first node moves its link to the second when
+    the first stops, and keeps its actors (same generation, same state) reachable through
+    the second node's gateway."""
+    first_node, second_node = cluster.nodes
+    query = "rvt-namespace=default&rvt-method=getOrCreate&rvt-runner=fo&rvt-crash-policy=sleep"
+    resource = f"/gateway/tally/connect?{query}&rvt-key=f1"
+    with trio.fail_after(120):
+        registry = actorcore.Registry([Tally])
+        runtime = EngineRuntime(
+            registry,
+            EnvoyOptions(url=first_node.url, fallback_urls=(second_node.url,), pool="fo"),
+        )
+        dead = f"http://127.0.0.1:{_free_port()}"
+        spare_registry = actorcore.Registry([Tally])
+        spare = EngineRuntime(
+            spare_registry,
+            EnvoyOptions(url=dead, fallback_urls=(second_node.url,), pool="fo-spare"),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spare.run)
+            assert spare.link.url == second_node.url
+            await nursery.start(runtime.run)
+            assert runtime.link.url == first_node.url
+            async with tcp_websocket(_port(second_node), resource, subprotocols=["rivet"]) as ws:
+                init = json.loads(await ws.get_message())
+                assert await call(ws, 1, "add", 5) == 5
+            await trio.to_thread.run_sync(stop_engine, first_node)
+            await runtime.link.wait_connects(2)
+            assert runtime.link.url == second_node.url
+            async with tcp_websocket(_port(second_node), resource, subprotocols=["rivet"]) as ws:
+                again = json.loads(await ws.get_message())
+                assert (again["actor_id"], again["generation"]) == (
+                    init["actor_id"],
+                    init["generation"],
+                )
+                assert await call(ws, 1, "add", 1) == 6
+            for each in (registry, spare_registry):
+                each.request_shutdown()
