@@ -151,6 +151,14 @@ def _parser() -> argparse.ArgumentParser:
         "gateway",
     )
     engine.add_argument(
+        "--status-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="with --engine: serve /healthz, /readyz and /metrics on --host:PORT (0 for any "
+        "free one; default: none)",
+    )
+    engine.add_argument(
         "--namespace", default="default", help="engine namespace (default %(default)s)"
     )
     engine.add_argument(
@@ -375,24 +383,37 @@ async def _serve(
     log.info("drained and stopped")
 
 
-async def _serve_engine(registry: Registry, target: str, options: Any) -> None:
-    from .engine.runtime import EngineRuntime  # only engine mode needs the engine package
+async def _serve_engine(
+    registry: Registry, target: str, options: Any, host: str, status_port: int | None
+) -> None:
+    # Only engine mode needs the engine package.
+    from .engine.runtime import EngineRuntime
+    from .engine.status import serve_status
 
     runtime = EngineRuntime(registry, options)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as signal_nursery:
             signal_nursery.start_soon(_watch_signals, signals, registry, target)
-            async with trio.open_nursery() as serve_nursery:
-                await serve_nursery.start(runtime.run)
-                print(
-                    f"actorcore: serving {target} as envoy {options.envoy_key} of "
-                    f"{', '.join(options.urls)} (namespace {options.namespace}, "
-                    f"pool {options.pool}; "
-                    "store: the engine)",
-                    flush=True,
-                )
+            async with trio.open_nursery() as status_nursery:
+                async with trio.open_nursery() as serve_nursery:
+                    await serve_nursery.start(runtime.run)
+                    status = ""
+                    if status_port is not None:
+                        bound = await status_nursery.start(serve_status, runtime, host, status_port)
+                        status = f"; status on http://{_host_in_url(host)}:{bound}"
+                    print(
+                        f"actorcore: serving {target} as envoy {options.envoy_key} of "
+                        f"{', '.join(options.urls)} (namespace {options.namespace}, "
+                        f"pool {options.pool}; store: the engine{status})",
+                        flush=True,
+                    )
+                status_nursery.cancel_scope.cancel()  # the registry stopped
             signal_nursery.cancel_scope.cancel()
     log.info("drained and stopped")
+
+
+def _host_in_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _serve_engine_command(registry: Registry, args: argparse.Namespace) -> int:
@@ -414,7 +435,7 @@ def _serve_engine_command(registry: Registry, args: argparse.Namespace) -> int:
         token=args.token or None,
     )
     try:
-        trio.run(_serve_engine, registry, args.target, options)
+        trio.run(_serve_engine, registry, args.target, options, args.host, args.status_port)
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
     except Exception as group:
@@ -476,6 +497,9 @@ def _cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     if args.engine is not None:
         return _serve_engine_command(registry, args)
+    if args.status_port is not None:
+        _error("--status-port applies with --engine only (the listener serves /healthz itself)")
+        return EXIT_USAGE
     store, store_desc = _choose_store(registry, args.store)
     if store is not None:
         if not registry.store_is_default:

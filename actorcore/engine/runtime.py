@@ -95,8 +95,10 @@ class EngineRuntime:
     """Runs ``registry`` as an envoy of the engine ``options.url`` (see the module docstring):
     ``await nursery.start(runtime.run)``; it returns when the registry has stopped."""
 
+    http: HttpApp
+    """Answers the HTTP requests the gateway forwards (set once :meth:`run` started)."""
     requests: TunnelRequests
-    """The HTTP requests the gateway forwards (set once :meth:`run` started)."""
+    """The HTTP requests the gateway forwards, in flight (set once :meth:`run` started)."""
 
     def __init__(self, registry: Registry, options: EnvoyOptions) -> None:
         self.registry = registry
@@ -134,8 +136,8 @@ class EngineRuntime:
             self.dispatcher = Dispatcher(registry)
             # The gateway is the edge here: it answers CORS itself, and the Host is the
             # engine's, so there is no same-origin rule to apply (as for tunnelled sockets).
-            http = HttpApp(registry, OriginPolicy.make(("*",), loopback=False))
-            self.requests = TunnelRequests(self.link, http, nursery)
+            self.http = HttpApp(registry, OriginPolicy.make(("*",), loopback=False))
+            self.requests = TunnelRequests(self.link, self.http, nursery)
             async with trio.open_nursery() as link_nursery:
                 await link_nursery.start(self.link.run)
                 task_status.started(self)

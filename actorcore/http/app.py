@@ -158,6 +158,8 @@ class HttpApp:
         *,
         metrics: Metrics | None = None,
         inspector: Inspector | None = None,
+        actor_routes: bool = True,
+        not_ready: Callable[[], str | None] | None = None,
     ) -> None:
         self.registry = registry
         self.host = host_of(registry)
@@ -166,6 +168,11 @@ class HttpApp:
         """The Prometheus collector (None: ``/metrics`` answers 404)."""
         self.inspector = inspector
         """The inspector (None: ``/inspector`` answers 404)."""
+        self.actor_routes = actor_routes
+        """False: the actor routes answer 404 (an envoy's status port: its actors are reached
+        through the engine's gateway only)."""
+        self.not_ready = not_ready
+        """Why ``/readyz`` answers 503 besides a drain and a failing store (None: ready)."""
         self.requests: collections.Counter[tuple[str, int]] = collections.Counter()
         """Answered requests by (route label, status): ``actorcore_http_requests_total``."""
 
@@ -222,6 +229,9 @@ class HttpApp:
             return HttpAnswer(200, [(b"content-type", content_type.encode())], body)
         if kind is RouteKind.INSPECTOR and self.inspector is not None:
             return await self.inspector.handle(route, exchange)
+        if not self.actor_routes:
+            await trio.lowlevel.checkpoint()
+            return error_answer(ActorNotFound(f"no route for {exchange.target[:200]!r}"))
         if kind in (RouteKind.ACTION, RouteKind.ACTION_BY_ID):
             cors = self._cors(origin)
             if method == "OPTIONS":
@@ -255,6 +265,9 @@ class HttpApp:
             return text_answer(503, "draining\n", [(b"retry-after", RETRY_AFTER.encode())])
         if self.host.store_failing:
             return text_answer(503, "store failing\n", [(b"retry-after", RETRY_AFTER.encode())])
+        reason = self.not_ready() if self.not_ready is not None else None
+        if reason is not None:
+            return text_answer(503, f"{reason}\n", [(b"retry-after", RETRY_AFTER.encode())])
         return text_answer(200, "ready\n")
 
     def _cors(self, origin: str | None) -> list[tuple[bytes, bytes]]:

@@ -35,6 +35,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from ..conn import ConnKind
 from ..lifecycle import LifecycleState
@@ -101,6 +102,11 @@ class Metrics:
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
         self._detach: list[Callable[[], None]] = []
+
+    def register(self, collector: Collector) -> None:
+        """Add a ``prometheus_client`` collector's metrics to this exposition (an envoy's
+        link metrics, an embedder's own)."""
+        self._registry.register(collector)
 
     # ---------------------------------------------------------------- counting
 

@@ -43,7 +43,7 @@ def fast_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 class Envoy:
     """``actorcore serve tests.engine.app:registry --engine URL --pool POOL`` as a process."""
 
-    def __init__(self, engine: Engine, pool: str, log: Path) -> None:
+    def __init__(self, engine: Engine, pool: str, log: Path, *extra: str) -> None:
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115 - closed in wait()
         self.process = subprocess.Popen(
@@ -57,6 +57,7 @@ class Envoy:
                 engine.url,
                 "--pool",
                 pool,
+                *extra,
             ],
             cwd=ROOT,
             stdout=self._out,
