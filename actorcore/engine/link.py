@@ -43,6 +43,14 @@ from trio_websocket import (
 
 from .admin import EngineAdmin, EngineApiError
 from .bare import VERSION, BareError, Variant, decode, encode
+from .messages_v8 import (
+    ActorCheckpoint,
+    CommandWrapper,
+    EventWrapper,
+    MessageId,
+    ProtocolMetadata,
+    ToEnvoyTunnelMessage,
+)
 
 __all__ = [
     "EngineUnavailable",
@@ -143,7 +151,7 @@ class EnvoyHandler(Protocol):
         """A ``CommandStartActor`` or ``CommandStopActor``, once."""
         ...
 
-    def on_tunnel(self, message: dict[str, Any]) -> None:
+    def on_tunnel(self, message: ToEnvoyTunnelMessage) -> None:
         """A ``ToEnvoyTunnelMessage`` (``messageId``, ``messageKind``)."""
         ...
 
@@ -174,7 +182,7 @@ class _Events:
     """The events of one actor generation: the next index and those not acknowledged."""
 
     next_index: int = 0
-    unacked: list[dict[str, Any]] = attrs.field(factory=list)
+    unacked: list[EventWrapper] = attrs.field(factory=list)
 
 
 class EnvoyLink:
@@ -202,7 +210,7 @@ class EnvoyLink:
         self._ended: set[tuple[str, int]] = set()
         """Generations that ended here (see forget_generation)."""
         self._events: dict[tuple[str, int], _Events] = {}
-        self._outbox: list[dict[str, Any]] = []
+        self._outbox: list[EventWrapper] = []
         """Events queued and not sent on this connection yet."""
         self._outbox_ready = trio.Event()
         self._sent = trio.Event()
@@ -305,7 +313,7 @@ class EnvoyLink:
             if init.tag != "ToEnvoyInit":
                 raise BareError(f"expected ToEnvoyInit first, got {init.tag}")
             self._last_heard = trio.current_time()
-            meta = init.val["metadata"]
+            meta: ProtocolMetadata = init.val["metadata"]
             self.lost_threshold = meta["envoyLostThreshold"] / 1000
             self.actor_stop_threshold = meta["actorStopThreshold"] / 1000
             self.max_response_payload_size = meta["maxResponsePayloadSize"]
@@ -411,7 +419,7 @@ class EnvoyLink:
 
     # ---------------------------------------------------------------- commands and events
 
-    def _on_commands(self, commands: list[dict[str, Any]]) -> None:
+    def _on_commands(self, commands: list[CommandWrapper]) -> None:
         for wrapper in commands:
             checkpoint = wrapper["checkpoint"]
             slot = (checkpoint["actorId"], checkpoint["generation"])
@@ -434,7 +442,7 @@ class EnvoyLink:
         ws = self._ws
         if ws is None or not self._to_ack:
             return
-        checkpoints = [
+        checkpoints: list[ActorCheckpoint] = [
             {"actorId": actor, "generation": gen, "index": index}
             for (actor, gen), index in self._to_ack.items()
         ]
@@ -462,7 +470,7 @@ class EnvoyLink:
         these calls); sent at once if the link is up, kept until the engine acknowledges it,
         and sent again after a reconnect."""
         events = self._events.setdefault((actor_id, generation), _Events())
-        wrapper = {
+        wrapper: EventWrapper = {
             "checkpoint": {
                 "actorId": actor_id,
                 "generation": generation,
@@ -514,7 +522,7 @@ class EnvoyLink:
             self._sent = trio.Event()
             await self._sent.wait()
 
-    def _on_ack_events(self, checkpoints: list[dict[str, Any]]) -> None:
+    def _on_ack_events(self, checkpoints: list[ActorCheckpoint]) -> None:
         self.stats.event_acks += 1
         for checkpoint in checkpoints:
             slot = (checkpoint["actorId"], checkpoint["generation"])
@@ -574,7 +582,7 @@ class EnvoyLink:
             done.set()  # with no answer: EngineUnavailable
         self._kv_waiting.clear()
 
-    async def send_tunnel(self, message_id: dict[str, Any], kind: Variant) -> None:
+    async def send_tunnel(self, message_id: MessageId, kind: Variant) -> None:
         """Send one tunnel message (to a gateway request). Raises EngineUnavailable if the
         link is down."""
         ws = self._ws

@@ -19,7 +19,7 @@ streamed body by ``body_timeout`` (408), the response body by the engine's
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import quote
 
 import attrs
@@ -28,6 +28,7 @@ import trio
 from ..errors import ActorOverloaded, InternalError
 from ..http.app import HttpAnswer, HttpExchange, error_answer, text_answer
 from .bare import Variant
+from .messages_v8 import MessageId, ToEnvoyRequestChunk, ToEnvoyRequestStart, ToRivetResponseStart
 
 if TYPE_CHECKING:
     from ..http.app import HttpApp
@@ -113,7 +114,7 @@ class TunnelRequests:
 
     # ---------------------------------------------------------------- from the gateway
 
-    def start(self, key: tuple[bytes, bytes], start: dict[str, Any]) -> None:
+    def start(self, key: tuple[bytes, bytes], start: ToEnvoyRequestStart) -> None:
         """``ToEnvoyRequestStart``: answer it (once its body is complete)."""
         if key in self._requests:
             return  # a replay of a request already being answered
@@ -142,7 +143,7 @@ class TunnelRequests:
         self._add_body(request, start["body"] or b"", finish=not start["stream"])
         self._nursery.start_soon(self._answer, key, request, name="engine http request")
 
-    def chunk(self, key: tuple[bytes, bytes], chunk: dict[str, Any]) -> None:
+    def chunk(self, key: tuple[bytes, bytes], chunk: ToEnvoyRequestChunk) -> None:
         """``ToEnvoyRequestChunk``: more of a streamed body."""
         request = self._requests.get(key)
         if request is not None and not request.complete.is_set():
@@ -216,13 +217,13 @@ class TunnelRequests:
             # One value per name on this protocol: repeated headers are joined (RFC 9110 5.3).
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         headers["content-length"] = str(len(answer.body))
-        response = {
+        response: ToRivetResponseStart = {
             "status": answer.status,
             "headers": headers,
             "body": answer.body or None,
             "stream": False,
         }
-        message_id = {"gatewayId": key[0], "requestId": key[1], "messageIndex": 0}
+        message_id: MessageId = {"gatewayId": key[0], "requestId": key[1], "messageIndex": 0}
         try:
             with trio.fail_after(SEND_TIMEOUT):
                 await self._link.send_tunnel(message_id, Variant("ToRivetResponseStart", response))

@@ -40,6 +40,14 @@ from ..ws.dispatch import Dispatcher, ResumedConn
 from ..ws.origin import OriginPolicy
 from .bare import Variant
 from .link import EnvoyLink, EnvoyOptions
+from .messages_v8 import (
+    CommandStartActor,
+    CommandStopActor,
+    ToEnvoyTunnelMessage,
+    ToEnvoyWebSocketClose,
+    ToEnvoyWebSocketMessage,
+    ToEnvoyWebSocketOpen,
+)
 from .requests import TunnelRequests
 from .store import EngineStore, StartedActor
 from .tunnel import TunnelSocket, conn_id_of
@@ -159,12 +167,12 @@ class EngineRuntime:
         """A command from the engine (once; see EnvoyLink)."""
         assert self._nursery is not None
         if command.tag == "CommandStartActor":
-            config = command.val["config"]
-            raw_input = config["input"]
+            start: CommandStartActor = command.val
+            config = start["config"]
             started = StartedActor(
-                actor_id, config["name"], config["key"] or "", generation, raw_input
+                actor_id, config["name"], config["key"] or "", generation, config["input"]
             )
-            hibernating = command.val["hibernatingRequests"]
+            hibernating = start["hibernatingRequests"]
             if hibernating:
                 # Registered now: the gateway may send their messages before the actor runs.
                 sockets = [
@@ -173,7 +181,8 @@ class EngineRuntime:
                 self._restoring[actor_id] = sockets
             self._nursery.start_soon(self._start, started, name=f"engine start {actor_id}")
         elif command.tag == "CommandStopActor":
-            reason = command.val["reason"]
+            stop: CommandStopActor = command.val
+            reason = stop["reason"]
             self._nursery.start_soon(
                 self._stop, actor_id, generation, reason, name=f"engine stop {actor_id}"
             )
@@ -289,28 +298,31 @@ class EngineRuntime:
 
     # ---------------------------------------------------------------- tunnelled sockets
 
-    def on_tunnel(self, message: dict[str, Any]) -> None:
+    def on_tunnel(self, message: ToEnvoyTunnelMessage) -> None:
         """A tunnel message from the gateway."""
         assert self._nursery is not None
         message_id = message["messageId"]
         key = (message_id["gatewayId"], message_id["requestId"])
         kind = message["messageKind"]
         tag = kind.tag
-        if tag == "ToEnvoyWebSocketOpen":
-            socket = TunnelSocket(self.link, *key, hibernatable=self._can_hibernate(kind.val))
-            socket.path = kind.val["path"]
-            self._sockets[key] = socket
-            self._nursery.start_soon(self._serve, socket, kind.val, name="engine websocket")
-        elif tag == "ToEnvoyWebSocketMessage":
+        if tag == "ToEnvoyWebSocketMessage":
+            data: ToEnvoyWebSocketMessage = kind.val
             known = self._sockets.get(key) or self._unpark(key)
             if known is not None and not known.feed_message(
-                message_id["messageIndex"], kind.val["data"], kind.val["binary"]
+                message_id["messageIndex"], data["data"], data["binary"]
             ):
                 self._nursery.start_soon(known.close, 1013, "actor.overloaded")
+        elif tag == "ToEnvoyWebSocketOpen":
+            open_: ToEnvoyWebSocketOpen = kind.val
+            socket = TunnelSocket(self.link, *key, hibernatable=self._can_hibernate(open_))
+            socket.path = open_["path"]
+            self._sockets[key] = socket
+            self._nursery.start_soon(self._serve, socket, open_, name="engine websocket")
         elif tag == "ToEnvoyWebSocketClose":
+            close: ToEnvoyWebSocketClose = kind.val
             known = self._sockets.get(key) or self._unpark(key)
             if known is not None:
-                known.feed_close(kind.val["code"], kind.val["reason"])
+                known.feed_close(close["code"], close["reason"])
         elif tag == "ToEnvoyRequestStart":
             self.requests.max_response = self.link.max_response_payload_size
             self.requests.start(key, kind.val)
@@ -319,7 +331,7 @@ class EngineRuntime:
         elif tag == "ToEnvoyRequestAbort":
             self.requests.abort(key)
 
-    def _can_hibernate(self, open_: dict[str, Any]) -> bool:
+    def _can_hibernate(self, open_: ToEnvoyWebSocketOpen) -> bool:
         """Protocol connections hibernate; raw ones if their actor's options say so."""
         path = open_["path"].lstrip("/")
         if path == "connect" or path.startswith("connect?"):
@@ -331,7 +343,7 @@ class EngineRuntime:
     async def _serve(
         self,
         socket: TunnelSocket,
-        open_: dict[str, Any],
+        open_: ToEnvoyWebSocketOpen,
         resume: ResumedConn | None = None,
     ) -> None:
         dispatcher = self.dispatcher
@@ -446,7 +458,12 @@ class EngineRuntime:
             state=record["state"],
             subscriptions=tuple(record["subscriptions"]),
         )
-        open_ = {"actorId": actor_id, "path": record["path"], "headers": {}}
+        open_: ToEnvoyWebSocketOpen = {
+            "actorId": actor_id,
+            "actorGeneration": None,
+            "path": record["path"],
+            "headers": {},
+        }
         self._nursery.start_soon(self._serve, socket, open_, resume, name="engine websocket")
 
 

@@ -30,6 +30,7 @@ import trio
 from ..errors import ActorNotFound, ScheduleLimit, StaleGeneration, StoreError
 from ..store.base import ActorRecord, AlarmRecord, Store, StoreStatistics, due_order
 from .bare import Variant
+from .messages_v8 import KvGetRequest, KvGetResponse, KvPutRequest
 
 __all__ = ["EngineStore", "StartedActor"]
 
@@ -145,9 +146,10 @@ class EngineStore(Store):
         return answer
 
     async def _read(self, actor_id: str) -> tuple[dict[str, Any] | None, bytes | None]:
-        request = Variant("KvGetRequest", {"keys": [META_KEY, STATE_KEY, CONNS_KEY, ALARMS_KEY]})
-        answer = await self._kv(actor_id, request)
-        values = dict(zip(answer.val["keys"], answer.val["values"], strict=True))
+        get: KvGetRequest = {"keys": [META_KEY, STATE_KEY, CONNS_KEY, ALARMS_KEY]}
+        answer = await self._kv(actor_id, Variant("KvGetRequest", get))
+        found: KvGetResponse = answer.val
+        values = dict(zip(found["keys"], found["values"], strict=True))
         raw_meta = values.get(META_KEY)
         meta = json.loads(raw_meta) if raw_meta is not None else None
         raw_conns = values.get(CONNS_KEY)
@@ -270,7 +272,8 @@ class EngineStore(Store):
                 for a in alarms
             ]
         ).encode()
-        await self._kv(actor_id, Variant("KvPutRequest", {"keys": [ALARMS_KEY], "values": [value]}))
+        put: KvPutRequest = {"keys": [ALARMS_KEY], "values": [value]}
+        await self._kv(actor_id, Variant("KvPutRequest", put))
 
     async def add_alarm(self, alarm: AlarmRecord, generation: int, max_alarms: int) -> None:
         """Store ``alarm`` with its actor's alarms (fenced by the generation held here)."""
@@ -333,7 +336,8 @@ class EngineStore(Store):
         if self.conn_records is not None:
             keys.append(CONNS_KEY)
             values.append(json.dumps(self.conn_records(actor_id)).encode())
-        await self._kv(actor_id, Variant("KvPutRequest", {"keys": keys, "values": values}))
+        put: KvPutRequest = {"keys": keys, "values": values}
+        await self._kv(actor_id, Variant("KvPutRequest", put))
         self.writes += 1
 
     async def delete(self, actor_id: str, generation: int) -> None:

@@ -23,6 +23,7 @@ import trio
 
 from ..conn import TransportClosed
 from .bare import Variant
+from .messages_v8 import MessageId
 
 __all__ = ["TunnelSocket", "conn_id_of"]
 
@@ -39,7 +40,7 @@ _INDEX_SPACE: Final = 1 << 16
 class TunnelSender(Protocol):
     """The part of :class:`~actorcore.engine.link.EnvoyLink` a socket sends through."""
 
-    async def send_tunnel(self, message_id: dict[str, Any], kind: Variant) -> None:
+    async def send_tunnel(self, message_id: MessageId, kind: Variant) -> None:
         """Send one tunnel message; EngineUnavailable if the link is down."""
         ...
 
@@ -225,7 +226,7 @@ class TunnelSocket:
     async def _send(self, kind: Variant) -> None:
         from .link import EngineUnavailable
 
-        message_id = {
+        message_id: MessageId = {
             "gatewayId": self.gateway_id,
             "requestId": self.request_id,
             "messageIndex": self._next_out,

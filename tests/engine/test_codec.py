@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -311,3 +314,25 @@ def test_values_that_do_not_fit_are_refused_when_encoding() -> None:
         bare.encode("ToRivet", Variant("ToRivetNothing"))
     with pytest.raises(BareError, match="missing field"):
         bare.encode("ToRivet", Variant("ToRivetPong", {}))
+
+
+def test_the_message_types_are_generated_from_the_schema() -> None:
+    """``messages_v8.py`` (the TypedDicts the engine code is checked against) is what
+    ``tools/gen_envoy_types.py`` makes of the schema now, formatted by ruff."""
+    root = Path(__file__).resolve().parent.parent.parent
+    generated = subprocess.run(
+        [sys.executable, str(root / "tools" / "gen_envoy_types.py")],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    formatted = subprocess.run(
+        [ruff, "format", "--stdin-filename", "actorcore/engine/messages_v8.py", "-"],
+        input=generated,
+        capture_output=True,
+        check=True,
+        cwd=root,
+        timeout=60,
+    ).stdout
+    assert formatted == (root / "actorcore" / "engine" / "messages_v8.py").read_bytes()
