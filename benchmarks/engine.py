@@ -6,6 +6,13 @@ the load generator, all on loopback.
     (a raw WebSocket echo on ``/ws``; the message ``__sleep`` makes the actor sleep) and
     ``counter`` (the action ``increment``). Prints ``{"ready": true, "pid": PID}`` once the
     engine lists it, then runs until SIGTERM (a drain).
+``python -m benchmarks.engine floor --url URL --pool POOL``
+    the floor: an envoy with no registry, no actor and no dispatcher
+    (:class:`~benchmarks.engine_floor.FloorHandler` on an
+    :class:`~actorcore.engine.link.EnvoyLink`) that reports each ``echo`` actor running at once
+    and echoes each tunnelled WebSocket message straight back: the round trip through the
+    engine when the runtime does (almost) nothing. Prints the same ready line, runs until
+    SIGTERM.
 ``node benchmarks/engine_peer/server.mjs`` (env ``ENGINE_URL``, ``POOL``, ``RIVETKIT_DIR``)
     rivetkit 2.3.19's own runtime serving the same two actors (see that file).
 ``python -m benchmarks.engine client MEASURE --port GUARD --side SIDE --pool POOL ...``
@@ -272,6 +279,24 @@ async def run_envoy(url: str, pool: str) -> None:
             async for _ in signals:
                 registry.request_shutdown()
                 break
+
+
+async def run_floor(url: str, pool: str) -> None:
+    """The floor envoy (see the module docstring) on ``pool``, until SIGTERM or SIGINT."""
+    from actorcore.engine.link import EnvoyOptions
+
+    from .engine_floor import FloorHandler
+
+    async with trio.open_nursery() as nursery:
+        floor = FloorHandler(EnvoyOptions(url=url, pool=pool), nursery)
+        await nursery.start(floor.link.run)
+        with trio.fail_after(RUNTIME_START_TIMEOUT):
+            await _poll(lambda: _pool_listed(url, pool))
+        print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
 
 
 async def _poll(done: Callable[[], Awaitable[bool]], interval: float = 0.05) -> None:
@@ -588,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     envoy = sub.add_parser("envoy")
     envoy.add_argument("--url", required=True)
     envoy.add_argument("--pool", required=True)
+    floor = sub.add_parser("floor")
+    floor.add_argument("--url", required=True)
+    floor.add_argument("--pool", required=True)
     client = sub.add_parser("client")
     client.add_argument(
         "measure", choices=["echo", "action", "connect_new", "connect_asleep", "aggregate"]
@@ -610,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     if a.cmd == "envoy":
         trio.run(run_envoy, a.url, a.pool)
+        return 0
+    if a.cmd == "floor":
+        trio.run(run_floor, a.url, a.pool)
         return 0
     t = time.process_time()
     result = trio.run(run_client, a)

@@ -1072,6 +1072,10 @@ NODELAY = "rivetkit_nodelay"
 """rivetkit again, with TCP_NODELAY forced on its sockets (``engine_peer/nodelay.c``): a
 second baseline for the echo and action rows (no target)."""
 
+FLOOR = "floor"
+"""The floor: an envoy that echoes at the link level, with no registry, actor or dispatcher
+(``benchmarks.engine floor``), the baseline of the floor rows (echo only, no target)."""
+
 RT_FIELDS = ("p50_ms", "p99_ms", "runtime_cpu_ms_per_rt", "engine_cpu_ms_per_rt")
 """Details of the round-trip rows: latency, and CPU of the runtime and of the engine."""
 
@@ -1082,8 +1086,8 @@ ENGINE_RUN_TIMEOUT = 120.0
 @attrs.define
 class EngineRig:
     """A running engine with, each in its own pool: one actorcore envoy (``actorcore``), two
-    actorcore envoys sharing a pool (``two``), rivetkit's runtime (``rivetkit``) and the same
-    with TCP_NODELAY forced (``rivetkit_nodelay``)."""
+    actorcore envoys sharing a pool (``two``), the floor envoy (``floor``), rivetkit's runtime
+    (``rivetkit``) and the same with TCP_NODELAY forced (``rivetkit_nodelay``)."""
 
     port: int
     engine_pid: int
@@ -1121,13 +1125,14 @@ def engine_rig(b: Bench) -> Iterator[EngineRig]:
             rig.pools[side] = pool
             started.append((side, proc))
 
-        def envoy(side: str, pool: str) -> None:
-            argv = ["-m", "benchmarks.engine", "envoy", "--url", engine.url, "--pool", pool]
-            start(side, pool, Proc(argv, None, b._log(f"envoy-{pool}")))
+        def envoy(side: str, pool: str, command: str = "envoy") -> None:
+            argv = ["-m", "benchmarks.engine", command, "--url", engine.url, "--pool", pool]
+            start(side, pool, Proc(argv, None, b._log(f"{command}-{pool}")))
 
         envoy("actorcore", "ac1")
         envoy("two", "ac2")
         envoy("two", "ac2")
+        envoy(FLOOR, "fl", "floor")
         if rivetkit_dir is not None:
 
             def peer(side: str, pool: str, **extra: str) -> None:
@@ -1163,7 +1168,8 @@ def engine_rig(b: Bench) -> Iterator[EngineRig]:
 def _engine_client(b: Bench, rig: EngineRig, measure: str, side: str, *args: Any) -> dict[str, Any]:
     """One measurement (``benchmarks.engine client``) in a process of its own; its result with
     the CPU seconds the runtime(s) of ``side`` and the engine spent meanwhile."""
-    runtime = {"two": "actorcore", NODELAY: "rivetkit"}.get(side, side)
+    # The floor is reached like actorcore's envoy: the actor echo, its raw route /ws.
+    runtime = {"two": "actorcore", FLOOR: "actorcore", NODELAY: "rivetkit"}.get(side, side)
     argv = ["-m", "benchmarks.engine", "client", measure, "--port", str(rig.port),
             "--side", runtime, "--pool", rig.pools[side], "--timeout", str(ENGINE_RUN_TIMEOUT),
             *map(str, args)]  # fmt: skip
@@ -1194,7 +1200,8 @@ def _engine_client(b: Bench, rig: EngineRig, measure: str, side: str, *args: Any
 
 def w_engine(b: Bench) -> list[dict[str, Any]]:
     """Issue 19: through one real Rivet engine and the same Python client, actorcore's envoy
-    against rivetkit's own runtime (node), and one actorcore envoy against two."""
+    against rivetkit's own runtime (node), and one actorcore envoy against two; the echo of
+    both against the floor (an envoy link echoing without an actor)."""
     s = b.sizes
     measures: dict[str, list[Any]] = {
         "echo": ["--duration", s.engine_rt_s, "--warmup", s.engine_warmup],
@@ -1214,6 +1221,8 @@ def w_engine(b: Bench) -> list[dict[str, Any]]:
                     runs.append("two")
                 if measure in ("echo", "action") and NODELAY in rig.pools:
                     runs.append(NODELAY)
+                if measure == "echo":
+                    runs.append(FLOOR)
                 for side in runs:
                     # The aggregate's actors are made once and used by every repetition.
                     tag = side if measure == "aggregate" else f"{side}-{rep}"
@@ -1229,7 +1238,7 @@ def w_engine(b: Bench) -> list[dict[str, Any]]:
 
     def details(measure: str, *fields: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for side in (*ENGINE_SIDES, NODELAY, "two"):
+        for side in (*ENGINE_SIDES, NODELAY, FLOOR, "two"):
             for f in (*fields, "runtime_cpu_s", "engine_cpu_s"):
                 values = col(measure, side, f)
                 if values is not None and any(v not in (None, []) for v in values):
@@ -1283,6 +1292,34 @@ def w_engine(b: Bench) -> list[dict[str, Any]]:
                 extra={
                     k: v for k, v in details(measure, *RT_FIELDS).items() if k.startswith(NODELAY)
                 },
+            )
+        )
+    floor_label = "baseline: the floor: the envoy link echoing without an actor"
+    floor_details = {k: v for k, v in details("echo", *RT_FIELDS).items() if k.startswith(FLOOR)}
+    rows.append(
+        row(
+            f"engine: echo round trip, 32 B ({floor_label})",
+            "msgs/s",
+            "msgs/s",
+            col("echo", "actorcore", "per_s") or [],
+            col("echo", FLOOR, "per_s"),
+            "-",
+            None,
+            extra=floor_details,
+        )
+    )
+    rivetkit_echo = col("echo", "rivetkit", "per_s")
+    if rivetkit_echo is not None:
+        rows.append(
+            row(
+                f"engine: echo round trip, 32 B, rivetkit's runtime in the actorcore column "
+                f"({floor_label})",
+                "msgs/s",
+                "msgs/s",
+                rivetkit_echo,
+                col("echo", FLOOR, "per_s"),
+                "-",
+                None,
             )
         )
     rows.extend(
