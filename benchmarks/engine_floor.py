@@ -11,12 +11,13 @@ a runtime that does (almost) nothing would get: the engine's share of the round 
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Final
 
 import trio
 
 from actorcore.engine.bare import Variant
 from actorcore.engine.link import EngineUnavailable, EnvoyLink, EnvoyOptions
+from actorcore.engine.messages_v8 import MessageId, ToEnvoyTunnelMessage
 
 __all__ = ["ACTOR_NAMES", "FloorHandler"]
 
@@ -49,7 +50,7 @@ class FloorHandler:
         if command.tag == "CommandStopActor":
             self.link.forget_generation(actor_id, generation)
 
-    def on_tunnel(self, message: dict[str, Any]) -> None:
+    def on_tunnel(self, message: ToEnvoyTunnelMessage) -> None:
         """Open: accepted (not hibernatable). Message: sent back as it came. Close:
         forgotten. HTTP requests are not served."""
         message_id = message["messageId"]
@@ -85,8 +86,11 @@ class FloorHandler:
         index = 0
         async with receive:
             async for kind in receive:
-                message_id = {"gatewayId": gateway_id, "requestId": request_id,
-                              "messageIndex": index}  # fmt: skip
+                message_id: MessageId = {
+                    "gatewayId": gateway_id,
+                    "requestId": request_id,
+                    "messageIndex": index,
+                }
                 index = (index + 1) % _INDEX_SPACE
                 try:
                     await self.link.send_tunnel(message_id, kind)
