@@ -175,6 +175,8 @@ class LinkStatistics:
     pings: int = 0
     tunnel_in: int = 0
     tunnel_out: int = 0
+    handler_errors: int = 0
+    """Commands and tunnel messages whose handler raised (logged; the link stays up)."""
 
 
 @attrs.define(eq=False)
@@ -382,7 +384,12 @@ class EnvoyLink:
             tag = message.tag
             if tag == "ToEnvoyTunnelMessage":
                 self.stats.tunnel_in += 1
-                self._handler.on_tunnel(message.val)
+                try:
+                    self._handler.on_tunnel(message.val)
+                except Exception:
+                    # One request's failure must not take the link, and every actor, down.
+                    self.stats.handler_errors += 1
+                    log.exception("the envoy's handler failed on a tunnel message")
             elif tag == "ToEnvoyPing":
                 self.stats.pings += 1
                 await self._send_raw(ws, Variant("ToRivetPong", {"ts": message.val["ts"]}))
@@ -430,7 +437,12 @@ class EnvoyLink:
             self._seen[slot] = index
             self._to_ack[slot] = index
             self.stats.commands += 1
-            self._handler.on_command(slot[0], slot[1], wrapper["inner"])
+            try:
+                self._handler.on_command(slot[0], slot[1], wrapper["inner"])
+            except Exception:
+                # The engine times out a start nobody answers and places the actor again.
+                self.stats.handler_errors += 1
+                log.exception("the envoy's handler failed on %s", wrapper["inner"].tag)
 
     async def _ack_loop(self, ws: WebSocketConnection) -> None:
         while True:

@@ -128,7 +128,7 @@ class TunnelRequests:
         path = start["path"] if start["path"].startswith("/") else "/" + start["path"]
         target = f"/actors/by-id/{quote(start['actorId'], safe='')}{path}"
         headers = tuple(
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            (name.lower().encode("latin-1", "replace"), value.encode("latin-1", "replace"))
             for name, value in start["headers"].items()
         )
         request = _Request(

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 import trio
+from trio_websocket import ConnectionClosed
 
 from actorcore.engine.admin import EngineAdmin
 from actorcore.engine.bare import Variant
@@ -507,3 +508,69 @@ async def test_under_a_short_lost_threshold_a_half_open_link_stops_its_actors_in
                 proxy.cut()
     finally:
         stop_engine(own)
+
+
+@attrs.define(eq=False)
+class Faulty(Recorder):
+    """A handler with a bug: it raises on its first command and on every tunnel message."""
+
+    raised: int = 0
+
+    def on_command(self, actor_id: str, generation: int, command: Variant) -> None:
+        super().on_command(actor_id, generation, command)
+        if len(self.commands) == 1:
+            self.raised += 1
+            raise RuntimeError("a bug in the handler")
+
+    def on_tunnel(self, message: dict[str, Any]) -> None:
+        super().on_tunnel(message)
+        self.raised += 1
+        raise RuntimeError("a bug in the handler")
+
+
+async def test_a_handler_that_raises_does_not_take_the_link_down(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = "l-faulty"
+    resource = (
+        f"/gateway/{NAME}/connect?rvt-namespace=default&rvt-method=getOrCreate"
+        f"&rvt-runner={pool}&rvt-key=f&rvt-crash-policy=sleep"
+    )
+    handler = Faulty()
+    with trio.fail_after(TEST_TIMEOUT):
+        async with (
+            EnvoyLink.open(EnvoyOptions(url=engine.url, pool=pool), handler, [NAME]) as link,
+            trio.open_nursery() as nursery,
+        ):
+            actor_id = await start_actor(engine, link, handler, pool, "f")
+            assert handler.raised == 1
+
+            async def client() -> None:
+                async with tcp_websocket(
+                    port_of(engine.url), resource, subprotocols=["rivet"]
+                ) as ws:
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await ws.get_message()
+                    assert closed.value.reason.code == 1000
+
+            nursery.start_soon(client)
+            opened = await handler.wait_for(lambda: tunnel_of(handler, "ToEnvoyWebSocketOpen"))
+            assert handler.raised == 2
+            # Still the first connection, and it still serves: a KV round trip.
+            put = await link.kv(
+                actor_id, Variant("KvPutRequest", {"keys": [b"k"], "values": [b"v"]})
+            )
+            assert put.tag == "KvPutResponse"
+            assert (link.connected, link.stats.connects, link.stats.handler_errors) == (True, 1, 2)
+            assert "the envoy's handler failed" in caplog.text
+            # End the gateway's request (or the engine would wait for it when it stops).
+            request = opened[0]["messageId"]
+            for index, kind in enumerate(
+                [
+                    Variant("ToRivetWebSocketOpen", {"canHibernate": False}),
+                    Variant(
+                        "ToRivetWebSocketClose", {"code": 1000, "reason": None, "hibernate": False}
+                    ),
+                ]
+            ):
+                await link.send_tunnel({**request, "messageIndex": index}, kind)
