@@ -230,4 +230,8 @@ class TunnelRequests:
         except (EngineUnavailable, trio.TooSlowError):
             log.info("could not send an HTTP answer through the gateway: the link is down")
             return
+        except Exception:
+            # A bug here must not end the runtime's nursery, and with it every actor.
+            log.exception("could not send an HTTP answer through the gateway")
+            return
         self._answered += 1
