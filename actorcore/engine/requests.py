@@ -67,7 +67,6 @@ class RequestStatistics:
 class _Request:
     """One request in flight: its body so far, and the scope its answer runs in."""
 
-    actor_id: str
     method: str
     path: str
     headers: tuple[tuple[bytes, bytes], ...]
@@ -132,7 +131,6 @@ class TunnelRequests:
             for name, value in start["headers"].items()
         )
         request = _Request(
-            actor_id=start["actorId"],
             method=start["method"].upper(),
             path=target,
             headers=headers,

@@ -6,6 +6,8 @@ by a request."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -58,15 +60,25 @@ def port_of(engine: Engine) -> int:
     return int(engine.url.rsplit(":", 1)[1])
 
 
+@asynccontextmanager
+async def envoy(engine: Engine, pool: str) -> AsyncIterator[EngineRuntime]:
+    """An envoy of ``engine`` serving this module's ``Tally`` in ``pool``."""
+    registry = actorcore.Registry([Tally])
+    runtime = EngineRuntime(registry, EnvoyOptions(url=engine.url, pool=pool))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(runtime.run)
+        try:
+            yield runtime
+        finally:
+            registry.request_shutdown()
+
+
 async def test_actions_and_on_request_through_the_gateway(engine: Engine) -> None:
     pool = "p-http"
     way = Gateway(pool=pool)
     port = port_of(engine)
-    registry = actorcore.Registry([Tally])
-    runtime = EngineRuntime(registry, EnvoyOptions(url=engine.url, pool=pool))
     with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(runtime.run)
+        async with envoy(engine, pool) as runtime:
             add = way.path("tally", "h", "/actions/add")
             reply = await request(port, "POST", add, body=b'{"args": [2]}')
             assert (reply.status, reply.json()) == (200, {"output": 2}), reply
@@ -114,18 +126,15 @@ async def test_actions_and_on_request_through_the_gateway(engine: Engine) -> Non
 
             stats = runtime.requests.statistics()
             assert stats.answered >= 9 and stats.in_flight == 0
-            registry.request_shutdown()
 
 
 async def test_a_request_wakes_a_sleeping_actor_as_its_next_generation(engine: Engine) -> None:
     pool = "p-http-wake"
     way = Gateway(pool=pool)
     port = port_of(engine)
-    registry = actorcore.Registry([Tally])
-    runtime = EngineRuntime(registry, EnvoyOptions(url=engine.url, pool=pool))
     with trio.fail_after(TEST_TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(runtime.run)
+        async with envoy(engine, pool) as runtime:
+            registry = runtime.registry
             add = way.path("tally", "w", "/actions/add")
             assert (await request(port, "POST", add, body=b'{"args": [7]}')).json() == {"output": 7}
             (entry,) = [e for e in host_of(registry).entries() if e.key == "w"]
@@ -135,4 +144,3 @@ async def test_a_request_wakes_a_sleeping_actor_as_its_next_generation(engine: E
             assert info.json()["output"]["generation"] == 2, info
             reply = await request(port, "POST", add, body=b'{"args": [1]}')
             assert reply.json() == {"output": 8}
-            registry.request_shutdown()
