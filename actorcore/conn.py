@@ -185,7 +185,7 @@ class Conn:
         """Send a message: as is on a raw connection (str or bytes); on a protocol connection
         as ``{"type": "message", "data": message}`` (``message`` must be JSON-serialisable)."""
         frame = self._encode_message(message)
-        if self.journal is not None:
+        if self.journal is not None or self.gate is not None:
             assert isinstance(frame, str)
             await self.send_output(frame)
         else:
@@ -194,7 +194,7 @@ class Conn:
     def send_nowait(self, message: Any) -> None:
         """Queue a message without waiting; a full outbox closes the connection with 1013."""
         frame = self._encode_message(message)
-        if self.journal is not None:
+        if self.journal is not None or self.gate is not None:
             assert isinstance(frame, str)
             self.output(frame)
         else:
@@ -280,7 +280,8 @@ class Conn:
     def output(self, frame: str, action_id: int | str | None = None) -> None:
         """Queue an output (an event, a message, an answer) of a resumable connection: kept
         in its journal (numbered, if its client asked) and held by the output gate until the
-        state is durable; without a journal it is queued as is. Never waits."""
+        state is durable; without a journal it is queued as is (behind the gate, if the
+        connection has one). Never waits."""
         journal = self.journal
         if journal is None:
             self.deliver(frame)

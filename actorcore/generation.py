@@ -792,7 +792,7 @@ class Generation:
             if conn.kind is ConnKind.PROTOCOL and event in conn.subscriptions:
                 if frame is None:
                     frame = jsoncodec.dumps({"type": "event", "name": event, "args": args})
-                if conn.journal is None:
+                if conn.journal is None and conn.gate is None:
                     conn.queue_frame(frame)
                 else:
                     conn.output(frame)

@@ -265,10 +265,8 @@ async def _answer(conn: Conn, frame: ActionRequest, reply: str) -> None:
     """Send an action's answer: recorded in a resumable connection's journal (a resent id is
     answered from there; numbered if the client asked), held by the output gate if any."""
     journal = conn.journal
-    if journal is None:
-        await conn.send_frame(reply)
-        return
-    journal.end(frame.id)
+    if journal is not None:
+        journal.end(frame.id)
     await conn.send_output(reply, frame.id)
 
 
@@ -738,6 +736,10 @@ class _ConnHandler:
             conn.journal.on_change = functools.partial(entry.note_conn, conn)
             conn.gate = self._gate(entry, gen)
             entry.note_conn(conn)
+        else:
+            # A durable store that keeps no connection records (the engine's): no resume,
+            # but an answer still leaves only once the state it follows is durable.
+            conn.gate = self._gate(entry, gen)
         conn.queue_frame(
             encode_init(
                 entry.actor_id, conn.id, gen.number, None if token is None else str(token), resumed
