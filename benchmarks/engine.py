@@ -4,7 +4,8 @@ the load generator, all on loopback.
 ``python -m benchmarks.engine envoy --url URL --pool POOL``
     actorcore's envoy: an :class:`~actorcore.engine.runtime.EngineRuntime` serving ``echo``
     (a raw WebSocket echo on ``/ws``; the message ``__sleep`` makes the actor sleep) and
-    ``counter`` (the action ``increment``). Prints ``{"ready": true, "pid": PID}`` once the
+    ``counter`` (the action ``increment``; ``counter-ungated`` the same with
+    ``durable_outputs=False``). Prints ``{"ready": true, "pid": PID}`` once the
     engine lists it, then runs until SIGTERM (a drain).
 ``python -m benchmarks.engine floor --url URL --pool POOL``
     the floor: an envoy with no registry, no actor and no dispatcher
@@ -79,6 +80,8 @@ ASLEEP_TIMEOUT: Final = 15.0
 are not by then are not measured, and listed in ``setup_failed``)."""
 
 SLEEP_MESSAGE: Final = "__sleep"
+UNGATED_COUNTER: Final = "counter-ungated"
+"""actorcore's counter with ``durable_outputs=False`` (answers do not wait for the save)."""
 
 ENGINE_ENV: Final = {
     "RIVET__TELEMETRY__ENABLED": "false",
@@ -251,7 +254,7 @@ def _registry() -> Any:
 
     class Counter(Actor):
         name = "counter"
-        options = long
+        options = long  # durable_outputs: an answer waits for its save to the engine's KV
 
         def create_state(self, ctx: ActorContext, input: Any) -> Any:
             return {"count": 0}
@@ -261,7 +264,11 @@ def _registry() -> Any:
             ctx.state["count"] += by
             return int(ctx.state["count"])
 
-    return actorcore.Registry([Echo, Counter])
+    class UngatedCounter(Counter):
+        name = UNGATED_COUNTER
+        options = attrs.evolve(long, durable_outputs=False)  # answers leave at once
+
+    return actorcore.Registry([Echo, Counter, UngatedCounter])
 
 
 async def run_envoy(url: str, pool: str) -> None:
@@ -336,13 +343,16 @@ class Side:
     name: str
     pool: str
     port: int
+    counter: str = "counter"
+    """The actor the action rows call (actorcore: ``counter``, gated, or
+    ``counter-ungated``)."""
 
     def raw(self, key: str) -> str:
         path = "ws" if self.name == "actorcore" else "websocket"
         return f"/gateway/echo/{path}?{_query(self.pool, key)}"
 
     def connect(self, key: str) -> str:
-        return f"/gateway/counter/connect?{_query(self.pool, key)}"
+        return f"/gateway/{self.counter}/connect?{_query(self.pool, key)}"
 
     @property
     def protocols(self) -> list[str]:
@@ -588,7 +598,7 @@ async def _hold(
 
 
 async def run_client(a: argparse.Namespace) -> dict[str, Any]:
-    sides = [Side(a.side, pool, a.port) for pool in a.pool]
+    sides = [Side(a.side, pool, a.port, a.counter) for pool in a.pool]
     side = sides[0]
     url = f"http://{HOST}:{a.port}"
     job: Callable[[], Awaitable[dict[str, Any]]]
@@ -634,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds of round trips (echo, action, aggregate)",
     )
     client.add_argument("--tag", default=uuid.uuid4().hex[:8], help="makes the actor keys")
+    client.add_argument(
+        "--counter", default="counter", help="the actor of the action rows (actorcore's side)"
+    )
     client.add_argument("--timeout", type=float, default=HARD_TIMEOUT)
     a = parser.parse_args(argv)
     if a.cmd == "envoy":

@@ -1072,6 +1072,10 @@ NODELAY = "rivetkit_nodelay"
 """rivetkit again, with TCP_NODELAY forced on its sockets (``engine_peer/nodelay.c``): a
 second baseline for the echo and action rows (no target)."""
 
+UNGATED = "actorcore_ungated"
+"""actorcore's envoy again, its counter with ``durable_outputs=False``: the action row's
+answers then leave without waiting for their save to the engine (no target)."""
+
 FLOOR = "floor"
 """The floor: an envoy that echoes at the link level, with no registry, actor or dispatcher
 (``benchmarks.engine floor``), the baseline of the floor rows (echo only, no target)."""
@@ -1161,6 +1165,8 @@ def engine_rig(b: Bench) -> Iterator[EngineRig]:
                 rig.pools.pop(side, None)
                 continue
             rig.pids.setdefault(side, []).append(int(info["pid"]))
+        rig.pools[UNGATED] = rig.pools["actorcore"]  # the same envoy, another actor
+        rig.pids[UNGATED] = rig.pids["actorcore"]
         b.mark("engine: engine and runtimes up", t)
         yield rig
 
@@ -1169,10 +1175,14 @@ def _engine_client(b: Bench, rig: EngineRig, measure: str, side: str, *args: Any
     """One measurement (``benchmarks.engine client``) in a process of its own; its result with
     the CPU seconds the runtime(s) of ``side`` and the engine spent meanwhile."""
     # The floor is reached like actorcore's envoy: the actor echo, its raw route /ws.
-    runtime = {"two": "actorcore", FLOOR: "actorcore", NODELAY: "rivetkit"}.get(side, side)
+    runtime = {"two": "actorcore", FLOOR: "actorcore", NODELAY: "rivetkit", UNGATED: "actorcore"}
     argv = ["-m", "benchmarks.engine", "client", measure, "--port", str(rig.port),
-            "--side", runtime, "--pool", rig.pools[side], "--timeout", str(ENGINE_RUN_TIMEOUT),
-            *map(str, args)]  # fmt: skip
+            "--side", runtime.get(side, side), "--pool", rig.pools[side],
+            "--timeout", str(ENGINE_RUN_TIMEOUT), *map(str, args)]  # fmt: skip
+    if side == UNGATED:
+        from .engine import UNGATED_COUNTER
+
+        argv += ["--counter", UNGATED_COUNTER]
     pids = [*rig.pids[side], rig.engine_pid]
     before = [_cpu(pid) for pid in pids]
     proc = Proc(argv, None, b._log(f"client-{measure}-{side}"))
@@ -1223,6 +1233,8 @@ def w_engine(b: Bench) -> list[dict[str, Any]]:
                     runs.append(NODELAY)
                 if measure == "echo":
                     runs.append(FLOOR)
+                if measure == "action" and UNGATED in rig.pools:
+                    runs.append(UNGATED)
                 for side in runs:
                     # The aggregate's actors are made once and used by every repetition.
                     tag = side if measure == "aggregate" else f"{side}-{rep}"
@@ -1238,7 +1250,7 @@ def w_engine(b: Bench) -> list[dict[str, Any]]:
 
     def details(measure: str, *fields: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for side in (*ENGINE_SIDES, NODELAY, FLOOR, "two"):
+        for side in (*ENGINE_SIDES, NODELAY, UNGATED, FLOOR, "two"):
             for f in (*fields, "runtime_cpu_s", "engine_cpu_s"):
                 values = col(measure, side, f)
                 if values is not None and any(v not in (None, []) for v in values):
@@ -1291,6 +1303,23 @@ def w_engine(b: Bench) -> list[dict[str, Any]]:
                 None,
                 extra={
                     k: v for k, v in details(measure, *RT_FIELDS).items() if k.startswith(NODELAY)
+                },
+            )
+        )
+    ungated_action = col("action", UNGATED, "per_s")
+    if ungated_action is not None:
+        rows.append(
+            row(
+                "engine: action round trip, increment over /connect, actorcore with "
+                f"durable_outputs=False ({base_label})",
+                "round trips/s",
+                "rt/s",
+                ungated_action,
+                col("action", "rivetkit", "per_s"),
+                "-",
+                None,
+                extra={
+                    k: v for k, v in details("action", *RT_FIELDS).items() if k.startswith(UNGATED)
                 },
             )
         )
