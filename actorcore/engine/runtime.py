@@ -127,6 +127,7 @@ class EngineRuntime:
         """Hibernating sockets the engine listed in an actor's start, until it has started."""
         self._nursery: trio.Nursery | None = None
         self.store.conn_records = self._conn_records
+        self.store.conn_ids = self._conn_ids
 
     async def run(
         self, *, task_status: trio.TaskStatus[EngineRuntime] = trio.TASK_STATUS_IGNORED
@@ -247,6 +248,8 @@ class EngineRuntime:
 
     def _transitioned(self, actor_id: str, old: LifecycleState, new: LifecycleState) -> None:
         held = self.store.held(actor_id)
+        if new in _ENDED_BY_FINALIZE:
+            self.store.finalizing.add(actor_id)  # the final save writes the records whatever
         if held is not None and old is S.LOADING and new is S.STARTED:
             self.link.queue_event(
                 actor_id,
@@ -383,6 +386,11 @@ class EngineRuntime:
         socket = TunnelSocket(self.link, gateway_id, request_id, hibernatable=True, restored=True)
         self._sockets[socket.key] = socket
         return socket
+
+    def _conn_ids(self, actor_id: str) -> frozenset[str]:
+        """The ids of the actor's connections (a change writes their records again)."""
+        entry = host_of(self.registry).entry(actor_id)
+        return frozenset(conn.id for conn in entry.conns) if entry is not None else frozenset()
 
     def _conn_records(self, actor_id: str) -> list[dict[str, Any]]:
         """The actor's hibernatable tunnelled connections, as saved with its state."""

@@ -47,7 +47,8 @@ ALARMS_KEY: Final = b"actorcore/alarms"
 """The actor's pending alarms (JSON), loaded with it when it starts on an envoy."""
 CONNS_KEY: Final = b"actorcore/conns"
 """The actor's hibernating connections (id, params, state, subscriptions, gateway ids),
-written with every save: the next generation takes them back, wherever it runs."""
+written with its saves (see :data:`CONN_RECORDS_INTERVAL`): the next generation takes them
+back, wherever it runs."""
 
 
 class KvClient(Protocol):
@@ -67,6 +68,11 @@ class StartedActor:
     key: str
     generation: int
     input: bytes | None
+
+
+#: The connection records of an actor are written with its saves at most this often (seconds),
+#: besides the saves after its connections changed and those of a finalizing generation.
+CONN_RECORDS_INTERVAL: Final = 1.0
 
 
 class EngineStore(Store):
@@ -92,6 +98,13 @@ class EngineStore(Store):
         """Every actor the engine started here (identity for lookups; kept after release)."""
         self.conn_records: Callable[[str], list[dict[str, Any]]] | None = None
         """Gives the records of an actor's hibernatable connections, saved with its state."""
+        self.conn_ids: Callable[[str], frozenset[str]] | None = None
+        """Gives the ids of those connections (cheap: decides whether the records are due)."""
+        self.finalizing: set[str] = set()
+        """Actors whose generation is finalizing here: their next save is the last, and
+        writes the connection records whatever their age."""
+        self._records_written: dict[str, tuple[float, frozenset[str]]] = {}
+        """When the connection records of each actor were last written, and of which ids."""
         self.hibernated: dict[str, list[dict[str, Any]]] = {}
         self._alarms: dict[str, AlarmRecord] = {}
         self._alarms_of: dict[str, set[str]] = {}
@@ -114,10 +127,14 @@ class EngineStore(Store):
     def release(self, actor_id: str) -> None:
         """The generation ended here (or the link was lost): no more writes for it."""
         self._held.pop(actor_id, None)
+        self._records_written.pop(actor_id, None)
+        self.finalizing.discard(actor_id)
 
     def release_all(self) -> None:
         """Release every actor (the link to the engine is lost)."""
         self._held.clear()
+        self._records_written.clear()
+        self.finalizing.clear()
 
     def held(self, actor_id: str) -> StartedActor | None:
         """The generation held for the actor, if any."""
@@ -344,12 +361,34 @@ class EngineStore(Store):
         }
         keys = [META_KEY, STATE_KEY]
         values = [json.dumps(meta).encode(), state]
-        if self.conn_records is not None:
+        records = self._records_due(actor_id)
+        if records is not None and self.conn_records is not None:
             keys.append(CONNS_KEY)
             values.append(json.dumps(self.conn_records(actor_id)).encode())
         put: KvPutRequest = {"keys": keys, "values": values}
         await self._kv(actor_id, Variant("KvPutRequest", put))
         self.writes += 1
+        if records is not None:
+            self._records_written[actor_id] = (trio.current_time(), records)
+
+    def _records_due(self, actor_id: str) -> frozenset[str] | None:
+        """The ids of the connections whose records this save writes, or None if they need
+        not be written again: they are written when the set of connections changed, in a
+        finalizing generation's saves, and otherwise at most every
+        :data:`CONN_RECORDS_INTERVAL` (with the output gate, an actor saves with every answer
+        it makes, and its records grow with its connections)."""
+        if self.conn_records is None:
+            return None
+        ids = self.conn_ids(actor_id) if self.conn_ids is not None else frozenset()
+        last = self._records_written.get(actor_id)
+        if (
+            last is None
+            or actor_id in self.finalizing
+            or last[1] != ids
+            or trio.current_time() - last[0] >= CONN_RECORDS_INTERVAL
+        ):
+            return ids
+        return None
 
     async def save_many(self, items: list[SaveItem]) -> list[ActorError | None]:
         """Save several actors at once (the output gate's batches): each actor's KV is its
