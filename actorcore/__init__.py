@@ -43,6 +43,7 @@ from .errors import LifecycleError as LifecycleError
 from .errors import MessageTooLarge as MessageTooLarge
 from .errors import ResumeRefused as ResumeRefused
 from .errors import RuntimeShutdown as RuntimeShutdown
+from .errors import SaveTimeout as SaveTimeout
 from .errors import ScheduleError as ScheduleError
 from .errors import ScheduleLimit as ScheduleLimit
 from .errors import StaleGeneration as StaleGeneration
@@ -129,6 +130,7 @@ __all__ = [
     "ResumeRefused",
     "RuntimeShutdown",
     "SQLiteStore",
+    "SaveTimeout",
     "Schedule",
     "ScheduleError",
     "ScheduleLimit",

@@ -212,6 +212,15 @@ class StaleGeneration(StoreError):
     retryable = False
 
 
+class SaveTimeout(StoreError):
+    """An action ran, but the save its answer waits for (the output gate,
+    ``durable_outputs``) did not commit in time: its outcome is unknown, so it is not
+    retryable as is (HTTP 503)."""
+
+    code = "store.save_timeout"
+    retryable = False
+
+
 class LifecycleError(ActorError):
     """An event is not allowed in the current lifecycle state (a bug, never a user input)."""
 

@@ -68,6 +68,7 @@ from .handle import ActorHandle
 from .lifecycle import LifecycleEvent, LifecycleState, WorkKind
 from .lookup import ActorLookup
 from .options import ActorOptions
+from .outputgate import OutputGate
 from .ratelimit import CreateRate, TokenBuckets
 from .store.base import ActorRecord, AlarmRecord, Store
 from .store.memory import MemoryStore
@@ -1159,6 +1160,17 @@ class RegistryHost:
         background work of generations, which have no nursery of their own)."""
         assert self._nursery is not None, "the registry is not running"
         self._nursery.start_soon(async_fn, *args, name=name)
+
+    def output_gate(self, entry: ActorEntry, gen: Generation) -> OutputGate | None:
+        """The actor's output gate, made on first use, if its outputs wait for durable state
+        (``durable_outputs`` on a durable store); None otherwise."""
+        if not (entry.definition.options.durable_outputs and self.store.durable):
+            return None
+        gate = entry.gate
+        if gate is None:
+            gate = entry.gate = OutputGate()
+            gen.hold_outputs(gate)
+        return gate
 
     def stop_generation(self, gen: Generation) -> None:
         """Run a started generation's grace and finalize (a GenerationHost method)."""

@@ -16,8 +16,11 @@ does):
 * ``256 connections`` on 64 actors: bigger batches, a CPU-bound server;
 * ``64 connections`` on one actor: one actor's saves cover every answer made before they began.
 
+``--http``: the same workloads as HTTP actions (``POST .../actions/increment`` on keep-alive
+connections), whose answers the gate holds too.
+
 Prints a Markdown table (median [min - max] of the runs, and the gated/ungated ratio) and
-writes ``benchmarks/results/gate.json``.
+writes ``benchmarks/results/gate.json`` (``gate-http.json``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import h11
 import trio
 from trio_websocket import open_websocket
 
@@ -126,6 +130,53 @@ async def load(port: int, conns: int, actors: int, seconds: float) -> dict[str, 
     }
 
 
+async def load_http(port: int, conns: int, actors: int, seconds: float) -> dict[str, Any]:
+    """The same calls as HTTP actions (``POST /actors/counter/{key}/actions/increment``), one
+    at a time on each keep-alive connection (opened again when the server ends it, after
+    ``http_max_requests``)."""
+    done = 0
+    latencies: list[float] = []
+    stop_at = trio.current_time() + seconds
+
+    async def one(i: int) -> None:
+        nonlocal done
+        target = f"/actors/counter/k{i % actors}/actions/increment"
+        headers = [("host", f"127.0.0.1:{port}"), ("content-length", "0")]
+        while trio.current_time() < stop_at:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                conn = h11.Connection(h11.CLIENT)
+                while trio.current_time() < stop_at:
+                    started = time.perf_counter()
+                    data = conn.send(h11.Request(method="POST", target=target, headers=headers))
+                    await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))
+                    while True:
+                        event = conn.next_event()
+                        if event is h11.NEED_DATA:
+                            conn.receive_data(await stream.receive_some(65536))
+                        elif isinstance(event, h11.Response):
+                            assert event.status_code == 200, event
+                        elif isinstance(event, h11.EndOfMessage):
+                            break
+                    latencies.append(time.perf_counter() - started)
+                    done += 1
+                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                        break  # the server closes this connection: open another
+                    conn.start_next_cycle()
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(conns):
+            nursery.start_soon(one, i)
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "calls_per_s": done / elapsed,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+    }
+
+
 # ---------------------------------------------------------------------------- driver
 
 
@@ -133,7 +184,9 @@ def _pinned(cpu: int, argv: list[str]) -> list[str]:
     return ["taskset", "-c", str(cpu), *argv] if (os.cpu_count() or 1) > 1 else argv
 
 
-def run_cell(gated: bool, conns: int, actors: int, seconds: float) -> dict[str, Any]:
+def run_cell(
+    gated: bool, conns: int, actors: int, seconds: float, http: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         db = str(Path(tmp) / "gate.db")
         server = subprocess.Popen(
@@ -165,6 +218,7 @@ def run_cell(gated: bool, conns: int, actors: int, seconds: float) -> dict[str, 
                         str(actors),
                         "--seconds",
                         str(seconds),
+                        *(["--http"] if http else []),
                     ],
                 ),
                 capture_output=True,
@@ -196,13 +250,17 @@ def main() -> int:
     parser.add_argument("--actors", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--for", dest="serve_for", type=float, default=0.0)
+    parser.add_argument(
+        "--http", action="store_true", help="HTTP actions instead of WebSocket calls"
+    )
     a = parser.parse_args()
     if a.mode == "serve":
         pin(SERVER_CPU)
         trio.run(serve, a.port, a.db, a.gated, a.serve_for)
         return 0
     if a.mode == "load":
-        print(json.dumps(trio.run(load, a.port, a.conns, a.actors, a.seconds)))
+        generate = load_http if a.http else load
+        print(json.dumps(trio.run(generate, a.port, a.conns, a.actors, a.seconds)))
         return 0
     reps = a.reps or (1 if a.quick else 3)
     seconds = 2.0 if a.quick else 5.0
@@ -218,7 +276,7 @@ def main() -> int:
         runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
         for _ in range(reps):
             for gated in (True, False):
-                runs[gated].append(run_cell(gated, conns, actors, seconds))
+                runs[gated].append(run_cell(gated, conns, actors, seconds, a.http))
         gated_rate = [r["calls_per_s"] for r in runs[True]]
         plain_rate = [r["calls_per_s"] for r in runs[False]]
         ratio = statistics.median(gated_rate) / statistics.median(plain_rate)
@@ -237,7 +295,7 @@ def main() -> int:
             flush=True,
         )
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "gate.json").write_text(
+    (RESULTS / ("gate-http.json" if a.http else "gate.json")).write_text(
         json.dumps({"started": started, "reps": reps, "seconds": seconds, "rows": rows}, indent=1)
     )
     return 0

@@ -37,6 +37,7 @@ from ..errors import (
     InvalidMessage,
     MessageTooLarge,
     RuntimeShutdown,
+    SaveTimeout,
     StoreError,
 )
 from ..generation import ActorEntry, Generation
@@ -62,6 +63,8 @@ AUTHORIZE_TIMEOUT: Final = 10.0
 RETRY_AFTER: Final = "1"
 #: How long a browser may cache a CORS preflight answer.
 PREFLIGHT_MAX_AGE: Final = "600"
+#: Bound on an answer's wait for the save that makes it durable (the output gate).
+DURABLE_ANSWER_TIMEOUT: Final = 10.0
 
 _STATUS_BY_ERROR: Final[tuple[tuple[type[ActorError], int], ...]] = (
     (ActionNotFound, 404),
@@ -395,10 +398,28 @@ class HttpApp:
             )
             raise InternalError("the action raised") from None
         try:
-            return _json_answer(200, {"output": output})
+            answer = _json_answer(200, {"output": output})
         except (TypeError, ValueError):
             log.exception("action %r returned a value that is not JSON", route.action)
             raise InternalError("the action's output is not JSON-serialisable") from None
+        await self._durable(entry, gen)
+        return answer
+
+    async def _durable(self, entry: ActorEntry, gen: Generation) -> None:
+        """With the output gate (``durable_outputs`` on a durable store), an answer leaves
+        only once the state it follows is saved, as on a protocol connection."""
+        gate = self.host.output_gate(entry, gen)
+        if gate is None:
+            await trio.lowlevel.checkpoint()
+            return
+        ticket = gate.ticket()
+        with trio.move_on_after(DURABLE_ANSWER_TIMEOUT):
+            await gate.wait(ticket)
+            return
+        raise SaveTimeout(
+            f"the state was not saved within {DURABLE_ANSWER_TIMEOUT:g} s of the answer: "
+            "the request's outcome is unknown"
+        )
 
     async def _handler(self, route: HttpRoute, exchange: HttpExchange) -> HttpAnswer:
         request = self._connect_request(route, exchange)
@@ -444,6 +465,7 @@ class HttpApp:
         if not isinstance(response, Response) or not 200 <= response.status <= 599:
             log.error("actor %s: on_request returned %r, not a Response", entry.name, response)
             raise InternalError("on_request did not return a valid Response")
+        await self._durable(entry, gen)
         headers = [
             (n.lower().encode("latin-1"), str(v).encode("latin-1"))
             for n, v in response.headers.items()

@@ -55,7 +55,6 @@ from ..errors import (
 from ..generation import ActorEntry, Generation, WorkScope
 from ..lifecycle import WorkKind
 from ..logfmt import RefusalLog, quoted
-from ..outputgate import OutputGate
 from ..registry import host_of
 from ..request import ConnectRequest
 from ..resume import Journal, ResumeToken
@@ -734,28 +733,17 @@ class _ConnHandler:
             token = ResumeToken(entry.actor_id, conn.id, secret)
         if conn.journal is not None:
             conn.journal.on_change = functools.partial(entry.note_conn, conn)
-            conn.gate = self._gate(entry, gen)
+            conn.gate = self.host.output_gate(entry, gen)
             entry.note_conn(conn)
         else:
             # A durable store that keeps no connection records (the engine's): no resume,
             # but an answer still leaves only once the state it follows is durable.
-            conn.gate = self._gate(entry, gen)
+            conn.gate = self.host.output_gate(entry, gen)
         conn.queue_frame(
             encode_init(
                 entry.actor_id, conn.id, gen.number, None if token is None else str(token), resumed
             )
         )
-
-    def _gate(self, entry: ActorEntry, gen: Generation) -> OutputGate | None:
-        """The actor's output gate, made on first use, if its outputs wait for durable
-        state (``durable_outputs`` on a durable store)."""
-        if not (entry.definition.options.durable_outputs and self.host.store.durable):
-            return None
-        gate = entry.gate
-        if gate is None:
-            gate = entry.gate = OutputGate()
-            gen.hold_outputs(gate)
-        return gate
 
     # ---------------------------------------------------------------- resume
 
