@@ -121,7 +121,11 @@ async def load(port: int, conns: int, actors: int, seconds: float) -> dict[str, 
     async with trio.open_nursery() as nursery:
         for i in range(conns):
             nursery.start_soon(one, i)
-    elapsed = time.perf_counter() - started
+    return _summary(done, time.perf_counter() - started, latencies)
+
+
+def _summary(done: int, elapsed: float, latencies: list[float]) -> dict[str, Any]:
+    """Calls per second and latency percentiles of one load run."""
     latencies.sort()
     return {
         "calls_per_s": done / elapsed,
@@ -175,14 +179,7 @@ async def load_http(port: int, conns: int, actors: int, seconds: float) -> dict[
     async with trio.open_nursery() as nursery:
         for i in range(conns):
             nursery.start_soon(one, i)
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "calls_per_s": done / elapsed,
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
-        "refused": refused,
-    }
+    return {**_summary(done, time.perf_counter() - started, latencies), "refused": refused}
 
 
 # ---------------------------------------------------------------------------- driver
