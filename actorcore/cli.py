@@ -207,7 +207,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         help="a browser origin (scheme://host[:port]) allowed to connect; repeatable; * for "
-        "any (default: same-origin browser requests only)",
+        "any (default: same-origin browser requests only); applies through the engine's "
+        "gateway too",
     )
     http = serve.add_argument_group("HTTP on the same port (docs/http.md)")
     http.add_argument(
@@ -384,13 +385,18 @@ async def _serve(
 
 
 async def _serve_engine(
-    registry: Registry, target: str, options: Any, host: str, status_port: int | None
+    registry: Registry,
+    target: str,
+    options: Any,
+    host: str,
+    status_port: int | None,
+    allowed_origins: tuple[str, ...] | None,
 ) -> None:
     # Only engine mode needs the engine package.
     from .engine.runtime import EngineRuntime
     from .engine.status import serve_status
 
-    runtime = EngineRuntime(registry, options)
+    runtime = EngineRuntime(registry, options, allowed_origins=allowed_origins)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as signal_nursery:
             signal_nursery.start_soon(_watch_signals, signals, registry, target)
@@ -435,7 +441,10 @@ def _serve_engine_command(registry: Registry, args: argparse.Namespace) -> int:
         token=args.token or None,
     )
     try:
-        trio.run(_serve_engine, registry, args.target, options, args.host, args.status_port)
+        origins = tuple(args.allow_origin) if args.allow_origin is not None else None
+        trio.run(
+            _serve_engine, registry, args.target, options, args.host, args.status_port, origins
+        )
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
     except Exception as group:

@@ -23,15 +23,17 @@ State is kept in the engine's KV (:class:`~actorcore.engine.store.EngineStore`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import quote
 
 import trio
 
+from .. import closecodes
 from ..authority import LifecycleRequest
-from ..conn import Conn, ConnKind
+from ..conn import Conn, ConnKind, TransportClosed
 from ..http.app import HttpApp
 from ..lifecycle import LifecycleEvent, LifecycleState
 from ..registry import Registry, host_of
@@ -50,7 +52,7 @@ from .messages_v8 import (
 )
 from .requests import TunnelRequests
 from .store import EngineStore, StartedActor
-from .tunnel import TunnelSocket, conn_id_of
+from .tunnel import ABORT_CLOSE_TIMEOUT, TunnelSocket, conn_id_of
 
 __all__ = ["EngineAuthority", "EngineRuntime"]
 
@@ -108,9 +110,20 @@ class EngineRuntime:
     requests: TunnelRequests
     """The HTTP requests the gateway forwards, in flight (set once :meth:`run` started)."""
 
-    def __init__(self, registry: Registry, options: EnvoyOptions) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        options: EnvoyOptions,
+        *,
+        allowed_origins: Iterable[str] | None = None,
+    ) -> None:
         self.registry = registry
         self.options = options
+        self.origins = OriginPolicy.make(allowed_origins, loopback=False)
+        """Browser origins that may connect through the gateway, as on actorcore's own
+        listener (``allowed_origins``: ``*`` for any; None: same origin only, the ``Origin``
+        against the ``Host`` the gateway forwards). A request without ``Origin`` (not a
+        browser) is always allowed."""
         self.link = EnvoyLink(options, self, sorted(registry.definitions))
         self.store = EngineStore(self.link)
         self.dispatcher: Dispatcher | None = None
@@ -143,9 +156,7 @@ class EngineRuntime:
             self._nursery = nursery
             await nursery.start(registry.run)
             self.dispatcher = Dispatcher(registry)
-            # The gateway is the edge here: it answers CORS itself, and the Host is the
-            # engine's, so there is no same-origin rule to apply (as for tunnelled sockets).
-            self.http = HttpApp(registry, OriginPolicy.make(("*",), loopback=False))
+            self.http = HttpApp(registry, self.origins)
             self.requests = TunnelRequests(self.link, self.http, nursery)
             async with trio.open_nursery() as link_nursery:
                 await link_nursery.start(self.link.run)
@@ -357,6 +368,9 @@ class EngineRuntime:
             path = open_["path"] if open_["path"].startswith("/") else "/" + open_["path"]
             target = f"/actors/by-id/{quote(open_['actorId'], safe='')}{path}"
             headers = open_["headers"]
+            if not self.origins.allows(headers.get("origin"), headers.get("host")):
+                await self._refuse_origin(socket, headers.get("origin"))
+                return
             offered = headers.get("sec-websocket-protocol", "")
             request = ConnectRequest(
                 path=target,
@@ -379,6 +393,14 @@ class EngineRuntime:
             self._by_conn.pop(conn_id, None)
             if self._sockets.get(socket.key) is socket:
                 del self._sockets[socket.key]
+
+    async def _refuse_origin(self, socket: TunnelSocket, origin: str | None) -> None:
+        """A browser page of an origin not allowed: accepted, then closed with 1008
+        ``auth.forbidden``, as actorcore's own listener does (bounded)."""
+        log.info("refused a gateway WebSocket from origin %r", (origin or "")[:100])
+        with trio.move_on_after(ABORT_CLOSE_TIMEOUT), contextlib.suppress(TransportClosed):
+            await socket.accept(can_hibernate=False)
+            await socket.close(closecodes.FORBIDDEN.code, closecodes.FORBIDDEN.reason)
 
     # ---------------------------------------------------------------- hibernation
 

@@ -11,7 +11,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 import trio
+from trio_websocket import ConnectionClosed
 
 import actorcore
 from actorcore import ActorContext, ActorOptions, Gateway, Request, Response
@@ -19,6 +21,7 @@ from actorcore.engine.link import EnvoyOptions
 from actorcore.engine.runtime import EngineRuntime
 from actorcore.registry import host_of
 
+from .._clients import tcp_websocket
 from ..http._http import request
 from .conftest import Engine
 from .test_runtime import call, gateway
@@ -144,3 +147,53 @@ async def test_a_request_wakes_a_sleeping_actor_as_its_next_generation(engine: E
             assert info.json()["output"]["generation"] == 2, info
             reply = await request(port, "POST", add, body=b'{"args": [1]}')
             assert reply.json() == {"output": 8}
+
+
+async def test_browser_origins_are_checked_through_the_gateway(engine: Engine) -> None:
+    """As on actorcore's own listener: a page of an origin not allowed gets 1008
+    ``auth.forbidden`` on a WebSocket and 403 on HTTP; an allowed one, or a client that is
+    not a browser (no ``Origin``), is served."""
+    pool = "p-origins"
+    way = Gateway(pool=pool)
+    port = port_of(engine)
+    registry = actorcore.Registry([Tally])
+    runtime = EngineRuntime(
+        registry,
+        EnvoyOptions(url=engine.url, pool=pool),
+        allowed_origins=("https://app.example",),
+    )
+    add = way.path("tally", "o", "/actions/add")
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            assert (await request(port, "POST", add, body=b'{"args": [1]}')).status == 200
+            evil = [("origin", "https://evil.example")]
+            reply = await request(port, "POST", add, body=b'{"args": [1]}', headers=evil)
+            assert (reply.status, reply.json()["code"]) == (403, "auth.forbidden")
+            good = [("origin", "https://app.example")]
+            reply = await request(port, "POST", add, body=b'{"args": [1]}', headers=good)
+            assert (reply.status, reply.json()) == (200, {"output": 2})
+
+            resource = way.resource("tally", "o", None)
+            async with tcp_websocket(
+                port,
+                resource,
+                subprotocols=way.subprotocols,
+                extra_headers=[(b"origin", b"https://evil.example")],
+            ) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+                assert (closed.value.reason.code, closed.value.reason.reason) == (
+                    1008,
+                    "auth.forbidden",
+                )
+            async with tcp_websocket(
+                port,
+                resource,
+                subprotocols=way.subprotocols,
+                extra_headers=[(b"origin", b"https://app.example")],
+            ) as ws:
+                init = json.loads(await ws.get_message())
+                assert init["type"] == "init"
+                assert await call(ws, 1, "add", 1) == 3
+            registry.request_shutdown()
