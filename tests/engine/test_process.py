@@ -18,7 +18,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
+from actorcore import Gateway
+
 from .._clients import tcp_websocket
+from ..http._http import request
 from .conftest import Engine, start_engine, stop_engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,6 +174,14 @@ async def test_sigkill_of_an_envoy_brings_its_actors_back_elsewhere_with_every_s
                     for i in range(3):
                         answer = await call(ws, i + 1, "add", i + 1)
                     totals[name, key] = answer["total"]
+            # HTTP through the gateway: its answers wait for the save too.
+            actors.append(("counter", "h"))
+            port = int(fast_engine.url.rsplit(":", 1)[1])
+            add = Gateway(pool=pool).path("counter", "h", "/actions/add")
+            for i in range(3):
+                reply = await request(port, "POST", add, body=f'{{"args": [{i + 1}]}}'.encode())
+                assert reply.status == 200, reply
+            totals["counter", "h"] = reply.json()["output"]["total"]
             second = Envoy(fast_engine, pool, tmp_path / "b.log")
             await wait_ready(second)
             first.process.kill()
