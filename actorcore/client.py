@@ -1001,10 +1001,11 @@ class ActorConnection:
             close = ended.close
             self.last_close = close
             self._closes_by_code[close.code] = self._closes_by_code.get(close.code, 0) + 1
-            if close.code == closecodes.RESUME_REFUSED.code:
+            refused = close.code == closecodes.RESUME_REFUSED.code
+            if refused:
                 self._resume_refusals += 1
                 self._outcome_unknown(f"the server refused the resume ({close.reason})")
-            if ended.got_init or close.code == closecodes.RESUME_REFUSED.code:
+            if ended.got_init or refused:
                 # A refused resume came before init, but the server answered: the fresh
                 # connect that follows (without a token) goes at once.
                 failures = 0

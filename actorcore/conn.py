@@ -185,7 +185,7 @@ class Conn:
         """Send a message: as is on a raw connection (str or bytes); on a protocol connection
         as ``{"type": "message", "data": message}`` (``message`` must be JSON-serialisable)."""
         frame = self._encode_message(message)
-        if self.journal is not None or self.gate is not None:
+        if self.holds_outputs:
             assert isinstance(frame, str)
             await self.send_output(frame)
         else:
@@ -194,7 +194,7 @@ class Conn:
     def send_nowait(self, message: Any) -> None:
         """Queue a message without waiting; a full outbox closes the connection with 1013."""
         frame = self._encode_message(message)
-        if self.journal is not None or self.gate is not None:
+        if self.holds_outputs:
             assert isinstance(frame, str)
             self.output(frame)
         else:
@@ -269,6 +269,12 @@ class Conn:
             journal.on_change()
 
     # ---------------------------------------------------------------- numbered outputs
+
+    @property
+    def holds_outputs(self) -> bool:
+        """Its outputs go through :meth:`output` (kept in a journal, or held by the output
+        gate) rather than straight to the outbox."""
+        return self.journal is not None or self.gate is not None
 
     def acknowledge(self, seq: int) -> None:
         """The client received every numbered output up to ``seq``: the journal forgets them

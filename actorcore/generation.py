@@ -792,10 +792,10 @@ class Generation:
             if conn.kind is ConnKind.PROTOCOL and event in conn.subscriptions:
                 if frame is None:
                     frame = jsoncodec.dumps({"type": "event", "name": event, "args": args})
-                if conn.journal is None and conn.gate is None:
-                    conn.queue_frame(frame)
-                else:
+                if conn.holds_outputs:
                     conn.output(frame)
+                else:
+                    conn.queue_frame(frame)
         if entry.detached:
             # Kept for their clients' resume, in order with what they got before.
             for detached in entry.detached.values():

@@ -363,8 +363,12 @@ class EnvoyLink:
         stopped, before the engine gives them to another envoy; never less than the engine's
         ping interval (:data:`PING_INTERVAL_BOUND`), or a healthy link would be dropped
         between two pings."""
-        before_lost = self.lost_threshold - self.options.lost_margin
-        return min(self.options.ping_timeout, max(before_lost, PING_INTERVAL_BOUND))
+        return min(self.options.ping_timeout, max(self._lost_after(), PING_INTERVAL_BOUND))
+
+    def _lost_after(self) -> float:
+        """How long the link may be down before the local actors must stop: the engine's
+        lost threshold less ``lost_margin``."""
+        return max(0.0, self.lost_threshold - self.options.lost_margin)
 
     async def _read(self, ws: WebSocketConnection) -> None:
         silence = self.silence_timeout()
@@ -412,7 +416,7 @@ class EnvoyLink:
             if down is None or self._lost_reported:
                 await self._went_down.wait()
                 continue
-            deadline = down + max(0.0, self.lost_threshold - self.options.lost_margin)
+            deadline = down + self._lost_after()
             if trio.current_time() >= deadline:
                 self._lost_reported = True
                 log.error(

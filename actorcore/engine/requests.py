@@ -19,7 +19,7 @@ streamed body by ``body_timeout`` (408), the response body by the engine's
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import quote
 
 import attrs
@@ -32,7 +32,6 @@ from .messages_v8 import MessageId, ToEnvoyRequestChunk, ToEnvoyRequestStart, To
 
 if TYPE_CHECKING:
     from ..http.app import HttpApp
-    from .tunnel import TunnelSender
 
 __all__ = ["RequestStatistics", "TunnelRequests"]
 
@@ -47,6 +46,17 @@ SEND_TIMEOUT: Final = 10.0
 
 #: Headers the gateway's HTTP layer sets itself (a response carries its body whole).
 _HOP_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+
+class ResponseSender(Protocol):
+    """The part of :class:`~actorcore.engine.link.EnvoyLink` the requests answer through."""
+
+    max_response_payload_size: int | None
+    """The largest response the engine takes (from its ``ToEnvoyInit``; None: not known)."""
+
+    async def send_tunnel(self, message_id: MessageId, kind: Variant) -> None:
+        """Send one tunnel message; EngineUnavailable if the link is down."""
+        ...
 
 
 @attrs.frozen
@@ -84,19 +94,16 @@ class TunnelRequests:
 
     def __init__(
         self,
-        link: TunnelSender,
+        link: ResponseSender,
         app: HttpApp,
         nursery: trio.Nursery,
         *,
         max_requests: int = MAX_REQUESTS,
-        max_response: int | None = None,
     ) -> None:
         self._link = link
         self._app = app
         self._nursery = nursery
         self.max_requests = max_requests
-        self.max_response = max_response
-        """The engine's ``maxResponsePayloadSize`` (None: not known yet, no bound here)."""
         self._requests: dict[tuple[bytes, bytes], _Request] = {}
         self._answered = 0
         self._aborted = 0
@@ -167,13 +174,16 @@ class TunnelRequests:
             request.complete.set()
 
     async def _answer(self, key: tuple[bytes, bytes], request: _Request) -> None:
-        with request.scope:
-            answer = await self._exchange(request)
-            if self._requests.get(key) is request:
+        try:
+            with request.scope:
+                answer = await self._exchange(request)
+        finally:
+            # Still ours unless the gateway aborted it (then nothing is sent).
+            ours = self._requests.get(key) is request
+            if ours:
                 del self._requests[key]
-                await self._send(key, answer)
-        if self._requests.get(key) is request:
-            del self._requests[key]
+        if ours:
+            await self._send(key, answer)
 
     async def _exchange(self, request: _Request) -> HttpAnswer:
         with trio.move_on_after(BODY_TIMEOUT):
@@ -191,16 +201,15 @@ class TunnelRequests:
             body=bytes(request.body),
         )
         answer = await self._app.handle(exchange)
-        if self.max_response is not None and len(answer.body) > self.max_response:
+        limit = self._link.max_response_payload_size
+        if limit is not None and len(answer.body) > limit:
             log.error(
                 "an HTTP answer of %d bytes is over the engine's limit of %d bytes",
                 len(answer.body),
-                self.max_response,
+                limit,
             )
             return error_answer(
-                InternalError(
-                    f"the response is larger than the engine's limit of {self.max_response} bytes"
-                )
+                InternalError(f"the response is larger than the engine's limit of {limit} bytes")
             )
         return answer
 

@@ -338,7 +338,6 @@ class EngineRuntime:
             if known is not None:
                 known.feed_close(close["code"], close["reason"])
         elif tag == "ToEnvoyRequestStart":
-            self.requests.max_response = self.link.max_response_payload_size
             self.requests.start(key, kind.val)
         elif tag == "ToEnvoyRequestChunk":
             self.requests.chunk(key, kind.val)

@@ -41,7 +41,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Final, Generic, TypeVar, cast
 
 import attrs
 import outcome
@@ -150,6 +150,19 @@ def _alarm(row: tuple[str, str, float, str, bytes, int]) -> AlarmRecord:
     return AlarmRecord(*row)
 
 
+# The statements of a save (one actor's in :func:`_apply_save`, a batch's in
+# :func:`_apply_saves_at_once`).
+_SAVE_STATE: Final = (
+    "UPDATE actors SET state = ?, initialized = 1, input = NULL, updated_at = ? "
+    "WHERE actor_id = ? AND generation = ?"
+)
+_TOUCH_ACTOR: Final = "UPDATE actors SET updated_at = ? WHERE actor_id = ? AND generation = ?"
+_UPSERT_CONN: Final = (
+    "INSERT OR REPLACE INTO conns (actor_id, conn_id, data, detached_at) VALUES (?, ?, ?, ?)"
+)
+_DELETE_CONN: Final = "DELETE FROM conns WHERE actor_id = ? AND conn_id = ?"
+
+
 def _save_size(item: SaveItem) -> int:
     return len(item.state or b"") + sum(len(c.data) for c in item.conns.upserts)
 
@@ -159,30 +172,12 @@ def _apply_save(conn: sqlite3.Connection, operation: str, item: SaveItem) -> Non
     generation."""
     actor_id, generation = item.actor_id, item.generation
     if item.state is None:
-        cursor = conn.execute(
-            "UPDATE actors SET updated_at = ? WHERE actor_id = ? AND generation = ?",
-            (time.time(), actor_id, generation),
-        )
+        cursor = conn.execute(_TOUCH_ACTOR, (time.time(), actor_id, generation))
     else:
-        cursor = conn.execute(
-            "UPDATE actors SET state = ?, initialized = 1, input = NULL, updated_at = ? "
-            "WHERE actor_id = ? AND generation = ?",
-            (item.state, time.time(), actor_id, generation),
-        )
+        cursor = conn.execute(_SAVE_STATE, (item.state, time.time(), actor_id, generation))
     if cursor.rowcount == 0:
         _refuse_stale(conn, operation, actor_id, generation)
-    conns = item.conns
-    if conns.upserts:
-        conn.executemany(
-            "INSERT OR REPLACE INTO conns (actor_id, conn_id, data, detached_at) "
-            "VALUES (?, ?, ?, ?)",
-            [(actor_id, c.conn_id, c.data, c.detached_at) for c in conns.upserts],
-        )
-    if conns.deletes:
-        conn.executemany(
-            "DELETE FROM conns WHERE actor_id = ? AND conn_id = ?",
-            [(actor_id, conn_id) for conn_id in conns.deletes],
-        )
+    _write_conns(conn, [item])
 
 
 def _apply_saves_at_once(conn: sqlite3.Connection, items: list[SaveItem]) -> bool:
@@ -196,33 +191,28 @@ def _apply_saves_at_once(conn: sqlite3.Connection, items: list[SaveItem]) -> boo
     conn.execute("SAVEPOINT batch")
     updated = 0
     if with_state:
-        updated += conn.executemany(
-            "UPDATE actors SET state = ?, initialized = 1, input = NULL, updated_at = ? "
-            "WHERE actor_id = ? AND generation = ?",
-            with_state,
-        ).rowcount
+        updated += conn.executemany(_SAVE_STATE, with_state).rowcount
     if touched:
-        updated += conn.executemany(
-            "UPDATE actors SET updated_at = ? WHERE actor_id = ? AND generation = ?", touched
-        ).rowcount
+        updated += conn.executemany(_TOUCH_ACTOR, touched).rowcount
     if updated != len(items):
         conn.execute("ROLLBACK TO batch")
         conn.execute("RELEASE batch")
         return False
+    _write_conns(conn, items)
+    conn.execute("RELEASE batch")
+    return True
+
+
+def _write_conns(conn: sqlite3.Connection, items: list[SaveItem]) -> None:
+    """The connection records of ``items``: upserts and deletes, a statement each."""
     upserts = [
         (c.actor_id, c.conn_id, c.data, c.detached_at) for i in items for c in i.conns.upserts
     ]
     if upserts:
-        conn.executemany(
-            "INSERT OR REPLACE INTO conns (actor_id, conn_id, data, detached_at) "
-            "VALUES (?, ?, ?, ?)",
-            upserts,
-        )
+        conn.executemany(_UPSERT_CONN, upserts)
     deletes = [(i.actor_id, conn_id) for i in items for conn_id in i.conns.deletes]
     if deletes:
-        conn.executemany("DELETE FROM conns WHERE actor_id = ? AND conn_id = ?", deletes)
-    conn.execute("RELEASE batch")
-    return True
+        conn.executemany(_DELETE_CONN, deletes)
 
 
 def _with_conns(conn: sqlite3.Connection, record: ActorRecord) -> ActorRecord:
@@ -648,11 +638,7 @@ class SQLiteStore(Store):
         """Store ``state``, mark the actor initialized and drop its creation input. Fenced."""
 
         def apply(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(
-                "UPDATE actors SET state = ?, initialized = 1, input = NULL, updated_at = ? "
-                "WHERE actor_id = ? AND generation = ?",
-                (state, time.time(), actor_id, generation),
-            )
+            cursor = conn.execute(_SAVE_STATE, (state, time.time(), actor_id, generation))
             if cursor.rowcount == 0:
                 _refuse_stale(conn, "save", actor_id, generation)
 

@@ -731,14 +731,12 @@ class _ConnHandler:
             journal.attached = conn
             conn.journal = journal
             token = ResumeToken(entry.actor_id, conn.id, secret)
+        # With or without a journal (the engine's store keeps no connection records): an
+        # answer leaves only once the state it follows is durable.
+        conn.gate = self.host.output_gate(entry, gen)
         if conn.journal is not None:
             conn.journal.on_change = functools.partial(entry.note_conn, conn)
-            conn.gate = self.host.output_gate(entry, gen)
             entry.note_conn(conn)
-        else:
-            # A durable store that keeps no connection records (the engine's): no resume,
-            # but an answer still leaves only once the state it follows is durable.
-            conn.gate = self.host.output_gate(entry, gen)
         conn.queue_frame(
             encode_init(
                 entry.actor_id, conn.id, gen.number, None if token is None else str(token), resumed

@@ -6,8 +6,6 @@ by a request."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -24,7 +22,7 @@ from actorcore.registry import host_of
 from .._clients import tcp_websocket
 from ..http._http import request
 from .conftest import Engine
-from .test_runtime import call, gateway
+from .test_runtime import call, envoy, gateway
 
 TEST_TIMEOUT = 60
 
@@ -63,25 +61,12 @@ def port_of(engine: Engine) -> int:
     return int(engine.url.rsplit(":", 1)[1])
 
 
-@asynccontextmanager
-async def envoy(engine: Engine, pool: str) -> AsyncIterator[EngineRuntime]:
-    """An envoy of ``engine`` serving this module's ``Tally`` in ``pool``."""
-    registry = actorcore.Registry([Tally])
-    runtime = EngineRuntime(registry, EnvoyOptions(url=engine.url, pool=pool))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(runtime.run)
-        try:
-            yield runtime
-        finally:
-            registry.request_shutdown()
-
-
 async def test_actions_and_on_request_through_the_gateway(engine: Engine) -> None:
     pool = "p-http"
     way = Gateway(pool=pool)
     port = port_of(engine)
     with trio.fail_after(TEST_TIMEOUT):
-        async with envoy(engine, pool) as runtime:
+        async with envoy(engine, pool, Tally) as runtime:
             add = way.path("tally", "h", "/actions/add")
             reply = await request(port, "POST", add, body=b'{"args": [2]}')
             assert (reply.status, reply.json()) == (200, {"output": 2}), reply
@@ -136,7 +121,7 @@ async def test_a_request_wakes_a_sleeping_actor_as_its_next_generation(engine: E
     way = Gateway(pool=pool)
     port = port_of(engine)
     with trio.fail_after(TEST_TIMEOUT):
-        async with envoy(engine, pool) as runtime:
+        async with envoy(engine, pool, Tally) as runtime:
             registry = runtime.registry
             add = way.path("tally", "w", "/actions/add")
             assert (await request(port, "POST", add, body=b'{"args": [7]}')).json() == {"output": 7}

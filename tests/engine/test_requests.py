@@ -57,6 +57,8 @@ class Sent:
     messages: list[tuple[dict[str, Any], Variant]] = attrs.field(factory=list)
     arrived: trio.Event = attrs.field(factory=trio.Event)
     down: bool = False
+    max_response_payload_size: int | None = None
+    """As the engine's ``ToEnvoyInit`` tells the link."""
 
     async def send_tunnel(self, message_id: dict[str, Any], kind: Variant) -> None:
         await trio.lowlevel.checkpoint()
@@ -85,9 +87,9 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(**kwargs: Any) -> AsyncIterator[Rig]:
+async def rig(max_response: int | None = None, **kwargs: Any) -> AsyncIterator[Rig]:
     registry = actorcore.Registry([Box])
-    sent = Sent()
+    sent = Sent(max_response_payload_size=max_response)
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run)
         handle = await registry.get_or_create("box", "k")

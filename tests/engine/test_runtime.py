@@ -52,8 +52,11 @@ class Tally(actorcore.Actor):
 
 
 @asynccontextmanager
-async def envoy(engine: Engine, pool: str) -> AsyncIterator[EngineRuntime]:
-    registry = actorcore.Registry([Tally])
+async def envoy(
+    engine: Engine, pool: str, actor: type[actorcore.Actor] | None = None
+) -> AsyncIterator[EngineRuntime]:
+    """An envoy of ``engine`` serving ``actor`` (this module's ``Tally``) in ``pool``."""
+    registry = actorcore.Registry([actor or Tally])
     runtime = EngineRuntime(registry, EnvoyOptions(url=engine.url, pool=pool))
     async with trio.open_nursery() as nursery:
         await nursery.start(runtime.run)
